@@ -1,0 +1,7 @@
+"""Entities: who and what the behaviour features describe."""
+
+from feast import Entity, ValueType
+
+user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
+item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64)
+category = Entity(name="category", join_keys=["category_id"], value_type=ValueType.INT64)

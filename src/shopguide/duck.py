@@ -1,0 +1,20 @@
+"""DuckDB connections with bounded memory, so large inputs stream instead of exhausting RAM."""
+
+from __future__ import annotations
+
+import duckdb
+
+from shopguide.config import DataParams
+
+
+def connect(params: DataParams) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{params.duckdb_memory_limit}'")
+    con.execute(f"SET threads = {params.duckdb_threads}")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+def sql_path(path: object) -> str:
+    """Quote a path as a SQL string literal."""
+    return "'" + str(path).replace("'", "''") + "'"

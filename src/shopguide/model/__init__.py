@@ -1,0 +1,1 @@
+"""Multi-task models and their on-disk format."""

@@ -1,0 +1,38 @@
+"""Model directory format: `model.safetensors` (weights) + `config.json` (nothing pickled)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+
+from shopguide.errors import ShopguideError
+from shopguide.model.mmoe import MMoE, MMoEConfig
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def save_model(model: MMoE, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS))
+    (directory / CONFIG).write_text(model.config.model_dump_json(indent=2) + "\n")
+
+
+def load_model(directory: Path) -> MMoE:
+    directory = Path(directory)
+    for name in (WEIGHTS, CONFIG):
+        if not (directory / name).is_file():
+            raise ShopguideError(f"{directory}: not a shopguide model (missing {name})")
+    try:
+        config = MMoEConfig.model_validate(json.loads((directory / CONFIG).read_text()))
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise ShopguideError(f"{directory / CONFIG}: invalid model config: {exc}") from exc
+    model = MMoE(config)
+    model.load_state_dict(load_file(str(directory / WEIGHTS)))
+    model.eval()
+    return model

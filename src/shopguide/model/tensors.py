@@ -1,0 +1,72 @@
+"""Whole-table tensors: the training set is held as a few contiguous tensors and batched by
+index, so there is no per-row Python anywhere on the data path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from shopguide.config import FinetuneParams
+from shopguide.errors import ShopguideError
+
+KEYS = ("user_id", "item_id", "category_id")
+
+
+@dataclass(frozen=True)
+class Tensors:
+    user: torch.Tensor
+    item: torch.Tensor
+    category: torch.Tensor
+    dense: torch.Tensor
+    labels: torch.Tensor  # (rows, tasks) float32
+
+    def __len__(self) -> int:
+        return self.user.shape[0]
+
+    def take(self, index: torch.Tensor) -> Tensors:
+        return Tensors(*(t[index] for t in (self.user, self.item, self.category, self.dense,
+                                            self.labels)))
+
+    def inputs(self) -> tuple[torch.Tensor, ...]:
+        return self.user, self.item, self.category, self.dense
+
+
+def read_training_set(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ShopguideError(f"{path}: training set not found (run `shopguide features` first)")
+    return pd.read_parquet(path)
+
+
+def to_tensors(frame: pd.DataFrame, tasks: tuple[str, ...], dense: tuple[str, ...]) -> Tensors:
+    missing = [c for c in (*KEYS, *dense) if c not in frame.columns]
+    if missing:
+        raise ShopguideError(f"training set lacks columns {missing}")
+    labels = (
+        frame[list(tasks)].to_numpy(np.float32)
+        if set(tasks) <= set(frame.columns)
+        else np.zeros((len(frame), len(tasks)), np.float32)
+    )
+    return Tensors(
+        user=torch.from_numpy(frame["user_id"].to_numpy(np.int64)),
+        item=torch.from_numpy(frame["item_id"].to_numpy(np.int64)),
+        category=torch.from_numpy(frame["category_id"].to_numpy(np.int64)),
+        dense=torch.from_numpy(frame[list(dense)].to_numpy(np.float32)),
+        labels=torch.from_numpy(labels),
+    )
+
+
+def is_new_category(category_id: pd.Series, params: FinetuneParams) -> pd.Series:
+    """Protocol taobao-transfer-v1: a category is new when id % modulo == remainder."""
+    return category_id % params.new_category_modulo == params.new_category_remainder
+
+
+def time_split(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The last `fraction` of rows by t0 become the validation slice (no look-ahead)."""
+    frame = frame.sort_values("t0", kind="stable")
+    cut = int(len(frame) * (1 - fraction))
+    return frame.iloc[:cut], frame.iloc[cut:]

@@ -1,0 +1,1 @@
+"""Online serving: the KServe predictor and its request schema."""

@@ -1,0 +1,294 @@
+"""Great Expectations suites for the event table and the training set.
+
+Each run writes two artifacts whether the data passes or not: a compact JSON report that
+pipelines and tests read, and a Data Docs HTML site for people. Failing expectations do not
+raise here; the caller decides via `raise_on_failure`, so the evidence is always on disk first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from great_expectations.data_context import FileDataContext
+from great_expectations.data_context.types.base import ProgressBarsConfig
+
+from shopguide.config import BEHAVIOURS, Params
+from shopguide.errors import ShopguideError
+from shopguide.io import write_json
+
+log = logging.getLogger(__name__)
+# GX logs an INFO line per expectation field lookup; keep that out unless someone asked for it.
+_gx_log = logging.getLogger("great_expectations")
+if _gx_log.level == logging.NOTSET:
+    _gx_log.setLevel(logging.WARNING)
+
+EVENT_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "category_id", "behavior", "ts")
+TRAINING_KEYS: tuple[str, ...] = ("user_id", "item_id", "category_id", "t0", "split")
+SPLITS: tuple[str, ...] = ("train", "test")
+# Parquet int64 is read as the nullable Int64Dtype (see `_read_parquet`); int64 covers writers
+# that bypass it.
+INT_TYPES = ["int64", "Int64Dtype"]
+SITE_NAME = "shopguide"
+MAX_EXAMPLES = 5
+# Enough unexpected rows to find a few distinct offending values without pulling millions.
+RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 50}
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Outcome of one suite run; `results` has one entry per expectation."""
+
+    suite: str
+    success: bool
+    results: list[dict]
+    json_path: Path
+    docs_path: Path
+
+
+def _read_parquet(path: Path, wanted: Callable[[str], bool]) -> pd.DataFrame:
+    """Load only the columns `wanted` accepts; integers stay integers even with nulls."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShopguideError(f"{path}: Parquet file to validate not found")
+    try:
+        names = pq.read_schema(path).names
+        table = pq.read_table(path, columns=[n for n in names if wanted(n)])
+    except (pa.ArrowException, OSError) as exc:
+        raise ShopguideError(f"{path}: cannot read as Parquet: {exc}") from exc
+    # Without the mapper a null in an int64 column turns the whole column into float64, which
+    # would report a type failure on top of the real (null) one.
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+
+
+def _events_suite(params: Params) -> gx.ExpectationSuite:
+    protocol, limits = params.protocol, params.validation
+    expectations: list[gxe.Expectation] = [
+        gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(EVENT_COLUMNS)),
+        gxe.ExpectTableRowCountToBeBetween(min_value=limits.min_events),
+    ]
+    for column in EVENT_COLUMNS:
+        type_list = ["str"] if column == "behavior" else INT_TYPES
+        expectations += [
+            gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=type_list),
+            gxe.ExpectColumnValuesToNotBeNull(column=column),
+        ]
+    expectations += [
+        gxe.ExpectColumnValuesToBeInSet(column="behavior", value_set=list(BEHAVIOURS)),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="ts",
+            min_value=protocol.window_start,
+            max_value=protocol.window_end - 1,
+            mostly=1 - limits.max_out_of_window_fraction,
+        ),
+    ]
+    return gx.ExpectationSuite(name="events", expectations=expectations)
+
+
+def _training_suite(params: Params, features: list[str]) -> gx.ExpectationSuite:
+    tasks, limits = params.protocol.tasks, params.validation
+    required = [*TRAINING_KEYS, "event_timestamp", *tasks]
+    expectations: list[gxe.Expectation] = [
+        *(gxe.ExpectColumnToExist(column=c) for c in required),
+        gxe.ExpectTableRowCountToBeBetween(min_value=limits.min_exposures),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in TRAINING_KEYS),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+    ]
+    for task in tasks:
+        bounds = limits.positive_rate[task]
+        expectations += [
+            # A null label would silently drop out of both the loss and the positive rate.
+            gxe.ExpectColumnValuesToNotBeNull(column=task),
+            gxe.ExpectColumnValuesToBeInSet(column=task, value_set=[0, 1]),
+            gxe.ExpectColumnMeanToBeBetween(
+                column=task, min_value=bounds.min, max_value=bounds.max
+            ),
+        ]
+    for feature in features:
+        expectations += [
+            gxe.ExpectColumnValuesToNotBeNull(column=feature),
+            gxe.ExpectColumnValuesToBeBetween(column=feature, min_value=0),
+        ]
+    return gx.ExpectationSuite(name="training_set", expectations=expectations)
+
+
+def _context(report_dir: Path) -> FileDataContext:
+    """File context under `report_dir/gx` whose Data Docs site lives in `report_dir/data_docs`.
+
+    Idempotent, so a context left by an earlier run is reused rather than rejected.
+    """
+    context = gx.get_context(mode="file", project_root_dir=report_dir)
+    sites = list(context.list_data_docs_sites())
+    if SITE_NAME not in sites:
+        for name in sites:
+            context.delete_data_docs_site(name)
+        context.add_data_docs_site(
+            SITE_NAME,
+            {
+                "class_name": "SiteBuilder",
+                "show_how_to_buttons": False,
+                # Relative to the context root, so the report directory can be moved.
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": "../data_docs/",
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        # tqdm bars from metric calculation would flood pipeline logs.
+        context.variables.progress_bars = ProgressBarsConfig(
+            globally=False, metric_calculations=False
+        )
+        context.variables.save()
+    return context
+
+
+def _summarise(result: dict) -> dict:
+    """Reduce one GX expectation result (JSON form) to what a person needs to act on it."""
+    config, details = result["expectation_config"], result.get("result") or {}
+    kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
+    if "observed_value" in details:
+        observed: Any = details["observed_value"]
+    elif "unexpected_count" in details:
+        observed = {
+            "unexpected_count": details["unexpected_count"],
+            "element_count": details.get("element_count"),
+            "unexpected_percent": details.get("unexpected_percent"),
+        }
+    else:
+        observed = _exception_message(result.get("exception_info") or {})
+    partial = details.get("partial_unexpected_list") or []
+    examples = list(dict.fromkeys(partial))[:MAX_EXAMPLES]
+    return {
+        "expectation": config["type"],
+        "column": kwargs.get("column"),
+        "kwargs": kwargs,
+        "success": bool(result["success"]),
+        "observed": observed,
+        "unexpected_examples": examples,
+    }
+
+
+def _exception_message(info: dict) -> str | None:
+    """GX nests exception info per metric when a metric failed, flat when the expectation did."""
+    if "exception_message" in info:
+        return info["exception_message"]
+    messages = [v["exception_message"] for v in info.values() if isinstance(v, dict)]
+    return "; ".join(dict.fromkeys(messages)) or None
+
+
+def _plain(value: Any) -> Any:
+    """GX's JSON form still holds numpy scalars (e.g. np.float64 means); make them builtins."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _run(
+    suite: gx.ExpectationSuite, frame: pd.DataFrame, source: Path, report_dir: Path
+) -> ValidationReport:
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    context = _context(report_dir)
+    # One datasource per suite: replacing it on a rerun leaves the other suite's stored
+    # checkpoint pointing at a live asset.
+    datasource = context.data_sources.add_or_update_pandas(suite.name)
+    asset = datasource.add_dataframe_asset(suite.name)
+    batch = asset.add_batch_definition_whole_dataframe(suite.name)
+    definition = gx.ValidationDefinition(
+        name=suite.name, data=batch, suite=context.suites.add_or_update(suite)
+    )
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=suite.name,
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[SITE_NAME])],
+            result_format=RESULT_FORMAT,
+        )
+    )
+    outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+    (suite_result,) = outcome.run_results.values()
+    results = [_summarise(_plain(r.to_json_dict())) for r in suite_result.results]
+    docs_path = report_dir / "data_docs" / "index.html"
+    json_path = report_dir / f"{suite.name}.json"
+    report = ValidationReport(suite.name, bool(outcome.success), results, json_path, docs_path)
+    write_json(
+        json_path,
+        {
+            "suite": suite.name,
+            "source": str(source),
+            "success": report.success,
+            "rows": len(frame),
+            "failed": sum(not r["success"] for r in results),
+            "results": results,
+            "docs_path": str(docs_path),
+        },
+    )
+    log.info(
+        "%s suite on %s: %s (%d/%d expectations met); report %s, docs %s",
+        suite.name,
+        source,
+        "passed" if report.success else "FAILED",
+        sum(r["success"] for r in results),
+        len(results),
+        json_path,
+        docs_path,
+    )
+    return report
+
+
+def validate_events(events: Path, params: Params, report_dir: Path) -> ValidationReport:
+    """Check the ingested event table against the protocol before anything is built on it.
+
+    Every column is loaded: the suite checks the exact column list, so extras must be seen.
+    """
+    frame = _read_parquet(events, lambda _: True)
+    return _run(_events_suite(params), frame, events, report_dir)
+
+
+def validate_training_set(training_set: Path, params: Params, report_dir: Path) -> ValidationReport:
+    """Check labels, keys and features of the training set before a model is fit on it."""
+    required = {*TRAINING_KEYS, "event_timestamp", *params.protocol.tasks}
+    frame = _read_parquet(training_set, lambda name: name in required or "__" in name)
+    features = [c for c in frame.columns if "__" in c]
+    return _run(_training_suite(params, features), frame, training_set, report_dir)
+
+
+def _describe(result: dict) -> str:
+    column = f" on column '{result['column']}'" if result["column"] else ""
+    observed = result["observed"]
+    if isinstance(observed, dict):
+        observed = (
+            f"{observed['unexpected_count']} of {observed['element_count']} values unexpected "
+            f"({observed['unexpected_percent']:.3g}%)"
+        )
+    else:
+        observed = repr(observed)
+    text = f"  - {result['expectation']}{column}: observed {observed}"
+    if result["unexpected_examples"]:
+        text += f"; unexpected values e.g. {result['unexpected_examples']!r}"
+    return text
+
+
+def raise_on_failure(report: ValidationReport, source: Path) -> None:
+    """Stop the step with every failed expectation spelled out and where to see the details."""
+    if report.success:
+        return
+    failed = [_describe(r) for r in report.results if not r["success"]]
+    raise ShopguideError(
+        f"{source}: {report.suite} validation failed, "
+        f"{len(failed)} of {len(report.results)} expectations not met:\n"
+        + "\n".join(failed)
+        + f"\n  report: {report.json_path}\n  data docs: {report.docs_path}"
+    )

@@ -1,0 +1,113 @@
+"""Shared fixtures: the real Taobao sample and one real pipeline run reused by many tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shopguide.config import Params, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = Path(
+    os.environ.get(
+        "SHOPGUIDE_TAOBAO_SAMPLE", ROOT.parent / "shared/data/taobao/UserBehavior_sample.csv"
+    )
+)
+FIXTURES = Path(os.environ.get("SHOPGUIDE_FIXTURES", ROOT.parent / "shared/data/fixtures"))
+FEATURE_REPO_FILES = ("feature_store.yaml", "entities.py", "data_sources.py", "feature_views.py",
+                      "feature_services.py")
+
+
+@pytest.fixture(scope="session")
+def sample() -> Path:
+    if not SAMPLE.is_file():
+        pytest.skip(f"real Taobao sample not found at {SAMPLE} (set SHOPGUIDE_TAOBAO_SAMPLE)")
+    return SAMPLE
+
+
+def copy_feature_repo(dest: Path) -> Path:
+    """A fresh Feast repo (definitions only, no data) at `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in FEATURE_REPO_FILES:
+        shutil.copy(ROOT / "feature_repo" / name, dest / name)
+    return dest
+
+
+def write_params(workdir: Path, raw_path: Path, **overrides: dict) -> Path:
+    """A params.yaml for tests: the project's own, with paths inside `workdir`, fewer epochs."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["data"]["raw_path"] = str(raw_path)
+    raw["features"]["repo"] = str(workdir / "feature_repo")
+    raw["validation"]["report_dir"] = str(workdir / "reports/validation")
+    raw["registry"]["path"] = str(workdir / "registry")
+    raw["deploy"]["output"] = str(workdir / "k8s/inferenceservice.yaml")
+    raw["train"]["max_epochs"] = 6
+    raw["finetune"]["max_epochs"] = 3
+    for section, values in overrides.items():
+        raw[section].update(values)
+    path = workdir / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """Paths of one complete run of every step on the real sample."""
+
+    workdir: Path
+    params_path: Path
+    params: Params
+    events: Path
+    exposures: Path
+    training_set: Path
+    feature_repo: Path
+    pretrained: Path
+    candidate: Path
+    evaluation: Path
+    decision: Path
+    registry: Path
+
+    def art(self, name: str) -> Path:
+        return self.workdir / name
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
+    from shopguide.evaluate import evaluate_step
+    from shopguide.exposures import build_exposures
+    from shopguide.features import build_features
+    from shopguide.finetune import finetune_step
+    from shopguide.gate import gate_step
+    from shopguide.ingest import ingest_taobao
+    from shopguide.promote import promote_step
+    from shopguide.train import train_step
+
+    w = tmp_path_factory.mktemp("pipeline")
+    repo = copy_feature_repo(w / "feature_repo")
+    params_path = write_params(w, sample)
+    p = load_params(params_path)
+    run = PipelineRun(
+        workdir=w, params_path=params_path, params=p, events=w / "events.parquet",
+        exposures=w / "exposures.parquet", training_set=w / "training_set.parquet",
+        feature_repo=repo, pretrained=w / "models/pretrained", candidate=w / "models/candidate",
+        evaluation=w / "metrics/evaluate.json", decision=w / "gate/decision.json",
+        registry=w / "registry",
+    )
+    ingest_taobao(sample, run.events, p.data)
+    build_exposures(run.events, run.exposures, p.protocol, p.data)
+    build_features(run.events, run.exposures, repo, run.training_set, p)
+    train_step(run.training_set, run.pretrained, w / "metrics/train.json",
+               w / "plots/train.csv", p)
+    finetune_step(run.training_set, run.pretrained, run.candidate, w / "metrics/finetune.json",
+                  w / "plots/finetune.csv", p)
+    evaluate_step(run.training_set, run.candidate, run.evaluation, w / "plots/roc.csv",
+                  w / "reports/evaluation.html", p)
+    gate_step(run.evaluation, run.training_set, run.registry, run.decision, p)
+    promote_step(run.candidate, run.decision, run.evaluation, run.training_set,
+                 w / "gate/promotion.json", p)
+    return run
