@@ -18,20 +18,35 @@ TTL = timedelta(days=3650)
 _stats_schema = [Field(name=name, dtype=Float32) for name in stat_features()]
 
 user_stats = FeatureView(
-    name=stats_view("user"), entities=[user], ttl=TTL, schema=_stats_schema,
-    source=stats_sources["user"], online=True,
+    name=stats_view("user"),
+    entities=[user],
+    ttl=TTL,
+    schema=_stats_schema,
+    source=stats_sources["user"],
+    online=True,
 )
 item_stats = FeatureView(
-    name=stats_view("item"), entities=[item], ttl=TTL, schema=_stats_schema,
-    source=stats_sources["item"], online=True,
+    name=stats_view("item"),
+    entities=[item],
+    ttl=TTL,
+    schema=_stats_schema,
+    source=stats_sources["item"],
+    online=True,
 )
 category_stats = FeatureView(
-    name=stats_view("category"), entities=[category], ttl=TTL, schema=_stats_schema,
-    source=stats_sources["category"], online=True,
+    name=stats_view("category"),
+    entities=[category],
+    ttl=TTL,
+    schema=_stats_schema,
+    source=stats_sources["category"],
+    online=True,
 )
 # The predictor looks up a candidate item's category here before the category features.
 item_attributes = FeatureView(
-    name=ITEM_ATTRIBUTES_VIEW, entities=[item], ttl=TTL,
+    name=ITEM_ATTRIBUTES_VIEW,
+    entities=[item],
+    ttl=TTL,
     schema=[Field(name="category_id", dtype=Int64)],
-    source=item_attributes_source, online=True,
+    source=item_attributes_source,
+    online=True,
 )

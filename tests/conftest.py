@@ -19,8 +19,13 @@ SAMPLE = Path(
     )
 )
 FIXTURES = Path(os.environ.get("SHOPGUIDE_FIXTURES", ROOT.parent / "shared/data/fixtures"))
-FEATURE_REPO_FILES = ("feature_store.yaml", "entities.py", "data_sources.py", "feature_views.py",
-                      "feature_services.py")
+FEATURE_REPO_FILES = (
+    "feature_store.yaml",
+    "entities.py",
+    "data_sources.py",
+    "feature_views.py",
+    "feature_services.py",
+)
 
 
 @pytest.fixture(scope="session")
@@ -92,22 +97,41 @@ def pipeline_run(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipe
     params_path = write_params(w, sample)
     p = load_params(params_path)
     run = PipelineRun(
-        workdir=w, params_path=params_path, params=p, events=w / "events.parquet",
-        exposures=w / "exposures.parquet", training_set=w / "training_set.parquet",
-        feature_repo=repo, pretrained=w / "models/pretrained", candidate=w / "models/candidate",
-        evaluation=w / "metrics/evaluate.json", decision=w / "gate/decision.json",
+        workdir=w,
+        params_path=params_path,
+        params=p,
+        events=w / "events.parquet",
+        exposures=w / "exposures.parquet",
+        training_set=w / "training_set.parquet",
+        feature_repo=repo,
+        pretrained=w / "models/pretrained",
+        candidate=w / "models/candidate",
+        evaluation=w / "metrics/evaluate.json",
+        decision=w / "gate/decision.json",
         registry=w / "registry",
     )
     ingest_taobao(sample, run.events, p.data)
     build_exposures(run.events, run.exposures, p.protocol, p.data)
     build_features(run.events, run.exposures, repo, run.training_set, p)
-    train_step(run.training_set, run.pretrained, w / "metrics/train.json",
-               w / "plots/train.csv", p)
-    finetune_step(run.training_set, run.pretrained, run.candidate, w / "metrics/finetune.json",
-                  w / "plots/finetune.csv", p)
-    evaluate_step(run.training_set, run.candidate, run.evaluation, w / "plots/roc.csv",
-                  w / "reports/evaluation.html", p)
+    train_step(run.training_set, run.pretrained, w / "metrics/train.json", w / "plots/train.csv", p)
+    finetune_step(
+        run.training_set,
+        run.pretrained,
+        run.candidate,
+        w / "metrics/finetune.json",
+        w / "plots/finetune.csv",
+        p,
+    )
+    evaluate_step(
+        run.training_set,
+        run.candidate,
+        run.evaluation,
+        w / "plots/roc.csv",
+        w / "reports/evaluation.html",
+        p,
+    )
     gate_step(run.evaluation, run.training_set, run.registry, run.decision, p)
-    promote_step(run.candidate, run.decision, run.evaluation, run.training_set,
-                 w / "gate/promotion.json", p)
+    promote_step(
+        run.candidate, run.decision, run.evaluation, run.training_set, w / "gate/promotion.json", p
+    )
     return run

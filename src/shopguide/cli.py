@@ -17,8 +17,12 @@ from shopguide.errors import GateRefused, ShopguideError
 from shopguide.logs import setup_logging
 
 log = logging.getLogger("shopguide")
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train, gate and serve multi-task recommenders for shopping guides.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train, gate and serve multi-task recommenders for shopping guides.",
+)
 F = TypeVar("F", bound=Callable)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read settings from")]
@@ -95,8 +99,12 @@ def validate(
         path = input or TRAINING_SET
         report = validate_training_set(path, p, report_dir)
     raise_on_failure(report, path)
-    log.info("%s suite passed: %d expectations; Data Docs at %s", suite.value,
-             len(report.results), report.docs_path)
+    log.info(
+        "%s suite passed: %d expectations; Data Docs at %s",
+        suite.value,
+        len(report.results),
+        report.docs_path,
+    )
 
 
 @app.command()
@@ -179,8 +187,9 @@ def gate(
     p = _params(params)
     result = gate_step(evaluation, training_set, registry or p.registry.path, decision, p)
     if not result["passed"]:
-        raise GateRefused(f"gate refused the candidate (see {decision}): "
-                          + "; ".join(result["reasons"]))
+        raise GateRefused(
+            f"gate refused the candidate (see {decision}): " + "; ".join(result["reasons"])
+        )
 
 
 @app.command()
@@ -202,9 +211,13 @@ def promote(
     parent_id = fingerprint(parent) if parent.is_dir() else None
     record = promote_step(model_dir, decision, evaluation, training_set, out, p, parent_id)
     if record["promoted"]:
-        log.info("champion is %s. Report: reports/evaluation.html. Start the endpoint with "
-                 "`shopguide serve` and POST to http://localhost:%d/v1/models/%s:predict",
-                 record["version"], p.serving.http_port, p.serving.model_name)
+        log.info(
+            "champion is %s. Report: reports/evaluation.html. Start the endpoint with "
+            "`shopguide serve` and POST to http://localhost:%d/v1/models/%s:predict",
+            record["version"],
+            p.serving.http_port,
+            p.serving.model_name,
+        )
 
 
 @app.command()
@@ -220,9 +233,13 @@ def serve(
     from shopguide.serving.predictor import serve as run_server
 
     p = _params(params)
-    run_server(p.serving, repo or p.features.repo, model_dir,
-               None if model_dir else (registry or p.registry.path),
-               p.serving.http_port if http_port is None else http_port)
+    run_server(
+        p.serving,
+        repo or p.features.repo,
+        model_dir,
+        None if model_dir else (registry or p.registry.path),
+        p.serving.http_port if http_port is None else http_port,
+    )
 
 
 def main() -> None:

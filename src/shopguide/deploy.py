@@ -30,23 +30,30 @@ def inference_service(version: str, deploy: DeployParams, serving: ServingParams
         name="kserve-container",
         image=deploy.predictor_image,
         args=["serve", "--model-dir", "/mnt/models", "--http-port", "8080"],
-        env=[V1EnvVar(name="STORAGE_URI", value=f"{deploy.storage_uri_prefix}/{version}")],
+        env=[
+            V1EnvVar(name="STORAGE_URI", value=f"{deploy.storage_uri_prefix}/{version}"),
+            # torch would otherwise size its thread pool by the node's cores, not the limit.
+            V1EnvVar(name="OMP_NUM_THREADS", value="2"),
+        ],
         resources=V1ResourceRequirements(
             requests={"cpu": "1", "memory": "2Gi"}, limits={"cpu": "2", "memory": "4Gi"}
         ),
-        security_context=V1SecurityContext(run_as_non_root=True, run_as_user=1000,
-                                           allow_privilege_escalation=False),
+        security_context=V1SecurityContext(
+            run_as_non_root=True, run_as_user=1000, allow_privilege_escalation=False
+        ),
     )
     isvc = V1beta1InferenceService(
         api_version=constants.KSERVE_V1BETA1,
         kind=constants.KSERVE_KIND_INFERENCESERVICE,
         metadata=V1ObjectMeta(
-            name=serving.model_name, namespace=deploy.namespace,
+            name=serving.model_name,
+            namespace=deploy.namespace,
             labels={"app.kubernetes.io/name": "shopguide", "shopguide/model-version": version},
         ),
         spec=V1beta1InferenceServiceSpec(
             predictor=V1beta1PredictorSpec(
-                min_replicas=deploy.min_replicas, max_replicas=deploy.max_replicas,
+                min_replicas=deploy.min_replicas,
+                max_replicas=deploy.max_replicas,
                 containers=[container],
             )
         ),
@@ -54,8 +61,9 @@ def inference_service(version: str, deploy: DeployParams, serving: ServingParams
     return ApiClient().sanitize_for_serialization(isvc)
 
 
-def render_inference_service(version: str, deploy: DeployParams, serving: ServingParams,
-                             out: Path) -> Path:
+def render_inference_service(
+    version: str, deploy: DeployParams, serving: ServingParams, out: Path
+) -> Path:
     manifest = inference_service(version, deploy, serving)
     with atomic_path(out) as tmp:
         tmp.write_text(yaml.safe_dump(manifest, sort_keys=False))

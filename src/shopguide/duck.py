@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import duckdb
 
 from shopguide.config import DataParams
@@ -12,6 +15,9 @@ def connect(params: DataParams) -> duckdb.DuckDBPyConnection:
     con.execute(f"SET memory_limit = '{params.duckdb_memory_limit}'")
     con.execute(f"SET threads = {params.duckdb_threads}")
     con.execute("SET preserve_insertion_order = false")
+    # Spill to the system temp dir, never into whatever directory the step runs in.
+    spill = Path(tempfile.gettempdir()) / "shopguide-duckdb"
+    con.execute(f"SET temp_directory = {sql_path(spill)}")
     return con
 
 

@@ -12,17 +12,17 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from shopguide.config import Params  # noqa: E402
-from shopguide.errors import ShopguideError  # noqa: E402
-from shopguide.io import atomic_path, write_json  # noqa: E402
-from shopguide.metrics import mean_auc, roc_points, task_metrics  # noqa: E402
-from shopguide.model.fit import predict  # noqa: E402
-from shopguide.model.mmoe import MMoE  # noqa: E402
-from shopguide.model.store import load_model  # noqa: E402
-from shopguide.model.tensors import is_new_category, read_training_set, to_tensors  # noqa: E402
+from shopguide.config import Params
+from shopguide.errors import ShopguideError
+from shopguide.io import atomic_path, write_json
+from shopguide.metrics import mean_auc, roc_points, task_metrics
+from shopguide.model.fit import predict
+from shopguide.model.mmoe import MMoE
+from shopguide.model.store import load_model
+from shopguide.model.tensors import is_new_category, read_training_set, to_tensors
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +74,28 @@ def _html(metrics: dict, roc: pd.DataFrame, model_dir: Path) -> str:
         for task, m in block.items():
             auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
             loss = "n/a" if m["logloss"] is None else f"{m['logloss']:.4f}"
-            rows.append(f"<tr><td>{html.escape(name)}</td><td>{task}</td><td>{auc}</td>"
-                        f"<td>{loss}</td><td>{m['positives']}</td><td>{m['rows']}</td></tr>")
+            rows.append(
+                f"<tr><td>{html.escape(name)}</td><td>{task}</td><td>{auc}</td>"
+                f"<td>{loss}</td><td>{m['positives']}</td><td>{m['rows']}</td></tr>"
+            )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>shopguide evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:right}}
 table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
 <h1>Evaluation of {html.escape(str(model_dir))}</h1>
-<p>Mean test AUC over tasks: <b>{metrics['mean_auc']:.4f}</b></p>
+<p>Mean test AUC over tasks: <b>{metrics["mean_auc"]:.4f}</b></p>
 <table><tr><th>slice</th><th>task</th><th>AUC</th><th>log loss</th><th>positives</th>
-<th>rows</th></tr>{''.join(rows)}</table>
+<th>rows</th></tr>{"".join(rows)}</table>
 <img alt="ROC curves" src="data:image/png;base64,{_roc_png(roc)}"></body></html>"""
 
 
-def evaluate_step(training_set: Path, model_dir: Path, metrics_path: Path, roc_path: Path,
-                  report_path: Path, params: Params) -> dict:
+def evaluate_step(
+    training_set: Path,
+    model_dir: Path,
+    metrics_path: Path,
+    roc_path: Path,
+    report_path: Path,
+    params: Params,
+) -> dict:
     model = load_model(model_dir)
     scored = score(model, test_split(training_set), params)
     probs, labels = scored.pop("_probs"), scored.pop("_labels")
@@ -97,7 +105,10 @@ def evaluate_step(training_set: Path, model_dir: Path, metrics_path: Path, roc_p
         roc.to_csv(tmp, index=False)
     with atomic_path(report_path) as tmp:
         tmp.write_text(_html(scored, roc, model_dir))
-    log.info("test AUC %s (mean %.4f); report %s",
-             {t: round(m["auc"] or 0, 4) for t, m in scored["overall"].items()},
-             scored["mean_auc"], report_path)
+    log.info(
+        "test AUC %s (mean %.4f); report %s",
+        {t: round(m["auc"] or 0, 4) for t, m in scored["overall"].items()},
+        scored["mean_auc"],
+        report_path,
+    )
     return scored

@@ -61,7 +61,10 @@ def build_exposures(events: Path, out: Path, protocol: ProtocolParams, data: Dat
                 f"{protocol.window_end}); check protocol.window_start/window_end"
             )
     stats = {
-        split: {"exposures": n, **{f"{t}_positives": int(v) for t, v in zip(protocol.tasks, pos)}}
+        split: {
+            "exposures": n,
+            **{f"{t}_positives": int(v) for t, v in zip(protocol.tasks, pos, strict=True)},
+        }
         for split, n, *pos in rows
     }
     log.info("built exposures %s", stats)

@@ -103,7 +103,8 @@ def write_feature_tables(events: Path, repo: Path, params: Params) -> dict[str, 
     for name, query in queries.items():
         with atomic_path(data_dir / f"{name}.parquet") as tmp:
             con.execute(f"COPY ({query}) TO {sql_path(tmp)} (FORMAT parquet)")
-            (rows[name],) = con.execute(f"SELECT count(*) FROM read_parquet({sql_path(tmp)})").fetchone()
+            count = f"SELECT count(*) FROM read_parquet({sql_path(tmp)})"
+            (rows[name],) = con.execute(count).fetchone()
     log.info("feature rows per view: %s", rows)
     return rows
 

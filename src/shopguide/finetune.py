@@ -19,8 +19,14 @@ from shopguide.train import write_history
 log = logging.getLogger(__name__)
 
 
-def finetune_step(training_set: Path, base_model: Path, model_dir: Path, metrics_path: Path,
-                  history_path: Path, params: Params) -> dict:
+def finetune_step(
+    training_set: Path,
+    base_model: Path,
+    model_dir: Path,
+    metrics_path: Path,
+    history_path: Path,
+    params: Params,
+) -> dict:
     frame = read_training_set(training_set)
     model = load_model(base_model)
     new = frame[is_new_category(frame["category_id"], params.finetune)]
@@ -42,10 +48,14 @@ def finetune_step(training_set: Path, base_model: Path, model_dir: Path, metrics
     fit_part, valid_part = time_split(train_new, params.train.validation_fraction)
     f, t = params.finetune, params.train
     result = fit(
-        model, to_tensors(fit_part, tasks, dense), to_tensors(valid_part, tasks, dense),
-        FitSettings(f.learning_rate, t.weight_decay, 0.0, t.batch_size, f.max_epochs,
-                    f.patience, t.seed),
-        trainable=trainable, description="fine-tune (shared layers frozen)",
+        model,
+        to_tensors(fit_part, tasks, dense),
+        to_tensors(valid_part, tasks, dense),
+        FitSettings(
+            f.learning_rate, t.weight_decay, 0.0, t.batch_size, f.max_epochs, f.patience, t.seed
+        ),
+        trainable=trainable,
+        description="fine-tune (shared layers frozen)",
     )
     for p in model.parameters():
         p.requires_grad_(True)
@@ -61,6 +71,8 @@ def finetune_step(training_set: Path, base_model: Path, model_dir: Path, metrics
     }
     write_json(metrics_path, metrics)
     write_history(result.history, history_path)
-    log.info("new-category test AUC before -> after: %s", {
-        k: f"{before[k]['auc'] or 0:.4f} -> {after[k]['auc'] or 0:.4f}" for k in tasks})
+    log.info(
+        "new-category test AUC before -> after: %s",
+        {k: f"{before[k]['auc'] or 0:.4f} -> {after[k]['auc'] or 0:.4f}" for k in tasks},
+    )
     return metrics

@@ -19,18 +19,24 @@ from shopguide.registry import champion
 log = logging.getLogger(__name__)
 
 
-def gate_step(evaluation: Path, training_set: Path, registry: Path, decision_path: Path,
-              params: Params) -> dict:
+def gate_step(
+    evaluation: Path, training_set: Path, registry: Path, decision_path: Path, params: Params
+) -> dict:
     if not Path(evaluation).is_file():
         raise ShopguideError(f"{evaluation}: evaluation metrics not found (run evaluate first)")
     candidate = read_json(evaluation)["overall"]
     checks = []
     for task, floor in params.gate.auc_floor.items():
         auc = candidate[task]["auc"]
-        checks.append({
-            "rule": "auc_floor", "task": task, "value": auc, "threshold": floor,
-            "passed": auc is not None and auc >= floor,
-        })
+        checks.append(
+            {
+                "rule": "auc_floor",
+                "task": task,
+                "value": auc,
+                "threshold": floor,
+                "passed": auc is not None and auc >= floor,
+            }
+        )
     current = champion(registry)
     champion_auc = None
     if current is not None:
@@ -41,11 +47,16 @@ def gate_step(evaluation: Path, training_set: Path, registry: Path, decision_pat
             if base is None:
                 continue
             limit = base - params.gate.max_auc_regression
-            checks.append({
-                "rule": "no_regression_vs_champion", "task": task, "value": auc,
-                "threshold": limit, "champion_auc": base,
-                "passed": auc is not None and auc >= limit,
-            })
+            checks.append(
+                {
+                    "rule": "no_regression_vs_champion",
+                    "task": task,
+                    "value": auc,
+                    "threshold": limit,
+                    "champion_auc": base,
+                    "passed": auc is not None and auc >= limit,
+                }
+            )
     passed = all(c["passed"] for c in checks)
     reasons = [
         f"{c['rule']} {c['task']}: AUC {c['value'] if c['value'] is None else round(c['value'], 4)}"
@@ -62,5 +73,6 @@ def gate_step(evaluation: Path, training_set: Path, registry: Path, decision_pat
     }
     write_json(decision_path, decision)
     (log.info if passed else log.warning)(
-        "gate %s: %s", "PASSED" if passed else "REFUSED", "; ".join(reasons))
+        "gate %s: %s", "PASSED" if passed else "REFUSED", "; ".join(reasons)
+    )
     return decision

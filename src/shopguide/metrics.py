@@ -34,6 +34,8 @@ def roc_points(labels: np.ndarray, probs: np.ndarray, tasks: tuple[str, ...]) ->
             continue
         fpr, tpr, _ = roc_curve(labels[:, j], probs[:, j])
         keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))
-        rows += [{"task": task, "fpr": float(f), "tpr": float(t)} for f, t in
-                 zip(fpr[keep], tpr[keep])]
+        rows += [
+            {"task": task, "fpr": float(f), "tpr": float(t)}
+            for f, t in zip(fpr[keep], tpr[keep], strict=True)
+        ]
     return rows

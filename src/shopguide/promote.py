@@ -4,6 +4,7 @@ KServe InferenceService. A refused or missing decision changes nothing."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -17,16 +18,27 @@ log = logging.getLogger(__name__)
 
 
 def git_commit() -> str:
+    """The code's commit: SHOPGUIDE_GIT_COMMIT (baked into images) or the checkout's HEAD."""
+    if os.environ.get("SHOPGUIDE_GIT_COMMIT"):
+        return os.environ["SHOPGUIDE_GIT_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def promote_step(model_dir: Path, decision_path: Path, evaluation: Path, training_set: Path,
-                 out: Path, params: Params, parent: str | None = None) -> dict:
+def promote_step(
+    model_dir: Path,
+    decision_path: Path,
+    evaluation: Path,
+    training_set: Path,
+    out: Path,
+    params: Params,
+    parent: str | None = None,
+) -> dict:
     if not Path(decision_path).is_file():
         raise ShopguideError(f"{decision_path}: no gate decision (run gate first)")
     decision = read_json(decision_path)
@@ -39,18 +51,30 @@ def promote_step(model_dir: Path, decision_path: Path, evaluation: Path, trainin
         "params": params.model_dump(mode="json"),
         "metrics": read_json(evaluation),
         "gate": decision,
-        "data_fingerprint": {"training_set": fingerprint(training_set),
-                             "raw": fingerprint(params.data.raw_path)
-                             if Path(params.data.raw_path).is_file() else None},
+        "data_fingerprint": {
+            "training_set": fingerprint(training_set),
+            "raw": fingerprint(params.data.raw_path)
+            if Path(params.data.raw_path).is_file()
+            else None,
+        },
         "git_commit": git_commit(),
         "parent": parent,
     }
     version = register(params.registry.path, model_dir, metadata)
-    manifest = render_inference_service(version.name, params.deploy, params.serving,
-                                        params.deploy.output)
-    record = {"promoted": True, "version": version.name, "path": str(version.path),
-              "inference_service": str(manifest)}
+    manifest = render_inference_service(
+        version.name, params.deploy, params.serving, params.deploy.output
+    )
+    record = {
+        "promoted": True,
+        "version": version.name,
+        "path": str(version.path),
+        "inference_service": str(manifest),
+    }
     write_json(out, record)
-    log.info("promoted %s to champion in %s; InferenceService rendered at %s",
-             version.name, params.registry.path, manifest)
+    log.info(
+        "promoted %s to champion in %s; InferenceService rendered at %s",
+        version.name,
+        params.registry.path,
+        manifest,
+    )
     return record

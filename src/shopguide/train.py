@@ -35,10 +35,17 @@ def build_model(frame: pd.DataFrame, params: Params) -> MMoE:
     mean, std = _dense_stats(frame, dense)
     m = params.model
     config = MMoEConfig(
-        tasks=params.protocol.tasks, dense_features=dense, dense_mean=mean, dense_std=std,
-        user_buckets=m.user_buckets, item_buckets=m.item_buckets,
-        category_buckets=m.category_buckets, embedding_dim=m.embedding_dim,
-        num_experts=m.num_experts, expert_hidden=m.expert_hidden, tower_hidden=m.tower_hidden,
+        tasks=params.protocol.tasks,
+        dense_features=dense,
+        dense_mean=mean,
+        dense_std=std,
+        user_buckets=m.user_buckets,
+        item_buckets=m.item_buckets,
+        category_buckets=m.category_buckets,
+        embedding_dim=m.embedding_dim,
+        num_experts=m.num_experts,
+        expert_hidden=m.expert_hidden,
+        tower_hidden=m.tower_hidden,
         dropout=m.dropout,
     )
     return MMoE(config)
@@ -49,11 +56,13 @@ def write_history(history: list[dict], path: Path) -> None:
         pd.DataFrame(history).to_csv(tmp, index=False)
 
 
-def train_step(training_set: Path, model_dir: Path, metrics_path: Path, history_path: Path,
-               params: Params) -> dict:
+def train_step(
+    training_set: Path, model_dir: Path, metrics_path: Path, history_path: Path, params: Params
+) -> dict:
     frame = read_training_set(training_set)
-    old = frame[(frame["split"] == "train") & ~is_new_category(frame["category_id"],
-                                                                params.finetune)]
+    old = frame[
+        (frame["split"] == "train") & ~is_new_category(frame["category_id"], params.finetune)
+    ]
     if len(old) < 100:
         raise ShopguideError(f"{training_set}: only {len(old)} training exposures, need >= 100")
     fit_part, valid_part = time_split(old, params.train.validation_fraction)
@@ -65,16 +74,30 @@ def train_step(training_set: Path, model_dir: Path, metrics_path: Path, history_
         model,
         to_tensors(fit_part, tasks, model.config.dense_features),
         to_tensors(valid_part, tasks, model.config.dense_features),
-        FitSettings(t.learning_rate, t.weight_decay, t.embedding_l2, t.batch_size, t.max_epochs,
-                    t.patience, t.seed),
+        FitSettings(
+            t.learning_rate,
+            t.weight_decay,
+            t.embedding_l2,
+            t.batch_size,
+            t.max_epochs,
+            t.patience,
+            t.seed,
+        ),
         description="train MMoE",
     )
     with atomic_path(model_dir) as tmp:
         save_model(model, tmp)
-    metrics = {"validation": result.best_metrics, "best_epoch": result.best_epoch,
-               "train_rows": len(fit_part), "validation_rows": len(valid_part)}
+    metrics = {
+        "validation": result.best_metrics,
+        "best_epoch": result.best_epoch,
+        "train_rows": len(fit_part),
+        "validation_rows": len(valid_part),
+    }
     write_json(metrics_path, metrics)
     write_history(result.history, history_path)
-    log.info("trained model saved to %s; validation %s", model_dir,
-             {k: round(v["auc"] or 0, 4) for k, v in result.best_metrics.items()})
+    log.info(
+        "trained model saved to %s; validation %s",
+        model_dir,
+        {k: round(v["auc"] or 0, 4) for k, v in result.best_metrics.items()},
+    )
     return metrics

@@ -59,8 +59,9 @@ def fit(
     """Train in place; on return the model holds the weights of its best validation epoch."""
     torch.manual_seed(settings.seed)
     params = trainable if trainable is not None else list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate,
-                                  weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
     loss_fn = nn.BCEWithLogitsLoss()
     tasks = model.config.tasks
     generator = torch.Generator().manual_seed(settings.seed)
@@ -89,8 +90,13 @@ def fit(
             row = {"epoch": epoch, "train_loss": total / max(batches, 1), "val_mean_auc": score}
             row |= {f"val_{t}_auc": metrics[t]["auc"] for t in tasks}
             best.history.append(row)
-            log.info("%s epoch %d: loss %.4f, validation mean AUC %.4f",
-                     description, epoch, row["train_loss"], score)
+            log.info(
+                "%s epoch %d: loss %.4f, validation mean AUC %.4f",
+                description,
+                epoch,
+                row["train_loss"],
+                score,
+            )
             bar.advance(job)
             if score > best_score:
                 best_score, stale = score, 0

@@ -6,6 +6,8 @@ and towers are per task.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
@@ -35,7 +37,7 @@ class MMoEConfig(BaseModel):
 
 def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, o in zip(sizes, sizes[1:]):
+    for i, o in itertools.pairwise(sizes):
         layers += [nn.Linear(i, o), nn.ReLU(), nn.Dropout(dropout)]
     return nn.Sequential(*layers)
 
@@ -54,14 +56,14 @@ class MMoE(nn.Module):
         self.register_buffer("dense_std", torch.tensor(config.dense_std, dtype=torch.float32))
         in_dim = 3 * d + len(config.dense_features)
         sizes = [in_dim, *config.expert_hidden]
-        self.experts = nn.ModuleList(
-            _mlp(sizes, config.dropout) for _ in range(config.num_experts)
-        )
+        self.experts = nn.ModuleList(_mlp(sizes, config.dropout) for _ in range(config.num_experts))
         self.gates = nn.ModuleList(nn.Linear(in_dim, config.num_experts) for _ in config.tasks)
         top = config.expert_hidden[-1]
         self.towers = nn.ModuleList(
-            nn.Sequential(_mlp([top, *config.tower_hidden], config.dropout),
-                          nn.Linear(config.tower_hidden[-1], 1))
+            nn.Sequential(
+                _mlp([top, *config.tower_hidden], config.dropout),
+                nn.Linear(config.tower_hidden[-1], 1),
+            )
             for _ in config.tasks
         )
 
@@ -92,7 +94,7 @@ class MMoE(nn.Module):
         )
         experts = torch.stack([e(x) for e in self.experts], dim=1)  # (B, E, H)
         logits = []
-        for gate, tower in zip(self.gates, self.towers):
+        for gate, tower in zip(self.gates, self.towers, strict=True):
             weights = torch.softmax(gate(x), dim=1).unsqueeze(2)  # (B, E, 1)
             logits.append(tower((weights * experts).sum(dim=1)))
         return torch.cat(logits, dim=1)

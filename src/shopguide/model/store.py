@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 

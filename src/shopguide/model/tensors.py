@@ -28,8 +28,9 @@ class Tensors:
         return self.user.shape[0]
 
     def take(self, index: torch.Tensor) -> Tensors:
-        return Tensors(*(t[index] for t in (self.user, self.item, self.category, self.dense,
-                                            self.labels)))
+        return Tensors(
+            *(t[index] for t in (self.user, self.item, self.category, self.dense, self.labels))
+        )
 
     def inputs(self) -> tuple[torch.Tensor, ...]:
         return self.user, self.item, self.category, self.dense

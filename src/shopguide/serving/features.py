@@ -1,4 +1,8 @@
-"""Online feature lookup for one request: the user, the candidate items and their categories."""
+"""Online feature lookup for a batch of (user, candidate item) rows.
+
+Each entity type is read from Feast once per batch, for its distinct ids only; the rows then
+gather their values by index, so cost grows with distinct entities, not with rows.
+"""
 
 from __future__ import annotations
 
@@ -7,49 +11,83 @@ from dataclasses import dataclass
 import numpy as np
 from feast import FeatureStore
 
-from shopguide.feature_spec import ITEM_ATTRIBUTES_VIEW, stat_features, stats_view
+from shopguide.errors import ShopguideError
+from shopguide.feature_spec import (
+    ENTITIES,
+    ITEM_ATTRIBUTES_VIEW,
+    model_feature_columns,
+    stat_features,
+    stats_view,
+)
+
+CATEGORY_REF = f"{ITEM_ATTRIBUTES_VIEW}:category_id"
 
 
 @dataclass(frozen=True)
 class OnlineFeatures:
-    dense: np.ndarray  # (items, features) in the model's dense feature order
-    categories: np.ndarray  # (items,) int64, 0 where unknown
-    user_known: bool
-    item_known: np.ndarray  # (items,) bool
+    dense: np.ndarray  # (rows, features) float32 in the model's dense feature order, 0 if absent
+    categories: np.ndarray  # (rows,) int64, 0 where the item is unknown
+    user_known: np.ndarray  # (rows,) bool
+    item_known: np.ndarray  # (rows,) bool
 
 
-def _lookup(store: FeatureStore, view: str, key: str, ids: list[int],
-            extra: list[str] = ()) -> dict[str, list]:
-    refs = [f"{view}:{f}" for f in stat_features()] + list(extra)
+def check_dense_order(dense_order: tuple[str, ...]) -> None:
+    """Fail at load, not per request, when the model wants a feature this lookup never reads
+    (it would otherwise be served as a silent 0)."""
+    unknown = sorted(set(dense_order) - set(model_feature_columns()))
+    if unknown:
+        raise ShopguideError(f"the model needs features the online lookup does not read: {unknown}")
+
+
+def _read(
+    store: FeatureStore, entity: str, ids: np.ndarray, extra: tuple[str, ...] = ()
+) -> dict[str, list]:
+    """One online read of `entity`'s stats (and `extra` refs) for `ids`; None where absent."""
+    refs = [f"{stats_view(entity)}:{f}" for f in stat_features()] + list(extra)
+    if not len(ids):
+        return {ref.replace(":", "__"): [] for ref in refs}
+    key = ENTITIES[entity]
     return store.get_online_features(
-        features=refs, entity_rows=[{key: i} for i in ids], full_feature_names=True
+        features=refs, entity_rows=[{key: int(i)} for i in ids], full_feature_names=True
     ).to_dict()
 
 
-def fetch(store: FeatureStore, user_id: int, item_ids: list[int],
-          dense_order: tuple[str, ...]) -> OnlineFeatures:
-    user = _lookup(store, stats_view("user"), "user_id", [user_id])
-    items = _lookup(store, stats_view("item"), "item_id", item_ids,
-                    [f"{ITEM_ATTRIBUTES_VIEW}:category_id"])
-    cat_raw = items[f"{ITEM_ATTRIBUTES_VIEW}__category_id"]
-    item_known = np.array([c is not None for c in cat_raw])
-    categories = np.array([c if c is not None else 0 for c in cat_raw], dtype=np.int64)
-    unique = sorted(set(categories[item_known].tolist()))
-    cats = _lookup(store, stats_view("category"), "category_id", unique) if unique else {}
-    cat_index = {c: i for i, c in enumerate(unique)}
-    n = len(item_ids)
-    dense = np.zeros((n, len(dense_order)), np.float32)
+def _table(entity: str, values: dict[str, list]) -> np.ndarray:
+    """(ids + 1, stats) float32 with NaN where absent; the extra last row is all NaN, the
+    target of rows that have no such entity."""
+    view = stats_view(entity)
+    columns = [np.asarray(values[f"{view}__{f}"], dtype=np.float32) for f in stat_features()]
+    table = np.stack(columns, axis=1)
+    return np.vstack([table, np.full((1, table.shape[1]), np.nan, np.float32)])
+
+
+def fetch(
+    store: FeatureStore, user_ids: np.ndarray, item_ids: np.ndarray, dense_order: tuple[str, ...]
+) -> OnlineFeatures:
+    """Latest features of every row (user_ids[i], item_ids[i]), in three batched reads:
+    users, items with their category, then the categories of the known items."""
+    users, user_row = np.unique(user_ids, return_inverse=True)
+    items, item_row = np.unique(item_ids, return_inverse=True)
+    user_values = _read(store, "user", users)
+    item_values = _read(store, "item", items, (CATEGORY_REF,))
+    raw_categories = item_values[CATEGORY_REF.replace(":", "__")]
+    item_known = np.array([c is not None for c in raw_categories])
+    item_category = np.array([c or 0 for c in raw_categories], dtype=np.int64)
+    categories, category_of_known = np.unique(item_category[item_known], return_inverse=True)
+    category_row = np.full(len(items), len(categories))  # unknown items -> the NaN row
+    category_row[item_known] = category_of_known
+    tables = {
+        stats_view("user"): _table("user", user_values)[user_row],
+        stats_view("item"): _table("item", item_values)[item_row],
+        stats_view("category"): _table("category", _read(store, "category", categories))[
+            category_row[item_row]
+        ],
+    }
+    position = {f: k for k, f in enumerate(stat_features())}
+    dense = np.empty((len(item_ids), len(dense_order)), np.float32)
     for j, name in enumerate(dense_order):
-        if name in user:
-            value = user[name][0]
-            dense[:, j] = 0.0 if value is None else value
-        elif name in items:
-            dense[:, j] = [0.0 if v is None else v for v in items[name]]
-        elif name in cats:
-            col = cats[name]
-            dense[:, j] = [
-                (col[cat_index[c]] or 0.0) if known else 0.0
-                for c, known in zip(categories.tolist(), item_known)
-            ]
-    user_known = any(v[0] is not None for k, v in user.items() if "__" in k)
-    return OnlineFeatures(dense, categories, user_known, item_known)
+        view, _, feature = name.partition("__")
+        dense[:, j] = tables[view][:, position[feature]]
+    np.nan_to_num(dense, copy=False, nan=0.0)
+    user_known = ~np.isnan(tables[stats_view("user")]).all(axis=1)
+    return OnlineFeatures(dense, item_category[item_row], user_known, item_known[item_row])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
@@ -24,21 +25,45 @@ class PredictRequest(BaseModel):
     instances: Annotated[list[Instance], Field(min_length=1)]
 
 
+MAX_REPORTED_ERRORS = 5
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first few violations as `field.path: problem (got value)`; a bad list of thousands
+    of ids must not become a megabyte error message."""
+    errors = exc.errors()
+    parts = []
+    for e in errors[:MAX_REPORTED_ERRORS]:
+        where = ".".join(str(p) for p in e["loc"]) or "body"
+        got = "" if e["type"] == "missing" else f" (got {reprlib.repr(e['input'])})"
+        parts.append(f"{where}: {e['msg']}{got}")
+    if len(errors) > MAX_REPORTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_REPORTED_ERRORS} more")
+    return "; ".join(parts)
+
+
 def parse_request(payload: object, max_candidates: int) -> PredictRequest:
+    """Validate a decoded body; `max_candidates` bounds the whole request (all instances are
+    scored in one batch), so many small instances cannot add up to an unbounded one."""
     if not isinstance(payload, dict):
-        raise ShopguideError('request body must be a JSON object like '
-                             '{"instances": [{"user_id": 1, "item_ids": [2, 3]}]}')
+        raise ShopguideError(
+            "request body must be a JSON object like "
+            '{"instances": [{"user_id": 1, "item_ids": [2, 3]}]}'
+        )
     try:
         request = PredictRequest.model_validate(payload)
     except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ShopguideError(f"invalid request: {details}") from exc
+        raise ShopguideError(f"invalid request: {_describe(exc)}") from exc
     for i, inst in enumerate(request.instances):
         if len(inst.item_ids) > max_candidates:
             raise ShopguideError(
                 f"invalid request: instances.{i}.item_ids has {len(inst.item_ids)} candidates, "
                 f"over the limit of {max_candidates}"
             )
+    total = sum(len(inst.item_ids) for inst in request.instances)
+    if total > max_candidates:
+        raise ShopguideError(
+            f"invalid request: {len(request.instances)} instances have {total} candidates in "
+            f"all, over the limit of {max_candidates} per request"
+        )
     return request

@@ -1,0 +1,40 @@
+"""Component of the `train` step (as `shopguide train`)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.settings import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train(
+    training_set: Input[Dataset],
+    params_json: str,
+    model: Output[Model],
+    metrics: Output[Metrics],
+    history: Output[Dataset],
+) -> None:
+    """Pre-train the MMoE on the old categories with early stopping.
+
+    The metrics file holds the step's full JSON; the logged scalars (per-task validation AUC)
+    are what the KFP UI compares across runs.
+    """
+    from pathlib import Path
+
+    from shopguide.logs import setup_logging
+
+    setup_logging()
+    from shopguide.config import params_from_json
+    from shopguide.train import train_step
+
+    result = train_step(
+        Path(training_set.path),
+        Path(model.path),
+        Path(metrics.path),
+        Path(history.path),
+        params_from_json(params_json),
+    )
+    for task, m in result["validation"].items():
+        if m["auc"] is not None:
+            metrics.log_metric(f"validation_auc_{task}", m["auc"])
+    metrics.log_metric("best_epoch", result["best_epoch"])

@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines definitions built from the components in `components/`."""

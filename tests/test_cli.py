@@ -1,0 +1,138 @@
+"""The `shopguide` command as users run it: exit codes and messages on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shopguide.registry import champion, versions
+from tests.conftest import PipelineRun, write_params
+
+STEPS = (
+    "ingest",
+    "validate",
+    "features",
+    "train",
+    "finetune",
+    "evaluate",
+    "gate",
+    "promote",
+    "serve",
+)
+
+
+def shopguide(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "shopguide.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_help_lists_every_step() -> None:
+    out = shopguide("--help")
+    assert out.returncode == 0
+    for name in STEPS:
+        assert name in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("1,2,3,pv\n" * 20, "Expected Number of Columns: 5 Found: 4"),
+        ("1,2,3,pv,yesterday\n" * 20, "column 'ts'"),
+        ("", "file is empty"),
+    ],
+    ids=["missing-column", "non-numeric-timestamp", "empty-file"],
+)
+def test_bad_csv_exits_with_clear_error_and_registry_untouched(
+    pipeline_run: PipelineRun, tmp_path: Path, content: str, expected: str
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    params = write_params(tmp_path, bad)
+    registry_before = [v.name for v in versions(pipeline_run.registry)]
+    champ = champion(pipeline_run.registry).name
+    out = shopguide(
+        "ingest",
+        "--params",
+        str(params),
+        "--events",
+        str(tmp_path / "e.parquet"),
+        "--exposures",
+        str(tmp_path / "x.parquet"),
+        "--summary",
+        str(tmp_path / "s.json"),
+    )
+    assert out.returncode == 2
+    assert expected in out.stderr and str(bad) in out.stderr.replace("\n", "")
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "e.parquet").exists() and not (tmp_path / "x.parquet").exists()
+    assert [v.name for v in versions(pipeline_run.registry)] == registry_before
+    assert champion(pipeline_run.registry).name == champ
+
+
+def test_unknown_param_key_is_named(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  epochz: 3\n")
+    out = shopguide("train", "--params", str(params))
+    assert out.returncode == 2
+    assert "train.epochz" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_validation_failure_stops_with_listed_expectations(
+    pipeline_run: PipelineRun, tmp_path: Path
+) -> None:
+    import pandas as pd
+
+    events = pd.read_parquet(pipeline_run.events)
+    events.loc[events.index[:500], "behavior"] = "click"
+    broken = tmp_path / "events.parquet"
+    events.to_parquet(broken)
+    out = shopguide(
+        "validate",
+        "--suite",
+        "events",
+        "--input",
+        str(broken),
+        "--report-dir",
+        str(tmp_path / "reports"),
+        "--params",
+        str(pipeline_run.params_path),
+    )
+    assert out.returncode == 2
+    text = " ".join(out.stderr.split())
+    assert "behavior" in text and "click" in text
+    assert (tmp_path / "reports/events.json").is_file()
+    assert (tmp_path / "reports/data_docs/index.html").is_file()
+
+
+def test_gate_refusal_has_its_own_exit_code(pipeline_run: PipelineRun, tmp_path: Path) -> None:
+    strict = write_params(
+        tmp_path,
+        pipeline_run.params.data.raw_path,
+        gate={"auc_floor": {"cart": 0.99, "fav": 0.99, "buy": 0.99}},
+    )
+    out = shopguide(
+        "gate",
+        "--params",
+        str(strict),
+        "--evaluation",
+        str(pipeline_run.evaluation),
+        "--training-set",
+        str(pipeline_run.training_set),
+        "--registry",
+        str(tmp_path / "empty-registry"),
+        "--decision",
+        str(tmp_path / "decision.json"),
+    )
+    assert out.returncode == 3
+    assert "gate refused" in out.stderr
+    assert (tmp_path / "decision.json").is_file()

@@ -1,0 +1,44 @@
+"""params.yaml is validated on load and errors name the offending field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shopguide.config import Params, load_params
+from shopguide.errors import ShopguideError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_project_params_load() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params.protocol.tasks == ("cart", "fav", "buy")
+    assert params == Params.model_validate(params.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("train:\n  learning_rat: 0.1\n", "train.learning_rat"),
+        ("train:\n  batch_size: many\n", "train.batch_size"),
+        ("bogus: 1\n", "bogus"),
+        ("gate:\n  auc_floor: {cart: 0.5}\n", "gate.auc_floor has no entry for tasks"),
+        ("protocol:\n  test_start: 1\n", "window_start < test_start"),
+        ("features:\n  snapshot_interval_hours: 5\n", "features.snapshot_interval_hours"),
+        ("train: [1, 2\n", "not valid YAML"),
+    ],
+)
+def test_bad_params_name_the_field(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ShopguideError) as err:
+        load_params(path)
+    assert fragment in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_missing_params_file(tmp_path: Path) -> None:
+    with pytest.raises(ShopguideError, match="not found"):
+        load_params(tmp_path / "nope.yaml")

@@ -1,0 +1,64 @@
+"""`dvc repro` runs the whole pipeline from a clean checkout; a second run does nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shopguide.io import read_json
+from shopguide.registry import champion
+from tests.conftest import ROOT
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_everything_then_nothing(sample: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    files = _run(["git", "ls-files", "-co", "--exclude-standard"], ROOT).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["raw_path"] = str(sample)
+    params["train"]["max_epochs"] = 4
+    params["finetune"]["max_epochs"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
+    assert _run(["git", "init", "-q"], repo).returncode == 0
+    assert _run([*git, "add", "-A"], repo).returncode == 0
+    assert _run([*git, "commit", "-qm", "snapshot"], repo).returncode == 0
+
+    first = _run(["dvc", "repro"], repo)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for stage in (
+        "ingest",
+        "validate_events",
+        "features",
+        "validate_training_set",
+        "train",
+        "finetune",
+        "evaluate",
+        "gate",
+        "promote",
+    ):
+        assert f"Running stage '{stage}'" in first.stdout
+    record = read_json(repo / "artifacts/gate/promotion.json")
+    assert record["promoted"] and champion(repo / "registry").name == record["version"]
+    assert (repo / "k8s/rendered/inferenceservice.yaml").is_file()
+    assert (repo / "reports/evaluation.html").is_file()
+
+    second = _run(["dvc", "repro"], repo)
+    assert second.returncode == 0
+    assert "Running stage" not in second.stdout
+    assert "Data and pipelines are up to date" in second.stdout

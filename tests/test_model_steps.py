@@ -1,0 +1,189 @@
+"""train, finetune, evaluate, gate and promote on the real sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from shopguide.config import load_params
+from shopguide.errors import ShopguideError
+from shopguide.evaluate import evaluate_step
+from shopguide.gate import gate_step
+from shopguide.io import read_json
+from shopguide.model.store import load_model, save_model
+from shopguide.promote import promote_step
+from shopguide.registry import champion, versions
+from shopguide.train import build_model
+from tests.conftest import PipelineRun, write_params
+
+
+def test_trained_model_learns_every_task(pipeline_run: PipelineRun) -> None:
+    metrics = read_json(pipeline_run.art("metrics/train.json"))
+    for task in ("cart", "fav", "buy"):
+        assert metrics["validation"][task]["auc"] > 0.55, task
+        assert metrics["validation"][task]["logloss"] < 0.2
+    history = pd.read_csv(pipeline_run.art("plots/train.csv"))
+    assert {"epoch", "train_loss", "val_mean_auc"} <= set(history.columns)
+
+
+def test_model_is_safetensors_plus_json(pipeline_run: PipelineRun) -> None:
+    files = {p.name for p in pipeline_run.pretrained.iterdir()}
+    assert files == {"model.safetensors", "config.json"}
+    config = json.loads((pipeline_run.pretrained / "config.json").read_text())
+    assert config["tasks"] == ["cart", "fav", "buy"]
+    weights = load_file(str(pipeline_run.pretrained / "model.safetensors"))
+    assert any(k.startswith("experts.") for k in weights)
+    model = load_model(pipeline_run.pretrained)
+    assert not model.training
+
+
+def test_finetune_freezes_shared_layers_and_reports_before_after(pipeline_run: PipelineRun) -> None:
+    base, tuned = load_model(pipeline_run.pretrained), load_model(pipeline_run.candidate)
+    for (name, a), b in zip(base.state_dict().items(), tuned.state_dict().values(), strict=True):
+        shared = name.split(".")[0] in {"user_emb", "item_emb", "category_emb", "experts"}
+        if shared:
+            assert torch.equal(a, b), f"{name} moved although it is frozen"
+    assert any(
+        not torch.equal(a, b)
+        for (n, a), b in zip(base.state_dict().items(), tuned.state_dict().values(), strict=True)
+        if n.startswith("towers")
+    )
+    report = read_json(pipeline_run.art("metrics/finetune.json"))
+    for task in ("cart", "fav", "buy"):
+        assert report["new_category_test_before"][task]["auc"] is not None
+        assert report["new_category_test_after"][task]["auc"] > 0.5
+
+
+def test_evaluation_has_slices_plots_and_report(pipeline_run: PipelineRun) -> None:
+    ev = read_json(pipeline_run.evaluation)
+    assert ev["overall"]["buy"]["positives"] == 162
+    assert ev["overall"]["cart"]["rows"] == 15_562
+    old, new = ev["slices"]["old_categories"], ev["slices"]["new_categories"]
+    assert old["cart"]["rows"] + new["cart"]["rows"] == 15_562
+    assert new["cart"]["rows"] == 4_778  # protocol taobao-transfer-v1
+    roc = pd.read_csv(pipeline_run.art("plots/roc.csv"))
+    assert set(roc["task"]) == {"cart", "fav", "buy"}
+    html = pipeline_run.art("reports/evaluation.html").read_text()
+    assert "data:image/png;base64" in html and "new_categories" in html
+
+
+def test_first_run_promoted_a_champion(pipeline_run: PipelineRun) -> None:
+    decision = read_json(pipeline_run.decision)
+    assert decision["passed"] and decision["champion"] is None
+    current = champion(pipeline_run.registry)
+    assert current is not None
+    meta = current.metadata
+    assert meta["data_fingerprint"]["training_set"]
+    assert meta["params"]["gate"]["auc_floor"]["cart"] == 0.55
+    assert meta["metrics"]["overall"]["cart"]["auc"] == decision["candidate_auc"]["cart"]
+    assert len(meta["git_commit"]) in (40, len("unknown"))
+    isvc = yaml.safe_load(pipeline_run.params.deploy.output.read_text())
+    assert isvc["kind"] == "InferenceService"
+    assert isvc["metadata"]["labels"]["shopguide/model-version"] == current.name
+    env = isvc["spec"]["predictor"]["containers"][0]["env"][0]
+    assert env["value"].endswith(current.name)
+
+
+@pytest.fixture()
+def untrained(pipeline_run: PipelineRun, tmp_path: Path) -> tuple[Path, Path]:
+    """A random, untrained model and its evaluation: a candidate the gate must refuse."""
+    frame = pd.read_parquet(pipeline_run.training_set)
+    torch.manual_seed(0)
+    model = build_model(frame, pipeline_run.params)
+    save_model(model, tmp_path / "model")
+    evaluation = tmp_path / "evaluate.json"
+    evaluate_step(
+        pipeline_run.training_set,
+        tmp_path / "model",
+        evaluation,
+        tmp_path / "roc.csv",
+        tmp_path / "report.html",
+        pipeline_run.params,
+    )
+    return tmp_path / "model", evaluation
+
+
+def test_gate_refuses_below_floor_and_promote_changes_nothing(
+    pipeline_run: PipelineRun, untrained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, evaluation = untrained
+    before = [v.name for v in versions(pipeline_run.registry)]
+    champ = champion(pipeline_run.registry).name
+    decision = gate_step(
+        evaluation,
+        pipeline_run.training_set,
+        pipeline_run.registry,
+        tmp_path / "decision.json",
+        pipeline_run.params,
+    )
+    assert not decision["passed"]
+    rules = {c["rule"] for c in decision["checks"] if not c["passed"]}
+    assert rules == {"auc_floor", "no_regression_vs_champion"}
+    assert any("auc_floor" in r for r in decision["reasons"])
+    record = promote_step(
+        model,
+        tmp_path / "decision.json",
+        evaluation,
+        pipeline_run.training_set,
+        tmp_path / "promotion.json",
+        pipeline_run.params,
+    )
+    assert record["promoted"] is False
+    assert [v.name for v in versions(pipeline_run.registry)] == before
+    assert champion(pipeline_run.registry).name == champ
+
+
+def test_gate_refuses_regression_against_champion(
+    pipeline_run: PipelineRun, untrained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, evaluation = untrained
+    lenient = load_params(
+        write_params(
+            tmp_path,
+            pipeline_run.params.data.raw_path,
+            gate={"auc_floor": {"cart": 0.0, "fav": 0.0, "buy": 0.0}},
+        )
+    )
+    lenient = lenient.model_copy(update={"registry": pipeline_run.params.registry})
+    decision = gate_step(
+        evaluation,
+        pipeline_run.training_set,
+        pipeline_run.registry,
+        tmp_path / "decision.json",
+        lenient,
+    )
+    failed = [c for c in decision["checks"] if not c["passed"]]
+    assert not decision["passed"]
+    assert failed and all(c["rule"] == "no_regression_vs_champion" for c in failed)
+    assert decision["champion"] == champion(pipeline_run.registry).name
+
+
+def test_gate_passes_the_champion_against_itself(pipeline_run: PipelineRun, tmp_path: Path) -> None:
+    decision = gate_step(
+        pipeline_run.evaluation,
+        pipeline_run.training_set,
+        pipeline_run.registry,
+        tmp_path / "d.json",
+        pipeline_run.params,
+    )
+    assert decision["passed"], decision["reasons"]
+    for task, auc in decision["candidate_auc"].items():
+        assert decision["champion_auc"][task] == pytest.approx(auc, abs=1e-9)
+
+
+def test_promote_without_decision_is_an_error(pipeline_run: PipelineRun, tmp_path: Path) -> None:
+    with pytest.raises(ShopguideError, match="no gate decision"):
+        promote_step(
+            pipeline_run.candidate,
+            tmp_path / "missing.json",
+            pipeline_run.evaluation,
+            pipeline_run.training_set,
+            tmp_path / "p.json",
+            pipeline_run.params,
+        )
