@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import reprlib
 from typing import Annotated
 
@@ -44,7 +45,15 @@ def _describe(exc: ValidationError) -> str:
 
 def parse_request(payload: object, max_candidates: int) -> PredictRequest:
     """Validate a decoded body; `max_candidates` bounds the whole request (all instances are
-    scored in one batch), so many small instances cannot add up to an unbounded one."""
+    scored in one batch), so many small instances cannot add up to an unbounded one.
+
+    KServe hands over the raw bytes when the client did not say `application/json` (curl's
+    `-d` default); those are decoded here rather than refused."""
+    if isinstance(payload, bytes | str):
+        try:
+            payload = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ShopguideError(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise ShopguideError(
             "request body must be a JSON object like "
