@@ -1,7 +1,7 @@
 """Component of the `gate` step (as `shopguide gate`)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
 
 from components.settings import IMAGE
 
@@ -13,10 +13,12 @@ def gate(
     registry: str,
     params_json: str,
     decision: Output[Artifact],
+    summary: Output[Markdown],
 ) -> str:
     """Pass or refuse the candidate against the AUC floors and the champion in `registry`.
 
-    Returns "passed" or "refused" for the pipeline to branch on. Unlike the CLI, which exits 3,
+    `summary` is the checks as a Markdown table, which the KFP UI shows with the run. Returns
+    "passed" or "refused" for the pipeline to branch on. Unlike the CLI, which exits 3,
     a refusal does not fail the task: it is an expected outcome with its own branch.
     """
     from pathlib import Path
@@ -34,4 +36,13 @@ def gate(
         Path(decision.path),
         params_from_json(params_json),
     )
-    return "passed" if result["passed"] else "refused"
+    verdict = "passed" if result["passed"] else "refused"
+    rows = [
+        f"| {'pass' if c['passed'] else '**fail**'} | {reason} |"
+        for reason, c in zip(result["reasons"], result["checks"], strict=True)
+    ]
+    Path(summary.path).write_text(
+        f"## Gate {verdict} (champion: {result['champion'] or 'none'})\n\n"
+        "| result | check |\n|---|---|\n" + "\n".join(rows) + "\n"
+    )
+    return verdict

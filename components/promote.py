@@ -1,4 +1,5 @@
-"""Components of the two gate outcomes: `promote` (as `shopguide promote`) and the refusal."""
+"""Components of the two gate outcomes: `promote` (as `shopguide promote`) with the cluster
+deployment, and the refusal."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
@@ -52,6 +53,31 @@ def promote(
         fingerprint(Path(pretrained.path)),
     )
     return f"promoted {record['version']}"
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def deploy_champion(promotion: Input[Artifact], params_json: str) -> str:
+    """Create or patch the promoted version's InferenceService through the Kubernetes API
+    (KServe client, as the pod's service account).
+
+    A task of its own so that retrying a transient API failure never registers the model twice.
+    Returns "created <namespace>/<name>" or "patched <namespace>/<name>".
+    """
+    from pathlib import Path
+
+    from shopguide.logs import setup_logging
+
+    setup_logging()
+    from kserve import KServeClient
+
+    from shopguide.config import params_from_json
+    from shopguide.deploy import apply_inference_service, inference_service_model
+    from shopguide.io import read_json
+
+    p = params_from_json(params_json)
+    isvc = inference_service_model(read_json(Path(promotion.path))["version"], p.deploy, p.serving)
+    action = apply_inference_service(isvc, KServeClient())
+    return f"{action} {p.deploy.namespace}/{isvc.metadata.name}"
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

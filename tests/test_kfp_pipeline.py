@@ -5,16 +5,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 from kfp import local
 from kfp.dsl import Artifact
 
+from components.champion import with_new_categories
 from components.gate import gate
 from components.promote import report_refusal
 from components.settings import DEFAULT_IMAGE, IMAGE
-from pipelines.training_pipeline import COMPILED, compile_pipeline, training_pipeline
-from shopguide.config import Params, load_params
-from shopguide.io import read_json
+from pipelines import finetune_pipeline as finetune_module
+from pipelines import training_pipeline as training_module
+from pipelines.finetune_pipeline import finetune_pipeline
+from pipelines.training_pipeline import training_pipeline
+from shopguide.config import Params, load_params, params_from_json
+from shopguide.errors import ShopguideError
+from shopguide.io import fingerprint, read_json
+from shopguide.model.tensors import is_new_category
 from shopguide.registry import champion, versions
 from tests.conftest import copy_feature_repo, write_params
 
@@ -22,17 +30,38 @@ from tests.conftest import copy_feature_repo, write_params
 # and that display names do nothing locally; both are expected here.
 pytestmark = [
     pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning"),
-    pytest.mark.filterwarnings("ignore:Task .* settings \\['display_name'\\]:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Task .* settings \\[.*\\]:UserWarning"),
 ]
 
 
-def test_compiled_pipeline_is_current(tmp_path: Path) -> None:
+@pytest.mark.parametrize("module", [training_module, finetune_module], ids=["train", "finetune"])
+def test_compiled_pipeline_is_current(tmp_path: Path, module) -> None:
     if IMAGE != DEFAULT_IMAGE:
         pytest.skip("SHOPGUIDE_IMAGE is set; the committed YAML uses the default image")
-    fresh = compile_pipeline(tmp_path / "training_pipeline.yaml").read_text()
-    assert fresh == COMPILED.read_text(), (
-        f"{COMPILED} is stale; regenerate it with `python -m pipelines.training_pipeline`"
+    fresh = module.compile_pipeline(tmp_path / module.COMPILED.name).read_text()
+    assert fresh == module.COMPILED.read_text(), (
+        f"{module.COMPILED} is stale; regenerate it with `python -m {module.__name__}`"
     )
+
+
+def test_compiled_training_pipeline_asks_for_gpus_and_retries() -> None:
+    spec = yaml.safe_load_all(training_module.COMPILED.read_text())
+    pipeline, platform = list(spec)
+    executors = pipeline["deploymentSpec"]["executors"]
+    train = executors["exec-train"]["container"]["resources"]
+    assert train["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert train["accelerator"]["resourceCount"] == "1"
+    assert executors["exec-evaluate"]["container"]["resources"]["cpuRequest"] == 1
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert k8s["exec-train"]["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
+    assert k8s["exec-train"]["tolerations"] == [
+        {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}
+    ]
+    assert "nodeSelector" not in k8s["exec-evaluate"]
+    assert all(e["pvcMount"][0]["constant"] == "shopguide-data" for e in k8s.values())
+    tasks = pipeline["root"]["dag"]["tasks"]
+    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2
+    assert "retryPolicy" not in tasks["evaluate"]
 
 
 def _artifact(path: Path) -> Artifact:
@@ -54,9 +83,26 @@ def test_gate_returns_the_branch_to_take(tmp_path: Path, auc: float, outcome: st
         registry=str(tmp_path / "registry"),
         params_json=params.model_dump_json(),
         decision=_artifact(decision),
+        summary=_artifact(tmp_path / "summary.md"),
     )
     assert result == outcome
     assert read_json(decision)["passed"] is (outcome == "passed")
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith(f"## Gate {outcome} (champion: none)")
+    assert summary.count("| pass |") == (3 if outcome == "passed" else 0)
+
+
+def test_with_new_categories_sets_and_validates_the_ids() -> None:
+    params_json = Params().model_dump_json()
+    tuned = params_from_json(
+        with_new_categories.python_func(params_json=params_json, new_category_ids=[5, 7])
+    )
+    assert tuned.finetune.new_category_ids == (5, 7)
+    new = is_new_category(pd.Series([5, 6, 7, 9]), tuned.finetune)
+    assert new.tolist() == [True, False, True, False]
+    for bad in ([], ["shoes"]):
+        with pytest.raises(ShopguideError, match="new_category_ids"):
+            with_new_categories.python_func(params_json=params_json, new_category_ids=bad)
 
 
 def test_report_refusal_records_failed_checks(tmp_path: Path) -> None:
@@ -94,6 +140,7 @@ def _run(root: Path, params: Params, sample: Path, feature_repo: Path, registry:
         feature_repo=str(feature_repo),
         registry=str(registry),
         params_json=params.model_dump_json(),
+        deploy=False,
     )
     (run_dir,) = root.iterdir()
     return task.output, run_dir
@@ -133,7 +180,32 @@ def test_local_run_promotes_then_refuses(
     assert record["promoted"] is True
     assert record["version"] == first.name
     assert (run_dir / "promote" / "inference_service").is_file()
+    assert not (run_dir / "deploy-champion").exists()  # deploy=False: no cluster here
     assert not (run_dir / "report-refusal").exists()
+
+    # Fine-tune the champion on the five busiest categories, then gate and promote it.
+    frame = pd.read_parquet(run_dir / "features" / "training_set")
+    new_ids = [int(c) for c in frame["category_id"].value_counts().index[:5]]
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root / "ft"))
+    tuned = finetune_pipeline(
+        new_category_ids=new_ids,
+        raw_path=str(sample),
+        feature_repo=str(feature_repo),
+        registry=str(registry),
+        params_json=params.model_dump_json(),
+        deploy=False,
+    )
+    (ft_dir,) = (kfp_root / "ft").iterdir()
+    assert read_json(ft_dir / "finetune" / "metrics")["finetune_rows"] > 0
+    if tuned.output.startswith("promoted"):
+        tuned_champion = champion(registry)
+        assert tuned_champion != first
+        parent = fingerprint(ft_dir / "champion-model" / "model")
+        assert tuned_champion.metadata["parent"] == parent
+        first = tuned_champion
+    else:
+        assert tuned.output.startswith("refused: ")
+        assert champion(registry) == first
 
     strict = params.model_copy(
         update={
@@ -150,4 +222,4 @@ def test_local_run_promotes_then_refuses(
     assert refusal["reasons"]
     assert not (run_dir / "promote").exists()
     assert champion(registry) == first
-    assert [v.name for v in versions(registry)] == [first.name]
+    assert [v.name for v in versions(registry)][-1] == first.name

@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from shopguide.config import load_params
+from shopguide.config import Params, load_params
 from shopguide.errors import ShopguideError
 from shopguide.evaluate import evaluate_step
 from shopguide.gate import gate_step
@@ -46,7 +46,7 @@ def test_model_is_safetensors_plus_json(pipeline_run: PipelineRun) -> None:
 def test_finetune_freezes_shared_layers_and_reports_before_after(pipeline_run: PipelineRun) -> None:
     base, tuned = load_model(pipeline_run.pretrained), load_model(pipeline_run.candidate)
     for (name, a), b in zip(base.state_dict().items(), tuned.state_dict().values(), strict=True):
-        shared = name.split(".")[0] in {"user_emb", "item_emb", "category_emb", "experts"}
+        shared = name.split(".")[0] in {"encoders", "experts"}
         if shared:
             assert torch.equal(a, b), f"{name} moved although it is frozen"
     assert any(
@@ -67,18 +67,42 @@ def test_evaluation_has_slices_plots_and_report(pipeline_run: PipelineRun) -> No
     old, new = ev["slices"]["old_categories"], ev["slices"]["new_categories"]
     assert old["cart"]["rows"] + new["cart"]["rows"] == 15_562
     assert new["cart"]["rows"] == 4_778  # protocol taobao-transfer-v1
+    groups = [ev["slices"][f"{g}_categories"]["cart"]["rows"] for g in ("head", "torso", "tail")]
+    assert sum(groups) == 15_562 and all(groups)
+    for block in [ev["overall"], *ev["slices"].values()]:
+        for task, m in block.items():
+            for metric in ("auc", "logloss", "ece", "gauc"):
+                if m[metric] is None:  # a slice without both outcomes for this task
+                    continue
+                ci = m[f"{metric}_ci"]
+                assert ci["low"] <= m[metric] <= ci["high"], (task, metric, m)
+    buy = ev["overall"]["buy"]
+    assert 0 < buy["ece"] < 0.05 and 0.5 < buy["gauc"] < 1
+    assert ev["bootstrap"] == {"samples": 500, "confidence": 0.95, "seed": 7}
     roc = pd.read_csv(pipeline_run.art("plots/roc.csv"))
     assert set(roc["task"]) == {"cart", "fav", "buy"}
+    calibration = pd.read_csv(pipeline_run.art("plots/calibration.csv"))
+    assert set(calibration["task"]) == {"cart", "fav", "buy"}
+    assert calibration.groupby("task")["rows"].sum().eq(15_562).all()
     html = pipeline_run.art("reports/evaluation.html").read_text()
-    assert "data:image/png;base64" in html and "new_categories" in html
+    assert html.count("data:image/png;base64") == 2  # ROC and calibration
+    for text in ("new_categories", "tail_categories", "GAUC", "ECE", "bootstrap"):
+        assert text in html, text
 
 
 def test_first_run_promoted_a_champion(pipeline_run: PipelineRun) -> None:
     decision = read_json(pipeline_run.decision)
     assert decision["passed"] and decision["champion"] is None
+    # The gate served the candidate for real: same scores as offline, within the budget.
+    rules = {c["rule"]: c for c in decision["checks"]}
+    assert rules["serving_parity"]["passed"] and rules["serving_parity"]["value"] <= 1e-5
+    assert rules["serving_p99_latency"]["passed"]
+    assert decision["infra"]["requests"] == 40 and decision["infra"]["latency_ms"]["p99"] > 0
     current = champion(pipeline_run.registry)
     assert current is not None
     meta = current.metadata
+    assert meta["gate"]["passed"] and meta["model_fingerprint"]
+    assert (current.path / "MODEL_CARD.md").read_text().startswith("# Model card")
     assert meta["data_fingerprint"]["training_set"]
     assert meta["params"]["gate"]["auc_floor"]["cart"] == 0.55
     assert meta["metrics"]["overall"]["cart"]["auc"] == decision["candidate_auc"]["cart"]
@@ -88,6 +112,16 @@ def test_first_run_promoted_a_champion(pipeline_run: PipelineRun) -> None:
     assert isvc["metadata"]["labels"]["shopguide/model-version"] == current.name
     env = isvc["spec"]["predictor"]["containers"][0]["env"][0]
     assert env["value"].endswith(current.name)
+
+
+def without_serving_check(params: Params) -> Params:
+    """The gate's settings minus its serving check (tested in tests/test_gate.py), and a
+    cheaper bootstrap for evaluations only the gate reads."""
+    gate = params.gate.model_copy(
+        update={"infra": params.gate.infra.model_copy(update={"enabled": False})}
+    )
+    evaluation = params.evaluation.model_copy(update={"bootstrap_samples": 50})
+    return params.model_copy(update={"gate": gate, "evaluation": evaluation})
 
 
 @pytest.fixture()
@@ -104,7 +138,7 @@ def untrained(pipeline_run: PipelineRun, tmp_path: Path) -> tuple[Path, Path]:
         evaluation,
         tmp_path / "roc.csv",
         tmp_path / "report.html",
-        pipeline_run.params,
+        without_serving_check(pipeline_run.params),
     )
     return tmp_path / "model", evaluation
 
@@ -120,9 +154,10 @@ def test_gate_refuses_below_floor_and_promote_changes_nothing(
         pipeline_run.training_set,
         pipeline_run.registry,
         tmp_path / "decision.json",
-        pipeline_run.params,
+        without_serving_check(pipeline_run.params),
     )
     assert not decision["passed"]
+    assert decision["candidate"] == str(model.resolve())  # the model the evaluation names
     rules = {c["rule"] for c in decision["checks"] if not c["passed"]}
     assert rules == {"auc_floor", "no_regression_vs_champion"}
     assert any("auc_floor" in r for r in decision["reasons"])
@@ -150,7 +185,9 @@ def test_gate_refuses_regression_against_champion(
             gate={"auc_floor": {"cart": 0.0, "fav": 0.0, "buy": 0.0}},
         )
     )
-    lenient = lenient.model_copy(update={"registry": pipeline_run.params.registry})
+    lenient = without_serving_check(
+        lenient.model_copy(update={"registry": pipeline_run.params.registry})
+    )
     decision = gate_step(
         evaluation,
         pipeline_run.training_set,
@@ -161,7 +198,11 @@ def test_gate_refuses_regression_against_champion(
     failed = [c for c in decision["checks"] if not c["passed"]]
     assert not decision["passed"]
     assert failed and all(c["rule"] == "no_regression_vs_champion" for c in failed)
+    for check in failed:  # judged by the paired bootstrap, and explained
+        assert check["judged"] and check["p_worse_than_tolerance"] >= 0.95
+        assert check["delta"] < -0.01 and check["delta_ci95"]["high"] < 0
     assert decision["champion"] == champion(pipeline_run.registry).name
+    assert len(decision["reasons"]) == len(decision["checks"])
 
 
 def test_gate_passes_the_champion_against_itself(pipeline_run: PipelineRun, tmp_path: Path) -> None:
@@ -170,11 +211,14 @@ def test_gate_passes_the_champion_against_itself(pipeline_run: PipelineRun, tmp_
         pipeline_run.training_set,
         pipeline_run.registry,
         tmp_path / "d.json",
-        pipeline_run.params,
+        without_serving_check(pipeline_run.params),
     )
     assert decision["passed"], decision["reasons"]
     for task, auc in decision["candidate_auc"].items():
         assert decision["champion_auc"][task] == pytest.approx(auc, abs=1e-9)
+    judged = [c for c in decision["checks"] if c.get("judged")]
+    assert judged and all(c["delta"] == 0 and c["p_worse_than_tolerance"] == 0 for c in judged)
+    assert decision["not_checked"] == ["serving check (gate.infra.enabled is false)"]
 
 
 def test_promote_without_decision_is_an_error(pipeline_run: PipelineRun, tmp_path: Path) -> None:

@@ -63,15 +63,42 @@ def ingest(
     summary: Path = Path("artifacts/data/ingest.json"),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Raw Taobao UserBehavior CSV -> canonical events, labelled exposures and the time split."""
-    from shopguide.exposures import build_exposures
-    from shopguide.ingest import ingest_taobao, summary_dict
+    """Raw data (format: data.adapter) -> canonical events, labelled exposures, the time split;
+    the summary is the data card."""
+    from shopguide.adapters import ingest as ingest_raw
     from shopguide.io import write_json
 
     p = _params(params)
-    result = ingest_taobao(source or p.data.raw_path, events, p.data)
-    splits = build_exposures(events, exposures, p.protocol, p.data)
-    write_json(summary, {"events": summary_dict(result), "exposures": splits})
+    write_json(summary, ingest_raw(source or p.data.raw_path, events, exposures, p))
+
+
+@app.command()
+@step
+def synth(
+    out: Path = Path("artifacts/data/synth/events.csv"),
+    truth: Path = Path("artifacts/data/synth/truth.parquet"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Synthetic events in the Taobao format plus every exposure's true task probabilities."""
+    from shopguide.synth import generate
+
+    generate(out, truth, _params(params))
+
+
+@app.command(name="synth-bayes")
+@step
+def synth_bayes(
+    truth: Path = Path("artifacts/data/synth/truth.parquet"),
+    exposures: Path = EXPOSURES,
+    out: Path = Path("metrics/synth_bayes.json"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Bayes-optimal AUC per task on the test exposures, from the generator's true probabilities."""
+    from shopguide.io import write_json
+    from shopguide.synth import bayes_auc
+
+    p = _params(params)
+    write_json(out, bayes_auc(truth, exposures, p.data, p.protocol))
 
 
 class Suite(StrEnum):
@@ -133,11 +160,15 @@ def train(
     metrics: Path = Path("metrics/train.json"),
     history: Path = Path("plots/train_history.csv"),
     params: ParamsOpt = Path("params.yaml"),
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option(help="checkpoint every epoch here; resume from it")
+    ] = None,
 ) -> None:
-    """Train the MMoE (cart, fav, buy) with early stopping on a validation slice."""
+    """Train the model named in params.yaml (cart, fav, buy) with early stopping on a
+    validation slice; under `torchrun`, data-parallel."""
     from shopguide.train import train_step
 
-    train_step(training_set, model_dir, metrics, history, _params(params))
+    train_step(training_set, model_dir, metrics, history, _params(params), checkpoint_dir)
 
 
 @app.command()
@@ -163,13 +194,15 @@ def evaluate(
     model_dir: Path = CANDIDATE,
     metrics: Path = EVALUATION,
     roc: Path = Path("plots/roc.csv"),
+    calibration: Path = Path("plots/calibration.csv"),
     report: Path = Path("reports/evaluation.html"),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Per-task AUC and log loss on the test split, with ROC plots and an HTML report."""
+    """Per-task AUC, log loss, calibration error and GAUC with bootstrap intervals, overall and
+    per slice; ROC and calibration plots and an HTML report."""
     from shopguide.evaluate import evaluate_step
 
-    evaluate_step(training_set, model_dir, metrics, roc, report, _params(params))
+    evaluate_step(training_set, model_dir, metrics, roc, report, _params(params), calibration)
 
 
 @app.command()
@@ -177,19 +210,28 @@ def evaluate(
 def gate(
     evaluation: Path = EVALUATION,
     training_set: Path = TRAINING_SET,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="the candidate; default: the model the evaluation names")
+    ] = None,
     registry: Annotated[Path | None, typer.Option(help="default registry.path")] = None,
+    repo: Annotated[Path | None, typer.Option(help="Feast repo; default features.repo")] = None,
     decision: Path = DECISION,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Pass or refuse the candidate; exit code 3 on refusal, decision JSON either way."""
+    """Pass or refuse the candidate (AUC floors, paired-bootstrap comparison with the champion
+    overall and per slice, a real server's parity and latency); exit code 3 on refusal,
+    decision JSON either way."""
     from shopguide.gate import gate_step
 
     p = _params(params)
-    result = gate_step(evaluation, training_set, registry or p.registry.path, decision, p)
+    result = gate_step(
+        evaluation, training_set, registry or p.registry.path, decision, p, model_dir, repo
+    )
     if not result["passed"]:
-        raise GateRefused(
-            f"gate refused the candidate (see {decision}): " + "; ".join(result["reasons"])
-        )
+        failed = [
+            r for r, c in zip(result["reasons"], result["checks"], strict=True) if not c["passed"]
+        ]
+        raise GateRefused(f"gate refused the candidate (see {decision}): " + "; ".join(failed))
 
 
 @app.command()
@@ -227,10 +269,13 @@ def serve(
     model_dir: Annotated[Path | None, typer.Option(help="serve this model directory")] = None,
     repo: Annotated[Path | None, typer.Option(help="Feast repo; default features.repo")] = None,
     http_port: Annotated[int | None, typer.Option(help="default serving.http_port")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address; default serving.host")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Start the KServe model server answering POST /v1/models/<name>:predict."""
-    from shopguide.serving.predictor import serve as run_server
+    """Start the KServe model server: POST /v1/models/<name>:predict (rankings),
+    POST /v2/models/<name>/infer (Open Inference Protocol), GET /metrics (Prometheus).
+    Serving a registry, it switches to a newly promoted champion without dropping requests."""
+    from shopguide.serving.server import serve as run_server
 
     p = _params(params)
     run_server(
@@ -239,7 +284,202 @@ def serve(
         model_dir,
         None if model_dir else (registry or p.registry.path),
         p.serving.http_port if http_port is None else http_port,
+        host,
     )
+
+
+models_app = typer.Typer(
+    no_args_is_help=True, help="The model registry: list versions, show one, roll back."
+)
+app.add_typer(models_app, name="models")
+RegistryOpt = Annotated[Path | None, typer.Option(help="default registry.path")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _registry(registry: Path | None, params: Path) -> Path:
+    return registry or _params(params).registry.path
+
+
+@models_app.command("list")
+@step
+def models_list(
+    registry: RegistryOpt = None, as_json: JsonOpt = False, params: ParamsOpt = Path("params.yaml")
+) -> None:
+    """Every version, oldest first, with its lineage and test AUC; * marks the champion."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from shopguide.registry import champion, versions
+
+    root = _registry(registry, params)
+    current = champion(root)
+    rows = []
+    for v in versions(root):
+        meta = v.metadata
+        rows.append(
+            {
+                "version": v.name,
+                "champion": current is not None and v.name == current.name,
+                "registered_at": meta.get("registered_at"),
+                "model": meta.get("model"),
+                "mean_test_auc": (meta.get("metrics") or {}).get("mean_auc"),
+                "gate_passed": (meta.get("gate") or {}).get("passed"),
+                "git_commit": meta.get("git_commit"),
+                "parent_version": meta.get("parent_version"),
+                "training_set": (meta.get("data_fingerprint") or {}).get("training_set"),
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"{root}: no versions registered")
+        return
+    table = Table(title=f"models in {root}")
+    for column in ("", "version", "registered", "model", "test AUC", "gate", "commit", "parent"):
+        table.add_column(column)
+    for r in rows:
+        auc = r["mean_test_auc"]
+        table.add_row(
+            "*" if r["champion"] else "",
+            r["version"],
+            (r["registered_at"] or "")[:19],
+            r["model"] or "",
+            f"{auc:.4f}" if isinstance(auc, float) else "",
+            {True: "passed", False: "refused"}.get(r["gate_passed"], ""),
+            (r["git_commit"] or "")[:10],
+            r["parent_version"] or "",
+        )
+    Console().print(table)
+
+
+@models_app.command("show")
+@step
+def models_show(
+    version: Annotated[str, typer.Argument(help="a version, e.g. v0003, or 'champion'")],
+    registry: RegistryOpt = None,
+    as_json: JsonOpt = False,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """A version's model card (Markdown), or with --json its full metadata."""
+    import json
+
+    from shopguide.registry import MODEL_CARD, champion, find_version
+
+    root = _registry(registry, params)
+    if version == "champion":
+        found = champion(root)
+        if found is None:
+            raise ShopguideError(f"{root}: no champion yet")
+    else:
+        found = find_version(root, version)
+    if as_json:
+        typer.echo(json.dumps(found.metadata, indent=2, default=str))
+    elif (found.path / MODEL_CARD).is_file():
+        typer.echo((found.path / MODEL_CARD).read_text())
+    else:
+        from shopguide.model_card import render_model_card
+
+        config = json.loads((found.path / "config.json").read_text())
+        typer.echo(render_model_card(found.metadata, config))
+
+
+@models_app.command("rollback")
+@step
+def models_rollback(
+    to: Annotated[str | None, typer.Option(help="this version; default: the previous")] = None,
+    reason: Annotated[str | None, typer.Option(help="recorded in the history")] = None,
+    registry: RegistryOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Make an earlier version the champion again (atomically; servers polling the registry
+    switch to it)."""
+    from shopguide.registry import rollback
+
+    old, new = rollback(_registry(registry, params), to, reason)
+    typer.echo(f"champion: {old} -> {new}")
+
+
+pipeline_app = typer.Typer(
+    no_args_is_help=True, help="Upload, run and schedule the pipelines on Kubeflow Pipelines."
+)
+app.add_typer(pipeline_app, name="pipeline")
+PackageOpt = Annotated[
+    Path, typer.Option("--package", help="compiled pipeline YAML (python -m pipelines.<name>)")
+]
+HostOpt = Annotated[str | None, typer.Option(help="KFP endpoint; default kubeflow.host")]
+ArgOpt = Annotated[
+    list[str] | None,
+    typer.Option("--arg", help="pipeline argument NAME=VALUE (VALUE read as JSON if it parses)"),
+]
+TRAINING_PACKAGE = Path("pipelines/training_pipeline.yaml")
+
+
+def _pipeline_arguments(pairs: list[str] | None) -> dict[str, object]:
+    import json
+
+    arguments: dict[str, object] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ShopguideError(f"--arg {pair!r}: expected NAME=VALUE")
+        try:
+            arguments[name] = json.loads(value)
+        except json.JSONDecodeError:
+            arguments[name] = value
+    return arguments
+
+
+@pipeline_app.command("upload")
+@step
+def pipeline_upload(
+    package: PackageOpt = TRAINING_PACKAGE,
+    host: HostOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Upload the compiled pipeline, as a new version when it exists already."""
+    from shopguide import kfp_runs
+
+    p = _params(params)
+    kfp_runs.upload(kfp_runs.connect(p.kubeflow, host), package)
+
+
+@pipeline_app.command("run")
+@step
+def pipeline_run(
+    package: PackageOpt = TRAINING_PACKAGE,
+    arg: ArgOpt = None,
+    host: HostOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Start one run of the uploaded pipeline's latest version (what the CronJob calls)."""
+    from shopguide import kfp_runs
+
+    p = _params(params)
+    name, arguments = kfp_runs.pipeline_name(package), _pipeline_arguments(arg)
+    kfp_runs.run(kfp_runs.connect(p.kubeflow, host), p.kubeflow, name, arguments)
+
+
+@pipeline_app.command("schedule")
+@step
+def pipeline_schedule(
+    package: PackageOpt = TRAINING_PACKAGE,
+    cron: Annotated[
+        str | None, typer.Option(help="KFP cron, seconds first; default kubeflow.schedule_cron")
+    ] = None,
+    arg: ArgOpt = None,
+    host: HostOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Retrain on a schedule: a recurring run, one at a time, no catch-up."""
+    from shopguide import kfp_runs
+
+    p = _params(params)
+    name, arguments = kfp_runs.pipeline_name(package), _pipeline_arguments(arg)
+    client = kfp_runs.connect(p.kubeflow, host)
+    kfp_runs.schedule(client, p.kubeflow, name, arguments, cron or p.kubeflow.schedule_cron)
 
 
 def main() -> None:

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shopguide.errors import ShopguideError
 
 TASKS: tuple[str, ...] = ("cart", "fav", "buy")
+# Impression-level datasets (aliexpress, aliccp) label clicks and conversions (= buy).
+KNOWN_TASKS: tuple[str, ...] = (*TASKS, "click")
 BEHAVIOURS: tuple[str, ...] = ("pv", "cart", "fav", "buy")
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -29,6 +31,8 @@ class DataParams(Strict):
     """Where the raw events are and how much damage in them is tolerated."""
 
     raw_path: Path = Path("../shared/data/taobao/UserBehavior_sample.csv")
+    # Which format raw_path is in (shopguide.adapters): taobao, rees46, aliexpress, aliccp.
+    adapter: Literal["taobao", "rees46", "aliexpress", "aliccp"] = "taobao"
     max_malformed_fraction: Fraction = 0.001
     duckdb_memory_limit: str = "2GB"
     duckdb_threads: PositiveInt = 2
@@ -46,9 +50,9 @@ class ProtocolParams(Strict):
     def _ordered(self) -> ProtocolParams:
         if not self.window_start < self.test_start < self.window_end:
             raise ValueError("need window_start < test_start < window_end")
-        unknown = set(self.tasks) - set(TASKS)
+        unknown = set(self.tasks) - set(KNOWN_TASKS)
         if unknown:
-            raise ValueError(f"unknown tasks {sorted(unknown)}; known: {list(TASKS)}")
+            raise ValueError(f"unknown tasks {sorted(unknown)}; known: {list(KNOWN_TASKS)}")
         return self
 
 
@@ -71,6 +75,32 @@ class ValidationParams(Strict):
         }
     )
     report_dir: Path = Path("reports/validation")
+    # Purchases with no view of the item by the user at or before them. Real Taobao logs have
+    # many (47% in the sample: items reached outside the logged page views), so this is a cap.
+    max_unexposed_buy_fraction: Fraction = 0.6
+    # Population stability index vs the last accepted run's profile; above it is drift.
+    max_drift_psi: Annotated[float, Field(gt=0.0)] = 0.2
+    drift_top_categories: PositiveInt = 50
+
+
+class SynthParams(Strict):
+    """`shopguide synth`: planted-structure events in the Taobao format (protocol synth-scale).
+
+    Default rates are the taobao-mtl-v1 sample's exposure positive rates.
+    """
+
+    events: PositiveInt = 1_000_000
+    users: PositiveInt = 20_000
+    items: PositiveInt = 100_000
+    categories: PositiveInt = 500
+    latent_dim: PositiveInt = 8
+    category_factor_dim: PositiveInt = 3  # categories share structure through this space
+    zipf_exponent: Annotated[float, Field(gt=0.0)] = 1.1
+    positive_rate: dict[str, Fraction] = Field(
+        default_factory=lambda: {"cart": 0.0085, "fav": 0.003, "buy": 0.0104}
+    )
+    signal_scale: Annotated[float, Field(ge=0.0)] = 1.0
+    seed: int = 7
 
 
 class FeatureParams(Strict):
@@ -81,17 +111,29 @@ class FeatureParams(Strict):
     snapshot_interval_hours: Literal[1, 2, 3, 4, 6, 8, 12, 24] = 1
 
 
-class ModelParams(Strict):
-    """MMoE architecture."""
+ModelName = Literal[
+    "single_task", "shared_bottom", "soft_sharing", "cross_stitch", "mmoe", "ple", "esmm", "aitm"
+]
 
+
+class ModelParams(Strict):
+    """Which model of the zoo (shopguide.model.zoo) and its architecture; each model reads
+    only the fields its config declares."""
+
+    name: ModelName = "mmoe"
     embedding_dim: PositiveInt = 16
     user_buckets: PositiveInt = 100_003
     item_buckets: PositiveInt = 200_003
     category_buckets: PositiveInt = 20_011
-    num_experts: PositiveInt = 4
-    expert_hidden: tuple[PositiveInt, ...] = (128, 64)
+    num_experts: PositiveInt = 4  # MMoE experts; PLE shared experts per level
+    task_experts: PositiveInt = 1  # PLE experts of each task per level
+    levels: PositiveInt = 2  # PLE extraction levels
+    expert_hidden: tuple[PositiveInt, ...] = (128, 64)  # every expert, bottom and column
     tower_hidden: tuple[PositiveInt, ...] = (32,)
     dropout: Fraction = 0.1
+    sharing_l2: Annotated[float, Field(ge=0)] = 1e-4  # soft sharing: pull toward the mean
+    chain: dict[str, str] = Field(default_factory=lambda: {"buy": "cart"})  # ESMM child: parent
+    calibration_weight: Annotated[float, Field(ge=0)] = 0.0  # AITM funnel calibrator
 
 
 class TrainParams(Strict):
@@ -103,6 +145,13 @@ class TrainParams(Strict):
     max_epochs: PositiveInt = 20
     patience: PositiveInt = 3
     validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
+    loss_balancing: Literal["fixed", "uncertainty", "gradnorm", "pcgrad"] = "fixed"
+    task_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    gradnorm_alpha: Annotated[float, Field(ge=0)] = 1.5
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0  # epochs on warmup_task alone, then joint
+    warmup_task: str = "cart"
+    compile: bool = False  # torch.compile the task heads
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available (bf16 autocast)
 
 
 class FinetuneParams(Strict):
@@ -110,16 +159,57 @@ class FinetuneParams(Strict):
 
     new_category_modulo: PositiveInt = 3
     new_category_remainder: int = 0
+    # When set, exactly these categories are new (the fine-tuning pipeline's input) and the
+    # modulo rule of the protocol is not used.
+    new_category_ids: tuple[int, ...] = ()
     learning_rate: Annotated[float, Field(gt=0)] = 1e-3
     max_epochs: PositiveInt = 10
     patience: PositiveInt = 2
+
+
+class EvaluationParams(Strict):
+    """The evaluation report: bootstrap intervals, calibration bins, category groups."""
+
+    bootstrap_samples: Annotated[int, Field(ge=0)] = 500  # 0: point estimates only
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    seed: int = 7
+    calibration_bins: Annotated[int, Field(ge=2)] = 10  # equal-mass bins
+    # Category groups by popularity in the training split: "head" categories hold the first
+    # share of training exposures (most exposed first), "torso" reach the second, "tail" is
+    # the rest, including categories never seen in training.
+    category_group_shares: tuple[Fraction, Fraction] = (0.5, 0.8)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> EvaluationParams:
+        head, torso = self.category_group_shares
+        if not 0 < head < torso < 1:
+            raise ValueError("category_group_shares must be increasing, strictly within (0, 1)")
+        return self
+
+
+class InfraCheckParams(Strict):
+    """The gate's serving check: the candidate behind a real `shopguide serve` on loopback."""
+
+    enabled: bool = True
+    requests: PositiveInt = 40  # sequential requests, one client
+    candidates: PositiveInt = 100  # candidates per request, from test exposures
+    max_abs_diff: Annotated[float, Field(gt=0)] = 1e-5  # served vs offline probabilities
+    p99_latency_ms: Annotated[float, Field(gt=0)] = 100.0
+    startup_timeout_s: Annotated[float, Field(gt=0)] = 120.0
 
 
 class GateParams(Strict):
     auc_floor: dict[str, Fraction] = Field(
         default_factory=lambda: {"cart": 0.55, "fav": 0.55, "buy": 0.55}
     )
+    # Tolerance: refuse when the candidate's AUC is below the champion's by more than this,
+    # overall or in a slice, with at least `regression_confidence` bootstrap probability.
     max_auc_regression: Fraction = 0.01
+    regression_confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.95
+    bootstrap_samples: PositiveInt = 1000  # paired: both models on the same resamples
+    seed: int = 7
+    min_slice_positives: Annotated[int, Field(ge=1)] = 20  # smaller slices are not judged
+    infra: InfraCheckParams = InfraCheckParams()
 
 
 class RegistryParams(Strict):
@@ -130,9 +220,16 @@ class ServingParams(Strict):
     model_name: str = "shopguide"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_candidates: PositiveInt = 1000
+    # score = sum(weight[task] * p(task)); every task named must be one the model predicts.
     ranking_weights: dict[str, float] = Field(
         default_factory=lambda: {"cart": 1.0, "fav": 0.5, "buy": 2.0}
     )
+    host: str = "0.0.0.0"  # `shopguide serve --host 127.0.0.1` for loopback only
+    max_request_bytes: PositiveInt = 1_000_000  # larger bodies get 413 before any parsing
+    reload_interval_s: Annotated[float, Field(ge=0)] = 5.0  # champion poll; 0: never reload
+    # sqlite: direct indexed reads of Feast's SQLite online store; feast: Feast's online_read
+    # (any online store); auto: sqlite when the repo's online store is SQLite.
+    online_reader: Literal["auto", "sqlite", "feast"] = "auto"
 
 
 class DeployParams(Strict):
@@ -140,24 +237,67 @@ class DeployParams(Strict):
 
     namespace: str = "shopguide"
     predictor_image: str = "ghcr.io/shopguide/shopguide-predictor:0.1.0"
-    storage_uri_prefix: str = "pvc://shopguide-models"
+    # The registry's versions on the data volume: promotion needs no copy to serve a version.
+    storage_uri_prefix: str = "pvc://shopguide-data/registry/versions"
+    # Storage every pipeline step and the predictor mount: raw data, Feast repo, registry.
+    data_pvc: str = "shopguide-data"
+    data_mount: str = "/mnt/shopguide"
     min_replicas: Annotated[int, Field(ge=0)] = 1
     max_replicas: PositiveInt = 3
+    # Percent of traffic the new version gets while KServe keeps the previous one serving the
+    # rest; None rolls out fully.
+    canary_traffic_percent: Annotated[int, Field(ge=0, le=100)] | None = None
     output: Path = Path("k8s/rendered/inferenceservice.yaml")
+
+
+class Toleration(Strict):
+    key: str
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class KubeflowParams(Strict):
+    """The cluster path: KFP endpoint, step resources, GPU scheduling, retraining schedule.
+
+    Resources and GPU settings are compiled into the pipeline YAML, so recompile after a change.
+    """
+
+    host: str = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    namespace: str = "shopguide"
+    experiment: str = "shopguide"
+    cpu_request: str = "1"
+    memory_request: str = "4Gi"
+    gpu_cpu_request: str = "4"
+    gpu_memory_request: str = "16Gi"
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_limit: PositiveInt = 1
+    gpu_node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"}
+    )
+    gpu_tolerations: tuple[Toleration, ...] = (
+        Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"),
+    )
+    retries: Annotated[int, Field(ge=0)] = 2
+    # KFP cron expressions have a leading seconds field: 03:00 every Monday.
+    schedule_cron: str = "0 0 3 * * 1"
 
 
 class Params(Strict):
     data: DataParams = DataParams()
     protocol: ProtocolParams = ProtocolParams()
     validation: ValidationParams = ValidationParams()
+    synth: SynthParams = SynthParams()
     features: FeatureParams = FeatureParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     finetune: FinetuneParams = FinetuneParams()
+    evaluation: EvaluationParams = EvaluationParams()
     gate: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()
     serving: ServingParams = ServingParams()
     deploy: DeployParams = DeployParams()
+    kubeflow: KubeflowParams = KubeflowParams()
 
     @model_validator(mode="after")
     def _tasks_covered(self) -> Params:
@@ -168,6 +308,11 @@ class Params(Strict):
             missing = set(self.protocol.tasks) - set(mapping)
             if missing:
                 raise ValueError(f"{name} has no entry for tasks {sorted(missing)}")
+        if self.gate.infra.candidates > self.serving.max_candidates:
+            raise ValueError(
+                f"gate.infra.candidates ({self.gate.infra.candidates}) is over "
+                f"serving.max_candidates ({self.serving.max_candidates})"
+            )
         return self
 
 

@@ -1,5 +1,6 @@
 """Render the KServe InferenceService for a registry version with KServe's own API models,
-so the manifest has exactly the shape the cluster's CRD accepts."""
+so the manifest has exactly the shape the cluster's CRD accepts, and create or patch it in the
+cluster with the KServe client."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import yaml
 from kserve import (
+    KServeClient,
     V1beta1InferenceService,
     V1beta1InferenceServiceSpec,
     V1beta1PredictorSpec,
@@ -14,22 +16,38 @@ from kserve import (
 )
 from kubernetes.client import (
     ApiClient,
+    ApiException,
+    V1ConfigMapVolumeSource,
     V1Container,
     V1EnvVar,
     V1ObjectMeta,
+    V1PersistentVolumeClaimVolumeSource,
     V1ResourceRequirements,
     V1SecurityContext,
+    V1Volume,
+    V1VolumeMount,
 )
 
 from shopguide.config import DeployParams, ServingParams
+from shopguide.errors import ShopguideError
 from shopguide.io import atomic_path
 
 
-def inference_service(version: str, deploy: DeployParams, serving: ServingParams) -> dict:
+def inference_service_model(
+    version: str, deploy: DeployParams, serving: ServingParams
+) -> V1beta1InferenceService:
     container = V1Container(
         name="kserve-container",
         image=deploy.predictor_image,
-        args=["serve", "--model-dir", "/mnt/models", "--http-port", "8080"],
+        args=[
+            "serve",
+            "--model-dir",
+            "/mnt/models",
+            "--repo",
+            f"{deploy.data_mount}/feature_repo",
+            "--http-port",
+            "8080",
+        ],
         env=[
             V1EnvVar(name="STORAGE_URI", value=f"{deploy.storage_uri_prefix}/{version}"),
             # torch would otherwise size its thread pool by the node's cores, not the limit.
@@ -38,6 +56,17 @@ def inference_service(version: str, deploy: DeployParams, serving: ServingParams
         resources=V1ResourceRequirements(
             requests={"cpu": "1", "memory": "2Gi"}, limits={"cpu": "2", "memory": "4Gi"}
         ),
+        # The Feast repo on the shared volume, with the overlay's feature_store.yaml (online store)
+        # laid over the one the features step wrote.
+        volume_mounts=[
+            V1VolumeMount(name="data", mount_path=deploy.data_mount, read_only=True),
+            V1VolumeMount(
+                name="feast-config",
+                mount_path=f"{deploy.data_mount}/feature_repo/feature_store.yaml",
+                sub_path="feature_store.yaml",
+                read_only=True,
+            ),
+        ],
         security_context=V1SecurityContext(
             run_as_non_root=True, run_as_user=1000, allow_privilege_escalation=False
         ),
@@ -54,11 +83,53 @@ def inference_service(version: str, deploy: DeployParams, serving: ServingParams
             predictor=V1beta1PredictorSpec(
                 min_replicas=deploy.min_replicas,
                 max_replicas=deploy.max_replicas,
+                canary_traffic_percent=deploy.canary_traffic_percent,
+                service_account_name="shopguide-predictor",
                 containers=[container],
+                volumes=[
+                    V1Volume(
+                        name="data",
+                        persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(
+                            claim_name=deploy.data_pvc, read_only=True
+                        ),
+                    ),
+                    V1Volume(
+                        name="feast-config",
+                        config_map=V1ConfigMapVolumeSource(name="shopguide-feast"),
+                    ),
+                ],
             )
         ),
     )
-    return ApiClient().sanitize_for_serialization(isvc)
+    return isvc
+
+
+def inference_service(version: str, deploy: DeployParams, serving: ServingParams) -> dict:
+    return ApiClient().sanitize_for_serialization(inference_service_model(version, deploy, serving))
+
+
+def apply_inference_service(isvc: V1beta1InferenceService, client: KServeClient) -> str:
+    """Create the InferenceService, or merge-patch it when it exists, so a promotion rolls the
+    running service to the new version (KServe keeps the old revision serving until the new one
+    is ready, or splits traffic when a canary percent is set). Returns "created" or "patched"."""
+    name, namespace = isvc.metadata.name, isvc.metadata.namespace
+    try:
+        client.api_instance.get_namespaced_custom_object(
+            constants.KSERVE_GROUP,
+            constants.KSERVE_V1BETA1_VERSION,
+            namespace,
+            constants.KSERVE_PLURAL_INFERENCESERVICE,
+            name,
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise ShopguideError(
+                f"InferenceService {namespace}/{name}: cluster answered {exc.status} {exc.reason}"
+            ) from exc
+        client.create(isvc, namespace=namespace)
+        return "created"
+    client.patch(name, isvc, namespace=namespace)
+    return "patched"
 
 
 def render_inference_service(

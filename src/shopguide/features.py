@@ -158,12 +158,16 @@ def historical_training_set(store: FeatureStore, exposures: Path, out: Path) -> 
     entity_df["event_timestamp"] = pd.to_datetime(
         entity_df["t0"].to_numpy() * 1_000_000 + tiebreak, unit="us", utc=True
     )
-    job = store.get_historical_features(
-        entity_df=entity_df,
-        features=store.get_feature_service(FEATURE_SERVICE),
-        full_feature_names=True,
-    )
-    frame = job.to_df()
+    # The DuckDB offline store resolves the sources' relative paths against the working dir.
+    with _inside(Path(store.repo_path)):
+        job = store.get_historical_features(
+            entity_df=entity_df,
+            features=store.get_feature_service(FEATURE_SERVICE),
+            full_feature_names=True,
+        )
+        frame = job.to_df()
+    # Stores differ in timestamp resolution (DuckDB: us); the training set is the same either way.
+    frame["event_timestamp"] = frame["event_timestamp"].astype("datetime64[ns, UTC]")
     feature_cols = [c for c in frame.columns if "__" in c]
     frame[feature_cols] = frame[feature_cols].fillna(0.0).astype("float32")
     frame = frame.sort_values(["t0", "user_id", "item_id"]).reset_index(drop=True)

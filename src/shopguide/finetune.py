@@ -13,7 +13,13 @@ from shopguide.io import atomic_path, write_json
 from shopguide.metrics import task_metrics
 from shopguide.model.fit import FitSettings, fit, predict
 from shopguide.model.store import load_model, save_model
-from shopguide.model.tensors import is_new_category, read_training_set, time_split, to_tensors
+from shopguide.model.tensors import (
+    is_new_category,
+    new_category_rule,
+    read_training_set,
+    time_split,
+    to_tensors,
+)
 from shopguide.train import write_history
 
 log = logging.getLogger(__name__)
@@ -34,8 +40,7 @@ def finetune_step(
     if len(train_new) < 50:
         raise ShopguideError(
             f"{training_set}: only {len(train_new)} training exposures in new categories "
-            f"(category_id % {params.finetune.new_category_modulo} == "
-            f"{params.finetune.new_category_remainder}); need >= 50"
+            f"({new_category_rule(params.finetune)}); need >= 50"
         )
     tasks, dense = model.config.tasks, model.config.dense_features
     test_tensors = to_tensors(test_new, tasks, dense)

@@ -1,78 +1,350 @@
 """The `gate` step: decide whether a candidate may replace the champion.
 
-Rules (from `params.yaml`): every task's test AUC clears its floor, and none is worse than the
-champion's AUC on the same test exposures by more than `gate.max_auc_regression`.
+Rules, from `params.yaml` (`gate:`), each a check in the decision file:
+
+* `auc_floor`: every task's test AUC clears its floor.
+* `no_regression_vs_champion`: for every task, overall and in every slice (old / new and head /
+  torso / tail categories), the candidate is not worse than the champion by more than
+  `max_auc_regression` AUC points, judged by a paired bootstrap: both models are scored on the
+  same resamples of the same test exposures, and the check fails when the share of resamples in
+  which the candidate trails by more than the tolerance reaches `regression_confidence`. A
+  slice with fewer than `min_slice_positives` positives for a task is reported, not judged.
+* `serving_*` (`gate.infra`): the candidate is served by a real `shopguide serve` on a free
+  loopback port; it must start, answer v1 and v2 requests for test exposures with the
+  probabilities the model gives offline for the same exposures and features (within
+  `max_abs_diff`), and keep its p99 latency under `p99_latency_ms`.
+
+A refusal writes the decision with one reason per check and leaves the registry untouched; the
+CLI exits with code 3.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from shopguide.config import Params
+import httpx
+import numpy as np
+import pandas as pd
+
+from shopguide.config import GateParams, Params
 from shopguide.errors import ShopguideError
-from shopguide.evaluate import score, test_split
+from shopguide.evaluate import Scored, score_model, slice_masks, split_frames
 from shopguide.io import read_json, write_json
+from shopguide.metrics import bootstrap_weights, interval, weighted_auc
 from shopguide.model.store import load_model
 from shopguide.registry import champion
+from shopguide.serving.process import log_tail, running_server
 
 log = logging.getLogger(__name__)
 
 
-def gate_step(
-    evaluation: Path, training_set: Path, registry: Path, decision_path: Path, params: Params
-) -> dict:
-    if not Path(evaluation).is_file():
-        raise ShopguideError(f"{evaluation}: evaluation metrics not found (run evaluate first)")
-    candidate = read_json(evaluation)["overall"]
+def _floor_checks(candidate_auc: dict, gate: GateParams) -> list[dict]:
     checks = []
-    for task, floor in params.gate.auc_floor.items():
-        auc = candidate[task]["auc"]
+    for task, floor in gate.auc_floor.items():
+        auc = candidate_auc.get(task)
+        passed = auc is not None and auc >= floor
         checks.append(
             {
                 "rule": "auc_floor",
                 "task": task,
+                "slice": "overall",
                 "value": auc,
                 "threshold": floor,
-                "passed": auc is not None and auc >= floor,
+                "passed": passed,
+                "reason": f"auc_floor {task}: AUC {_fmt(auc)} {'>=' if passed else '<'} "
+                f"{floor:.4f}",
             }
         )
+    return checks
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def regression_checks(candidate: Scored, champ: Scored, gate: GateParams) -> list[dict]:
+    """Paired-bootstrap AUC comparison per task, overall and per slice."""
+    parts = {"overall": np.ones(len(candidate.labels), bool), **candidate.slices}
+    # Champion columns by task name (the two models may list their tasks in another order);
+    # a task the champion does not predict has nothing to regress against.
+    column = {t: champ.tasks.index(t) for t in candidate.tasks if t in champ.tasks}
+    deltas: dict[tuple[str, int], list[np.ndarray]] = {}
+    n = len(candidate.labels)
+    for weights in bootstrap_weights(n, gate.bootstrap_samples, gate.seed):
+        for name, mask in parts.items():
+            w = weights[:, mask]
+            for j, task in enumerate(candidate.tasks):
+                if task not in column:
+                    continue
+                y = candidate.labels[mask, j]
+                delta = weighted_auc(y, candidate.probs[mask, j], w) - weighted_auc(
+                    y, champ.probs[mask, column[task]], w
+                )
+                deltas.setdefault((name, j), []).append(delta)
+    checks = []
+    tol = gate.max_auc_regression
+    for (name, j), chunks in deltas.items():
+        task, mask = candidate.tasks[j], parts[name]
+        y = candidate.labels[mask, j]
+        ones = np.ones((1, len(y)))
+        cand_auc = weighted_auc(y, candidate.probs[mask, j], ones)[0]
+        champ_auc = weighted_auc(y, champ.probs[mask, column[task]], ones)[0]
+        check = {
+            "rule": "no_regression_vs_champion",
+            "task": task,
+            "slice": name,
+            "value": None if np.isnan(cand_auc) else float(cand_auc),
+            "champion_auc": None if np.isnan(champ_auc) else float(champ_auc),
+            "threshold": -tol,
+            "positives": int(y.sum()),
+        }
+        if int(y.sum()) < gate.min_slice_positives or np.isnan(cand_auc) or np.isnan(champ_auc):
+            check |= {
+                "passed": True,
+                "judged": False,
+                "reason": f"no_regression_vs_champion {task} [{name}]: not judged, "
+                f"{int(y.sum())} positives < {gate.min_slice_positives}",
+            }
+            checks.append(check)
+            continue
+        draws = np.concatenate(chunks)
+        draws = draws[~np.isnan(draws)]
+        p_worse = float((draws < -tol).mean()) if len(draws) else 0.0
+        low, high = interval(draws, 0.95)
+        passed = p_worse < gate.regression_confidence
+        check |= {
+            "delta": float(cand_auc - champ_auc),
+            "delta_ci95": {"low": low, "high": high},
+            "p_worse_than_tolerance": p_worse,
+            "confidence": gate.regression_confidence,
+            "passed": passed,
+            "judged": True,
+            "reason": f"no_regression_vs_champion {task} [{name}]: AUC {cand_auc:.4f} vs "
+            f"champion {champ_auc:.4f} (delta {cand_auc - champ_auc:+.4f}, 95% CI "
+            f"[{_fmt(low)}, {_fmt(high)}]); P(worse by > {tol}) = {p_worse:.3f} "
+            f"{'<' if passed else '>='} {gate.regression_confidence}",
+        }
+        checks.append(check)
+    return checks
+
+
+# --- The serving check ---------------------------------------------------------------------
+
+
+def infra_requests(test: pd.DataFrame, requests: int, candidates: int) -> list[dict]:
+    """v1 instances built from test exposures: the busiest test users, each with their own
+    exposed items first, padded with the split's most exposed items to `candidates`."""
+    busiest_items = test["item_id"].value_counts().index.to_numpy(np.int64)
+    by_user = test.groupby("user_id")["item_id"].agg(lambda s: list(dict.fromkeys(s)))
+    users = test["user_id"].value_counts().index.to_numpy(np.int64)
+    out = []
+    for k in range(requests):
+        user = int(users[k % len(users)])
+        items = [int(i) for i in by_user[user]][:candidates]
+        seen = set(items)
+        for extra in busiest_items:
+            if len(items) >= candidates:
+                break
+            if int(extra) not in seen:
+                items.append(int(extra))
+                seen.add(int(extra))
+        out.append({"user_id": user, "item_ids": items})
+    return out
+
+
+def infra_checks(
+    model_dir: Path, feature_repo: Path, test: pd.DataFrame, params: Params
+) -> tuple[list[dict], dict]:
+    """(checks, details) of the serving check; never raises for a failing server."""
+    from shopguide.features import open_store
+    from shopguide.serving.reference import reference_probabilities
+
+    infra = params.gate.infra
+    instances = infra_requests(test, infra.requests, infra.candidates)
+    details: dict = {"requests": len(instances), "candidates_per_request": infra.candidates}
+    started = time.monotonic()
+    try:
+        with running_server(params, feature_repo, model_dir, timeout_s=infra.startup_timeout_s) as (
+            url,
+            _,
+            log_path,
+        ):
+            details["startup_s"] = round(time.monotonic() - started, 2)
+            path = f"/v1/models/{params.serving.model_name}:predict"
+            served, latencies = [], []
+            with httpx.Client(base_url=url, timeout=30) as client:
+                for instance in instances[:3]:  # warm-up, not timed
+                    client.post(path, json={"instances": [instance]})
+                for instance in instances:
+                    t0 = time.perf_counter()
+                    response = client.post(path, json={"instances": [instance]})
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    if response.status_code != 200:
+                        raise ShopguideError(
+                            f"the server answered {response.status_code} to a test request: "
+                            f"{response.text[:500]}\n{log_tail(log_path)}"
+                        )
+                    served.append(response.json()["predictions"][0])
+                v2 = client.post(
+                    f"/v2/models/{params.serving.model_name}/infer",
+                    json={
+                        "inputs": [
+                            {
+                                "name": "user_id",
+                                "datatype": "INT64",
+                                "shape": [1],
+                                "data": [instances[0]["user_id"]],
+                            },
+                            {
+                                "name": "item_id",
+                                "datatype": "INT64",
+                                "shape": [len(instances[0]["item_ids"])],
+                                "data": instances[0]["item_ids"],
+                            },
+                        ]
+                    },
+                )
+            if v2.status_code != 200:
+                raise ShopguideError(f"v2 infer answered {v2.status_code}: {v2.text[:500]}")
+    except ShopguideError as exc:
+        details["error"] = str(exc)
+        return [
+            {
+                "rule": "serving_starts_and_answers",
+                "task": None,
+                "slice": None,
+                "value": None,
+                "threshold": None,
+                "passed": False,
+                "reason": f"serving_starts_and_answers: {exc}".splitlines()[0][:300],
+            }
+        ], details
+    model = load_model(model_dir)
+    tasks = model.config.tasks
+    users = np.concatenate([np.full(len(i["item_ids"]), i["user_id"]) for i in instances])
+    items = np.concatenate([i["item_ids"] for i in instances]).astype(np.int64)
+    offline = reference_probabilities(model, open_store(feature_repo), users, items)
+    got = np.array([[item["scores"][t] for t in tasks] for p in served for item in p["items"]])
+    v2_outputs = {o["name"]: np.asarray(o["data"]) for o in v2.json()["outputs"]}
+    n0 = len(instances[0]["item_ids"])
+    v2_got = np.stack([v2_outputs[t] for t in tasks], axis=1)
+    diff = float(
+        max(np.abs(got - offline).max(initial=0), np.abs(v2_got - offline[:n0]).max(initial=0))
+    )
+    p99 = float(np.percentile(latencies, 99))
+    details |= {
+        "max_abs_diff": diff,
+        "latency_ms": {
+            "p50": float(np.percentile(latencies, 50)),
+            "p99": p99,
+            "max": float(np.max(latencies)),
+        },
+        "model_version_served": served[0].get("model_version"),
+    }
+    return [
+        {
+            "rule": "serving_parity",
+            "task": None,
+            "slice": None,
+            "value": diff,
+            "threshold": infra.max_abs_diff,
+            "passed": diff <= infra.max_abs_diff,
+            "reason": f"serving_parity: max |served - offline| = {diff:.2e} "
+            f"{'<=' if diff <= infra.max_abs_diff else '>'} {infra.max_abs_diff:.0e} over "
+            f"{len(items)} exposures (v1) and {n0} (v2)",
+        },
+        {
+            "rule": "serving_p99_latency",
+            "task": None,
+            "slice": None,
+            "value": p99,
+            "threshold": infra.p99_latency_ms,
+            "passed": p99 <= infra.p99_latency_ms,
+            "reason": f"serving_p99_latency: p99 {p99:.1f} ms "
+            f"{'<=' if p99 <= infra.p99_latency_ms else '>'} {infra.p99_latency_ms:g} ms over "
+            f"{len(latencies)} requests of {infra.candidates} candidates",
+        },
+    ], details
+
+
+def _candidate_model(evaluation: dict, model_dir: Path | None) -> Path | None:
+    """The candidate's directory: given, or recorded by `evaluate`; None for an evaluation that
+    names none (then only the floors can be judged)."""
+    if model_dir is not None:
+        path = Path(model_dir)
+    elif evaluation.get("model_dir"):
+        path = Path(evaluation["model_dir"])
+    else:
+        return None
+    if not path.is_dir():
+        raise ShopguideError(
+            f"{path}: the candidate model is not there; pass it to the gate (--model-dir)"
+        )
+    return path
+
+
+def gate_step(
+    evaluation: Path,
+    training_set: Path,
+    registry: Path,
+    decision_path: Path,
+    params: Params,
+    model_dir: Path | None = None,
+    feature_repo: Path | None = None,
+) -> dict:
+    if not Path(evaluation).is_file():
+        raise ShopguideError(f"{evaluation}: evaluation metrics not found (run evaluate first)")
+    report = read_json(evaluation)
+    candidate_auc = {t: m.get("auc") for t, m in report["overall"].items()}
+    checks = _floor_checks(candidate_auc, params.gate)
+    candidate_dir = _candidate_model(report, model_dir)
     current = champion(registry)
-    champion_auc = None
-    if current is not None:
-        champ = score(load_model(current.path), test_split(training_set), params)["overall"]
-        champion_auc = {t: m["auc"] for t, m in champ.items()}
-        for task in params.protocol.tasks:
-            base, auc = champion_auc.get(task), candidate[task]["auc"]
-            if base is None:
-                continue
-            limit = base - params.gate.max_auc_regression
-            checks.append(
-                {
-                    "rule": "no_regression_vs_champion",
-                    "task": task,
-                    "value": auc,
-                    "threshold": limit,
-                    "champion_auc": base,
-                    "passed": auc is not None and auc >= limit,
-                }
+    champion_auc, infra, skipped = None, None, []
+    if candidate_dir is not None or current is not None:
+        if candidate_dir is None:
+            raise ShopguideError(
+                f"{evaluation} names no candidate model; pass it to the gate (--model-dir) "
+                "to compare it with the champion"
             )
+        train, test = split_frames(training_set)
+        slices = slice_masks(test, train, params)
+        candidate = score_model(load_model(candidate_dir), test, slices)
+        if current is not None:
+            champ = score_model(load_model(current.path), test, slices)
+            checks += regression_checks(candidate, champ, params.gate)
+            champion_auc = {
+                c["task"]: c["champion_auc"]
+                for c in checks
+                if c["rule"] == "no_regression_vs_champion" and c["slice"] == "overall"
+            }
+        if params.gate.infra.enabled:
+            repo = Path(feature_repo or params.features.repo)
+            infra_list, infra = infra_checks(candidate_dir, repo, test, params)
+            checks += infra_list
+        else:
+            skipped.append("serving check (gate.infra.enabled is false)")
+    else:
+        skipped.append("serving check and champion comparison (no candidate model named)")
     passed = all(c["passed"] for c in checks)
-    reasons = [
-        f"{c['rule']} {c['task']}: AUC {c['value'] if c['value'] is None else round(c['value'], 4)}"
-        f" {'>=' if c['passed'] else '<'} {c['threshold']:.4f}"
-        for c in checks
-    ]
     decision = {
         "passed": passed,
-        "reasons": reasons,
+        "reasons": [c.pop("reason") for c in checks],
         "checks": checks,
         "champion": current.name if current else None,
         "champion_auc": champion_auc,
-        "candidate_auc": {t: m["auc"] for t, m in candidate.items()},
+        "candidate_auc": candidate_auc,
+        "candidate": str(candidate_dir) if candidate_dir else None,
+        "infra": infra,
+        "not_checked": skipped,
+        "decided_at": datetime.now(UTC).isoformat(),
     }
     write_json(decision_path, decision)
-    (log.info if passed else log.warning)(
-        "gate %s: %s", "PASSED" if passed else "REFUSED", "; ".join(reasons)
-    )
+    failed = [r for r, c in zip(decision["reasons"], checks, strict=True) if not c["passed"]]
+    if passed:
+        log.info("gate PASSED: %d checks", len(checks))
+    else:
+        log.warning("gate REFUSED: %s", "; ".join(failed))
     return decision

@@ -52,13 +52,41 @@ def _describe_rejects(con) -> tuple[int, list[str]]:
     return count, examples
 
 
-def ingest_taobao(source: Path, out: Path, params: DataParams) -> IngestSummary:
-    """Parse `source` into `out` (Parquet) atomically and return what was read."""
+def require_file(source: Path, what: str) -> Path:
+    """The raw file, or a clear error when it is missing or empty."""
     source = Path(source)
     if not source.is_file():
         raise ShopguideError(f"{source}: raw events file not found (set data.raw_path)")
     if source.stat().st_size == 0:
-        raise ShopguideError(f"{source}: file is empty, expected Taobao UserBehavior rows")
+        raise ShopguideError(f"{source}: file is empty, expected {what}")
+    return source
+
+
+def check_rejects(
+    con, source: Path, rows: int, expected: str, params: DataParams
+) -> tuple[int, list[str]]:
+    """Fail on no valid rows or too many malformed ones (DuckDB `store_rejects` table); return
+    the malformed count and the first examples."""
+    bad, examples = _describe_rejects(con)
+    total = rows + bad
+    if rows == 0:
+        detail = "\n  ".join(examples) or "no data rows"
+        raise ShopguideError(f"{source}: no valid rows (expected {expected})\n  {detail}")
+    if bad / total > params.max_malformed_fraction:
+        detail = "\n  ".join(examples)
+        raise ShopguideError(
+            f"{source}: {bad} of {total} rows are malformed, over "
+            f"data.max_malformed_fraction={params.max_malformed_fraction}; first ones:\n"
+            f"  {detail}"
+        )
+    if bad:
+        log.warning("%s: dropped %d malformed rows, e.g. %s", source, bad, examples[0])
+    return bad, examples
+
+
+def ingest_taobao(source: Path, out: Path, params: DataParams) -> IngestSummary:
+    """Parse `source` into `out` (Parquet) atomically and return what was read."""
+    source = require_file(source, "Taobao UserBehavior rows")
     con = connect(params)
     columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in EVENT_COLUMNS.items()) + "}"
     with atomic_path(out) as tmp:
@@ -72,23 +100,8 @@ def ingest_taobao(source: Path, out: Path, params: DataParams) -> IngestSummary:
         rows, min_ts, max_ts = con.execute(
             f"SELECT count(*), min(ts), max(ts) FROM read_parquet({sql_path(tmp)})"
         ).fetchone()
-        bad, examples = _describe_rejects(con)
-        total = rows + bad
-        if rows == 0:
-            detail = "\n  ".join(examples) or "no data rows"
-            raise ShopguideError(
-                f"{source}: no valid rows (expected 5 columns "
-                f"user_id,item_id,category_id,behavior_type,timestamp)\n  {detail}"
-            )
-        if bad / total > params.max_malformed_fraction:
-            detail = "\n  ".join(examples)
-            raise ShopguideError(
-                f"{source}: {bad} of {total} rows are malformed, over "
-                f"data.max_malformed_fraction={params.max_malformed_fraction}; first ones:\n"
-                f"  {detail}"
-            )
-    if bad:
-        log.warning("%s: dropped %d malformed rows, e.g. %s", source, bad, examples[0])
+        expected = "5 columns user_id,item_id,category_id,behavior_type,timestamp"
+        bad, examples = check_rejects(con, source, rows, expected, params)
     summary = IngestSummary(str(source), rows, bad, examples, min_ts, max_ts)
     log.info("ingested %d events from %s into %s", rows, source, out)
     return summary

@@ -12,7 +12,7 @@ from shopguide.config import Params
 from shopguide.deploy import render_inference_service
 from shopguide.errors import ShopguideError
 from shopguide.io import fingerprint, read_json, write_json
-from shopguide.registry import register
+from shopguide.registry import model_fingerprint, register, versions
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,16 @@ def git_commit() -> str:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def parent_version(registry: Path, parent: str | None) -> str | None:
+    """The registered version whose weights are the fine-tuning parent's, if any."""
+    if not parent:
+        return None
+    for v in reversed(versions(registry)):
+        if (v.metadata.get("model_fingerprint") or model_fingerprint(v.path)) == parent:
+            return v.name
+    return None
 
 
 def promote_step(
@@ -59,6 +69,8 @@ def promote_step(
         },
         "git_commit": git_commit(),
         "parent": parent,
+        "parent_version": parent_version(params.registry.path, parent),
+        "model": read_json(Path(model_dir) / "config.json").get("kind"),
     }
     version = register(params.registry.path, model_dir, metadata)
     manifest = render_inference_service(

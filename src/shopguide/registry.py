@@ -3,19 +3,26 @@
 Layout::
 
     registry/
-      versions/v0001/  model.safetensors, config.json, metadata.json
-      champion.json    {"version": "v0001", ...}
+      versions/v0001/  model.safetensors, config.json, metadata.json, MODEL_CARD.md
+      champion.json    {"version": "v0001", "previous": null, "action": "promote", ...}
+      history.jsonl    one line per champion change (promote, rollback), oldest first
       .lock
 
-A version directory is staged under a temporary name and renamed into place, and the champion
-pointer is replaced atomically, all under an exclusive file lock, so concurrent promotions never
-leave a half-written version or a pointer to one.
+A version directory is staged under a temporary name (with its metadata and model card) and
+renamed into place, and the champion pointer is replaced atomically, all under an exclusive
+file lock, so concurrent promotions and rollbacks never leave a half-written version or a
+pointer to one, and never lose a history line.
+
+`previous` in the pointer is what `rollback` returns to: the champion before this one became
+champion (for a rollback, the one before the restored version; for `rollback --to`, the
+champion it replaced).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -29,9 +36,12 @@ from pathlib import Path
 from shopguide.errors import ShopguideError
 from shopguide.io import write_json
 from shopguide.model.store import CONFIG, WEIGHTS
+from shopguide.model_card import render_model_card
 
 CHAMPION = "champion.json"
 METADATA = "metadata.json"
+MODEL_CARD = "MODEL_CARD.md"
+HISTORY = "history.jsonl"
 VERSION_NAME = re.compile(r"v\d{4,}")
 
 
@@ -94,8 +104,67 @@ def champion(root: Path) -> Version | None:
     return Version(name, path)
 
 
+def model_fingerprint(model_dir: Path) -> str:
+    """sha256 of a model's weights and config only, in `io.fingerprint`'s layout: a copy of
+    just those two files (a fine-tuning parent) has `fingerprint(copy) == this`."""
+    digest = hashlib.sha256()
+    for name in sorted((WEIGHTS, CONFIG)):
+        digest.update(name.encode())
+        with (Path(model_dir) / name).open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def find_version(root: Path, name: str) -> Version:
+    """A registered, complete version by name; an error naming the known ones otherwise."""
+    if not VERSION_NAME.fullmatch(str(name)):
+        raise ShopguideError(f"{name!r} is not a version name (like v0003)")
+    known = versions(root)
+    for v in known:
+        if v.name == name:
+            missing = [f for f in (WEIGHTS, CONFIG) if not (v.path / f).is_file()]
+            if missing:
+                raise ShopguideError(f"{v.path}: incomplete version (missing {missing})")
+            return v
+    names = ", ".join(v.name for v in known) or "none"
+    raise ShopguideError(f"{root}: no version {name} (registered: {names})")
+
+
+def history(root: Path) -> list[dict]:
+    """Champion changes, oldest first; a torn last line (a crash mid-append) is skipped."""
+    path = Path(root) / HISTORY
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                out.append(entry)
+    return out
+
+
+def _append_history(root: Path, entry: dict) -> None:
+    with open(root / HISTORY, "a") as fh:
+        fh.write(json.dumps(entry, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _set_pointer(root: Path, name: str, previous: str | None, action: str, **extra) -> None:
+    """Replace the champion pointer (atomically) and log the change; caller holds the lock."""
+    now = datetime.now(UTC).isoformat()
+    pointer = {"version": name, "previous": previous, "action": action, "promoted_at": now}
+    write_json(root / CHAMPION, pointer | extra)
+    _append_history(
+        root, {"at": now, "action": action, "version": name, "previous": previous} | extra
+    )
+
+
 def register(root: Path, model_dir: Path, metadata: dict, make_champion: bool = True) -> Version:
-    """Copy `model_dir` into a new version and (by default) make it the champion."""
+    """Copy `model_dir` into a new version (with its metadata and model card) and, by default,
+    make it the champion."""
     root = Path(root)
     missing = [f for f in (WEIGHTS, CONFIG) if not (Path(model_dir) / f).is_file()]
     if missing:
@@ -110,19 +179,51 @@ def register(root: Path, model_dir: Path, metadata: dict, make_champion: bool = 
         stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=root))
         try:
             shutil.copytree(model_dir, stage / name)
-            meta = {**metadata, "version": name, "registered_at": datetime.now(UTC).isoformat()}
+            meta = {
+                **metadata,
+                "version": name,
+                "registered_at": datetime.now(UTC).isoformat(),
+                "model_fingerprint": model_fingerprint(stage / name),
+            }
             (stage / name / METADATA).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+            config = json.loads((stage / name / CONFIG).read_text())
+            (stage / name / MODEL_CARD).write_text(render_model_card(meta, config))
             os.replace(stage / name, base / name)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         version = Version(name, base / name)
         if make_champion:
-            write_json(
-                root / CHAMPION,
-                {
-                    "version": name,
-                    "previous": previous.name if previous else None,
-                    "promoted_at": datetime.now(UTC).isoformat(),
-                },
-            )
+            _set_pointer(root, name, previous.name if previous else None, "promote")
         return version
+
+
+def rollback(root: Path, to: str | None = None, reason: str | None = None) -> tuple[str, str]:
+    """Make an earlier version the champion again; returns (old champion, new champion).
+
+    Without `to`, back to the pointer's `previous` (repeated rollbacks walk back through the
+    champions in the order they were promoted); with `to`, that version, and a later plain
+    rollback returns to the champion it replaced."""
+    root = Path(root)
+    with _locked(root):
+        pointer_path = root / CHAMPION
+        current = champion(root)
+        if current is None:
+            raise ShopguideError(f"{root}: no champion to roll back from")
+        if to is None:
+            pointer = json.loads(pointer_path.read_text())
+            target = pointer.get("previous")
+            if not target:
+                raise ShopguideError(
+                    f"{root}: champion {current.name} has no previous champion to roll back to"
+                )
+            # The restored version's own predecessor, as recorded when it last became champion.
+            before = [e for e in history(root) if e.get("version") == target]
+            previous = before[-1].get("previous") if before else None
+        else:
+            target, previous = to, current.name
+        restored = find_version(root, target)
+        if restored.name == current.name:
+            raise ShopguideError(f"{root}: {restored.name} is already the champion")
+        extra = {"reason": reason} if reason else {}
+        _set_pointer(root, restored.name, previous, "rollback", replaced=current.name, **extra)
+        return current.name, restored.name

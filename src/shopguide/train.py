@@ -1,4 +1,5 @@
-"""The `train` step: pre-train the MMoE on the old categories' training exposures.
+"""The `train` step: pre-train the model named in `params.yaml` on the old categories' training
+exposures (data-parallel when started by `torchrun`).
 
 New categories (protocol taobao-transfer-v1) are held out here so that `finetune` measures
 transfer to categories the model has never seen.
@@ -17,10 +18,11 @@ from shopguide.config import Params
 from shopguide.errors import ShopguideError
 from shopguide.feature_spec import model_feature_columns
 from shopguide.io import atomic_path, write_json
-from shopguide.model.fit import FitSettings, fit
-from shopguide.model.mmoe import MMoE, MMoEConfig
+from shopguide.model.base import MultiTaskModel
+from shopguide.model.fit import fit, init_distributed, settings_from_params, world
 from shopguide.model.store import save_model
 from shopguide.model.tensors import is_new_category, read_training_set, time_split, to_tensors
+from shopguide.model.zoo import build, make_config
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +32,18 @@ def _dense_stats(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[list, l
     return logged.mean(axis=0).tolist(), np.maximum(logged.std(axis=0), 1e-3).tolist()
 
 
-def build_model(frame: pd.DataFrame, params: Params) -> MMoE:
+def build_model(frame: pd.DataFrame, params: Params) -> MultiTaskModel:
+    """The model `params.model.name`, with dense statistics taken from `frame`."""
     dense = tuple(model_feature_columns())
     mean, std = _dense_stats(frame, dense)
-    m = params.model
-    config = MMoEConfig(
+    config = make_config(
+        params.model,
         tasks=params.protocol.tasks,
         dense_features=dense,
         dense_mean=mean,
         dense_std=std,
-        user_buckets=m.user_buckets,
-        item_buckets=m.item_buckets,
-        category_buckets=m.category_buckets,
-        embedding_dim=m.embedding_dim,
-        num_experts=m.num_experts,
-        expert_hidden=m.expert_hidden,
-        tower_hidden=m.tower_hidden,
-        dropout=m.dropout,
     )
-    return MMoE(config)
+    return build(config)
 
 
 def write_history(history: list[dict], path: Path) -> None:
@@ -57,8 +52,16 @@ def write_history(history: list[dict], path: Path) -> None:
 
 
 def train_step(
-    training_set: Path, model_dir: Path, metrics_path: Path, history_path: Path, params: Params
+    training_set: Path,
+    model_dir: Path,
+    metrics_path: Path,
+    history_path: Path,
+    params: Params,
+    checkpoint_dir: Path | None = None,
 ) -> dict:
+    """Train and write the model; with `checkpoint_dir`, checkpoint every epoch and resume
+    from the last checkpoint of an interrupted run with the same settings."""
+    init_distributed()
     frame = read_training_set(training_set)
     old = frame[
         (frame["split"] == "train") & ~is_new_category(frame["category_id"], params.finetune)
@@ -69,30 +72,26 @@ def train_step(
     torch.manual_seed(params.train.seed)
     model = build_model(fit_part, params)
     tasks = params.protocol.tasks
-    t = params.train
     result = fit(
         model,
         to_tensors(fit_part, tasks, model.config.dense_features),
         to_tensors(valid_part, tasks, model.config.dense_features),
-        FitSettings(
-            t.learning_rate,
-            t.weight_decay,
-            t.embedding_l2,
-            t.batch_size,
-            t.max_epochs,
-            t.patience,
-            t.seed,
-        ),
-        description="train MMoE",
+        settings_from_params(params.train, tasks),
+        description=f"train {params.model.name}",
+        checkpoint_dir=checkpoint_dir,
     )
-    with atomic_path(model_dir) as tmp:
-        save_model(model, tmp)
     metrics = {
+        "model": params.model.name,
         "validation": result.best_metrics,
         "best_epoch": result.best_epoch,
         "train_rows": len(fit_part),
         "validation_rows": len(valid_part),
+        "processes": world()[1],
     }
+    if world()[0] != 0:
+        return metrics
+    with atomic_path(model_dir) as tmp:
+        save_model(model, tmp)
     write_json(metrics_path, metrics)
     write_history(result.history, history_path)
     log.info(

@@ -7,6 +7,7 @@ raise here; the caller decides via `raise_on_failure`, so the evidence is always
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +23,12 @@ import pyarrow.parquet as pq
 from great_expectations.data_context import FileDataContext
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from shopguide.config import BEHAVIOURS, Params
+from shopguide.adapters import BEHAVIOURS
+from shopguide.config import Params
+from shopguide.drift import accept_profile, drift_frame, event_profile
+from shopguide.duck import connect
 from shopguide.errors import ShopguideError
+from shopguide.exposures import window_events_sql
 from shopguide.io import write_json
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,8 @@ def _events_suite(params: Params) -> gx.ExpectationSuite:
     expectations: list[gxe.Expectation] = [
         gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(EVENT_COLUMNS)),
         gxe.ExpectTableRowCountToBeBetween(min_value=limits.min_events),
+        # The same event twice would double-count behaviour features and labels.
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=list(EVENT_COLUMNS)),
     ]
     for column in EVENT_COLUMNS:
         type_list = ["str"] if column == "behavior" else INT_TYPES
@@ -83,7 +90,9 @@ def _events_suite(params: Params) -> gx.ExpectationSuite:
             gxe.ExpectColumnValuesToNotBeNull(column=column),
         ]
     expectations += [
-        gxe.ExpectColumnValuesToBeInSet(column="behavior", value_set=list(BEHAVIOURS)),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="behavior", value_set=list(BEHAVIOURS[params.data.adapter])
+        ),
         gxe.ExpectColumnValuesToBeBetween(
             column="ts",
             min_value=protocol.window_start,
@@ -92,6 +101,44 @@ def _events_suite(params: Params) -> gx.ExpectationSuite:
         ),
     ]
     return gx.ExpectationSuite(name="events", expectations=expectations)
+
+
+def _funnel_suite(params: Params) -> gx.ExpectationSuite:
+    """Purchases must follow a view of the same item by the same user (see `_funnel_frame`)."""
+    return gx.ExpectationSuite(
+        name="funnel",
+        expectations=[
+            gxe.ExpectColumnValuesToBeInSet(
+                column="exposed",
+                value_set=[True],
+                mostly=1 - params.validation.max_unexposed_buy_fraction,
+            )
+        ],
+    )
+
+
+def _funnel_frame(events: Path, params: Params) -> pd.DataFrame:
+    """One row per in-window `buy`: exposed when the pair has a `pv` at or before it."""
+    con = connect(params.data)
+    return con.execute(
+        f"""SELECT user_id, item_id, ts,
+                   coalesce(min(ts) FILTER (WHERE behavior = 'pv')
+                            OVER (PARTITION BY user_id, item_id) <= ts, false) AS exposed,
+                   behavior
+            FROM {window_events_sql(events, params.protocol)}
+            QUALIFY behavior = 'buy'"""
+    ).df()
+
+
+def _drift_suite(frame: pd.DataFrame, params: Params) -> gx.ExpectationSuite:
+    limit = params.validation.max_drift_psi
+    return gx.ExpectationSuite(
+        name="drift",
+        expectations=[
+            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=limit)
+            for c in frame.columns
+        ],
+    )
 
 
 def _training_suite(params: Params, features: list[str]) -> gx.ExpectationSuite:
@@ -166,8 +213,14 @@ def _summarise(result: dict) -> dict:
         }
     else:
         observed = _exception_message(result.get("exception_info") or {})
-    partial = details.get("partial_unexpected_list") or []
-    examples = list(dict.fromkeys(partial))[:MAX_EXAMPLES]
+    # Whole offending rows when the check names row-id columns, else the offending values.
+    partial = (
+        [r for r in details.get("partial_unexpected_index_list") or [] if isinstance(r, dict)]
+        or details.get("partial_unexpected_list")
+        or []
+    )
+    examples = list({json.dumps(r, sort_keys=True, default=str): r for r in partial}.values())
+    examples = examples[:MAX_EXAMPLES]
     return {
         "expectation": config["type"],
         "column": kwargs.get("column"),
@@ -195,12 +248,10 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _run(
-    suite: gx.ExpectationSuite, frame: pd.DataFrame, source: Path, report_dir: Path
-) -> ValidationReport:
-    report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    context = _context(report_dir)
+def _check(
+    context: FileDataContext, suite: gx.ExpectationSuite, frame: pd.DataFrame, rows: list[str]
+) -> tuple[bool, list[dict]]:
+    """Run one suite on `frame`; failures list up to 50 offending rows by the `rows` columns."""
     # One datasource per suite: replacing it on a rerun leaves the other suite's stored
     # checkpoint pointing at a live asset.
     datasource = context.data_sources.add_or_update_pandas(suite.name)
@@ -214,22 +265,41 @@ def _run(
             name=suite.name,
             validation_definitions=[definition],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[SITE_NAME])],
-            result_format=RESULT_FORMAT,
+            result_format={**RESULT_FORMAT, "unexpected_index_column_names": rows},
         )
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": frame})
     (suite_result,) = outcome.run_results.values()
-    results = [_summarise(_plain(r.to_json_dict())) for r in suite_result.results]
+    results = [
+        {**_summarise(_plain(r.to_json_dict())), "suite": suite.name} for r in suite_result.results
+    ]
+    return bool(outcome.success), results
+
+
+def _run(
+    checks: list[tuple[gx.ExpectationSuite, pd.DataFrame, list[str]]],
+    source: Path,
+    report_dir: Path,
+) -> ValidationReport:
+    """Run every (suite, frame, row-id columns) check; one report named after the first suite."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    context = _context(report_dir)
+    success, results = True, []
+    for suite, frame, rows in checks:
+        ok, found = _check(context, suite, frame, rows)
+        success, results = success and ok, results + found
+    name, rows = checks[0][0].name, len(checks[0][1])
     docs_path = report_dir / "data_docs" / "index.html"
-    json_path = report_dir / f"{suite.name}.json"
-    report = ValidationReport(suite.name, bool(outcome.success), results, json_path, docs_path)
+    json_path = report_dir / f"{name}.json"
+    report = ValidationReport(name, success, results, json_path, docs_path)
     write_json(
         json_path,
         {
-            "suite": suite.name,
+            "suite": name,
             "source": str(source),
             "success": report.success,
-            "rows": len(frame),
+            "rows": rows,
             "failed": sum(not r["success"] for r in results),
             "results": results,
             "docs_path": str(docs_path),
@@ -237,7 +307,7 @@ def _run(
     )
     log.info(
         "%s suite on %s: %s (%d/%d expectations met); report %s, docs %s",
-        suite.name,
+        name,
         source,
         "passed" if report.success else "FAILED",
         sum(r["success"] for r in results),
@@ -252,9 +322,23 @@ def validate_events(events: Path, params: Params, report_dir: Path) -> Validatio
     """Check the ingested event table against the protocol before anything is built on it.
 
     Every column is loaded: the suite checks the exact column list, so extras must be seen.
+    Besides the column checks: purchases without a view (funnel) and, once a run has been
+    accepted, drift of its profile; a passing run becomes the accepted profile.
     """
     frame = _read_parquet(events, lambda _: True)
-    return _run(_events_suite(params), frame, events, report_dir)
+    row_ids = [c for c in ("user_id", "item_id", "ts") if c in frame.columns]
+    checks = [(_events_suite(params), frame, row_ids)]
+    complete = set(EVENT_COLUMNS) <= set(frame.columns)
+    if complete:
+        checks.append((_funnel_suite(params), _funnel_frame(events, params), row_ids))
+        profile = event_profile(events, params)
+        drift = drift_frame(profile, Path(report_dir), params)
+        if drift is not None:
+            checks.append((_drift_suite(drift, params), drift, []))
+    report = _run(checks, events, report_dir)
+    if report.success and complete:
+        accept_profile(profile, Path(report_dir))
+    return report
 
 
 def validate_training_set(training_set: Path, params: Params, report_dir: Path) -> ValidationReport:
@@ -262,11 +346,12 @@ def validate_training_set(training_set: Path, params: Params, report_dir: Path) 
     required = {*TRAINING_KEYS, "event_timestamp", *params.protocol.tasks}
     frame = _read_parquet(training_set, lambda name: name in required or "__" in name)
     features = [c for c in frame.columns if "__" in c]
-    return _run(_training_suite(params, features), frame, training_set, report_dir)
+    return _run([(_training_suite(params, features), frame, [])], training_set, report_dir)
 
 
 def _describe(result: dict) -> str:
-    column = f" on column '{result['column']}'" if result["column"] else ""
+    where = result["column"] or result["kwargs"].get("column_list")
+    column = f" on column '{where}'" if where else ""
     observed = result["observed"]
     if isinstance(observed, dict):
         observed = (
@@ -277,7 +362,7 @@ def _describe(result: dict) -> str:
         observed = repr(observed)
     text = f"  - {result['expectation']}{column}: observed {observed}"
     if result["unexpected_examples"]:
-        text += f"; unexpected values e.g. {result['unexpected_examples']!r}"
+        text += f"; unexpected values e.g. (sample rows) {result['unexpected_examples']!r}"
     return text
 
 

@@ -1,22 +1,39 @@
-"""The training loop shared by `train` and `finetune`: shuffled index batches, summed
-per-task binary cross-entropy, early stopping on mean validation AUC."""
+"""The training engine shared by `train`, `finetune` and the benchmarks: whole-table tensors
+batched by index, per-task losses combined by a balancer, optional single-task warm-up, bf16
+autocast on GPU, optional `torch.compile`, a checkpoint every epoch that a restarted run
+resumes from, early stopping on mean validation AUC, and data parallelism under `torchrun`.
+
+Every epoch reseeds from (seed, epoch), so a run resumed from a checkpoint reproduces the
+uninterrupted run exactly. Data parallelism all-reduces the gradients by hand after the
+balancer has set them (DDP's hooks cannot see PCGrad's and GradNorm's per-task gradients)."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn import functional as F
 
+from shopguide.config import TrainParams
+from shopguide.errors import ShopguideError
+from shopguide.io import atomic_path
 from shopguide.logs import progress
 from shopguide.metrics import mean_auc, task_metrics
-from shopguide.model.mmoe import MMoE
+from shopguide.model.balance import make_balancer
+from shopguide.model.base import MultiTaskModel
 from shopguide.model.tensors import Tensors
 
 log = logging.getLogger(__name__)
+CHECKPOINT = "last.pt"
 
 
 @dataclass(frozen=True)
@@ -28,6 +45,13 @@ class FitSettings:
     max_epochs: int
     patience: int
     seed: int
+    loss_balancing: str = "fixed"
+    task_weights: tuple[float, ...] = ()  # empty: every task weighs 1
+    gradnorm_alpha: float = 1.5
+    warmup_epochs: int = 0  # epochs on `warmup_task` alone before joint training
+    warmup_task: int = 0  # index into the model's tasks
+    compile: bool = False
+    device: str = "cpu"
 
 
 @dataclass
@@ -35,60 +59,190 @@ class FitResult:
     best_epoch: int
     best_metrics: dict
     history: list[dict] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def init_distributed() -> None:
+    """Join the process group `torchrun` describes in the environment (gloo on CPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def settings_from_params(train: TrainParams, tasks: tuple[str, ...]) -> FitSettings:
+    unknown = set(train.task_weights) - set(tasks)
+    if unknown or train.warmup_task not in tasks:
+        raise ShopguideError(
+            f"train.task_weights / train.warmup_task name tasks {sorted(unknown)} "
+            f"or {train.warmup_task!r} that are not among {list(tasks)}"
+        )
+    device = train.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return FitSettings(
+        learning_rate=train.learning_rate,
+        weight_decay=train.weight_decay,
+        embedding_l2=train.embedding_l2,
+        batch_size=train.batch_size,
+        max_epochs=train.max_epochs,
+        patience=train.patience,
+        seed=train.seed,
+        loss_balancing=train.loss_balancing,
+        task_weights=tuple(train.task_weights.get(t, 1.0) for t in tasks),
+        gradnorm_alpha=train.gradnorm_alpha,
+        warmup_epochs=train.warmup_epochs,
+        warmup_task=tasks.index(train.warmup_task),
+        compile=train.compile,
+        device=device,
+    )
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside `torchrun`."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 @torch.no_grad()
-def predict(model: MMoE, data: Tensors, batch_size: int = 16384) -> np.ndarray:
+def predict(model: MultiTaskModel, data: Tensors, batch_size: int = 16384) -> np.ndarray:
     """Task probabilities, (rows, tasks)."""
     model.eval()
+    device = next(model.parameters()).device
     out = [
-        torch.sigmoid(model(*data.take(torch.arange(i, min(i + batch_size, len(data)))).inputs()))
+        torch.sigmoid(
+            model(
+                *(
+                    t.to(device)
+                    for t in data.take(torch.arange(i, min(i + batch_size, len(data)))).inputs()
+                )
+            ).float()
+        ).cpu()
         for i in range(0, len(data), batch_size)
     ]
     return torch.cat(out).numpy() if out else np.zeros((0, len(model.config.tasks)), np.float32)
 
 
+def _fingerprint(model: MultiTaskModel, train: Tensors, settings: FitSettings) -> str:
+    """What a checkpoint must match to be resumed: same model, settings and data shape."""
+    key = json.dumps(
+        [model.config.model_dump(mode="json"), asdict(settings), len(train), world()[1]],
+        sort_keys=True,
+    )
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _all_reduce_grads(params: list[nn.Parameter], size: int) -> None:
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= size
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+
+
 def fit(
-    model: MMoE,
+    model: MultiTaskModel,
     train: Tensors,
     valid: Tensors,
     settings: FitSettings,
     trainable: list[nn.Parameter] | None = None,
     description: str = "train",
+    checkpoint_dir: Path | None = None,
 ) -> FitResult:
     """Train in place; on return the model holds the weights of its best validation epoch."""
+    rank, size = world()
+    device = torch.device(settings.device)
     torch.manual_seed(settings.seed)
+    model.to(device)
+    tasks = model.config.tasks
+    weights = list(settings.task_weights) or [1.0] * len(tasks)
+    balancer = make_balancer(settings.loss_balancing, weights, settings.gradnorm_alpha).to(device)
     params = trainable if trainable is not None else list(model.parameters())
     optimizer = torch.optim.AdamW(
-        params, lr=settings.learning_rate, weight_decay=settings.weight_decay
+        [*params, *balancer.parameters()],
+        lr=settings.learning_rate,
+        weight_decay=settings.weight_decay,
     )
-    loss_fn = nn.BCEWithLogitsLoss()
-    tasks = model.config.tasks
-    generator = torch.Generator().manual_seed(settings.seed)
-    best = FitResult(best_epoch=-1, best_metrics={})
-    best_score, best_state, stale = -1.0, None, 0
     embeddings = [p for p in model.embedding_parameters() if p.requires_grad]
+    heads = torch.compile(model.heads) if settings.compile else model.heads
+    if size > 1:
+        for p in [*model.parameters(), *balancer.parameters()]:
+            dist.broadcast(p.data, src=0)
+    if device.type == "cuda":
+        train = Tensors(
+            *(t.pin_memory().to(device, non_blocking=True) for t in vars(train).values())
+        )
+
+    best = FitResult(best_epoch=-1, best_metrics={})
+    best_score, best_state, stale, start = -1.0, None, 0, 0
+    path = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
+    fingerprint = _fingerprint(model, train, settings)
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location=device, weights_only=True)
+        if saved["fingerprint"] == fingerprint:
+            model.load_state_dict(saved["model"])
+            balancer.load_state_dict(saved["balancer"])
+            optimizer.load_state_dict(saved["optimizer"])
+            best_state, best_score, stale = saved["best_state"], saved["best_score"], saved["stale"]
+            state = json.loads(saved["state"])
+            best.best_epoch, best.best_metrics, best.history = (
+                state["best_epoch"],
+                state["best_metrics"],
+                state["history"],
+            )
+            start = best.resumed_from = saved["epoch"] + 1
+            log.info("%s: resumed from the checkpoint of epoch %d", description, saved["epoch"])
+        else:
+            log.warning("%s: ignoring %s (another model, data or settings)", path, description)
+
     with progress() as bar:
-        job = bar.add_task(description, total=settings.max_epochs)
-        for epoch in range(settings.max_epochs):
+        job = bar.add_task(description, total=settings.max_epochs, completed=start)
+        for epoch in range(start, settings.max_epochs):
+            if stale >= settings.patience:
+                break
+            torch.manual_seed(settings.seed * 100_003 + epoch)
             model.train()
-            order = torch.randperm(len(train), generator=generator)
+            order = torch.randperm(
+                len(train), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
+            ).to(device)
+            mask = torch.ones(len(tasks), device=device)
+            if epoch < settings.warmup_epochs:
+                mask = F.one_hot(torch.tensor(settings.warmup_task), len(tasks)).float().to(device)
             total, batches = 0.0, 0
-            for start in range(0, len(train), settings.batch_size):
-                batch = train.take(order[start : start + settings.batch_size])
-                logits = model(*batch.inputs())
-                loss = sum(loss_fn(logits[:, j], batch.labels[:, j]) for j in range(len(tasks)))
+            for begin in range(0, len(train), settings.batch_size):
+                index = order[begin : begin + settings.batch_size]
+                if len(index) < size:
+                    continue
+                batch = train.take(index[rank::size])
+                with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+                    representation = model.encode(*batch.inputs())
+                    logits = heads(representation).float()
+                losses = F.binary_cross_entropy_with_logits(
+                    logits, batch.labels, reduction="none"
+                ).mean(dim=0)
+                extra = model.penalty(logits)
                 if settings.embedding_l2 and embeddings:
-                    loss = loss + settings.embedding_l2 * sum(e.pow(2).sum() for e in embeddings)
+                    extra = extra + settings.embedding_l2 * sum(e.pow(2).sum() for e in embeddings)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if epoch < settings.warmup_epochs:
+                    ((mask * losses).sum() + extra).backward()
+                else:
+                    balancer.backward(losses, extra, representation, params)
+                if size > 1:
+                    _all_reduce_grads([*params, *balancer.parameters()], size)
                 optimizer.step()
-                total += float(loss.detach())
+                balancer.after_step()
+                total += float(losses.detach().sum())
                 batches += 1
             metrics = task_metrics(valid.labels.numpy(), predict(model, valid), tasks)
             score = mean_auc(metrics)
             row = {"epoch": epoch, "train_loss": total / max(batches, 1), "val_mean_auc": score}
             row |= {f"val_{t}_auc": metrics[t]["auc"] for t in tasks}
+            row |= {
+                f"weight_{t}": w for t, w in zip(tasks, balancer.current_weights(), strict=True)
+            }
             best.history.append(row)
             log.info(
                 "%s epoch %d: loss %.4f, validation mean AUC %.4f",
@@ -104,10 +258,31 @@ def fit(
                 best.best_epoch, best.best_metrics = epoch, metrics
             else:
                 stale += 1
-                if stale >= settings.patience:
-                    log.info("early stop after epoch %d (best %d)", epoch, best.best_epoch)
-                    break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+            if path is not None and rank == 0:
+                state = {
+                    "best_epoch": best.best_epoch,
+                    "best_metrics": best.best_metrics,
+                    "history": best.history,
+                }
+                with atomic_path(path) as tmp:
+                    torch.save(
+                        {
+                            "fingerprint": fingerprint,
+                            "epoch": epoch,
+                            "model": model.state_dict(),
+                            "balancer": balancer.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "best_state": best_state,
+                            "best_score": best_score,
+                            "stale": stale,
+                            "state": json.dumps(state),
+                        },
+                        tmp,
+                    )
+            if stale >= settings.patience:
+                log.info("early stop after epoch %d (best %d)", epoch, best.best_epoch)
+    if best_state is None:
+        raise ShopguideError(f"{description}: no epoch was trained (max_epochs 0?)")
+    model.load_state_dict(best_state)
+    model.to("cpu").eval()
     return best

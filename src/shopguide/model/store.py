@@ -9,29 +9,30 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from shopguide.errors import ShopguideError
-from shopguide.model.mmoe import MMoE, MMoEConfig
+from shopguide.model.base import MultiTaskModel
+from shopguide.model.zoo import build, parse_config
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-def save_model(model: MMoE, directory: Path) -> None:
+def save_model(model: MultiTaskModel, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS))
     (directory / CONFIG).write_text(model.config.model_dump_json(indent=2) + "\n")
 
 
-def load_model(directory: Path) -> MMoE:
+def load_model(directory: Path) -> MultiTaskModel:
     directory = Path(directory)
     for name in (WEIGHTS, CONFIG):
         if not (directory / name).is_file():
             raise ShopguideError(f"{directory}: not a shopguide model (missing {name})")
     try:
-        config = MMoEConfig.model_validate(json.loads((directory / CONFIG).read_text()))
+        config = parse_config(json.loads((directory / CONFIG).read_text()))
     except (ValidationError, json.JSONDecodeError) as exc:
         raise ShopguideError(f"{directory / CONFIG}: invalid model config: {exc}") from exc
-    model = MMoE(config)
+    model = build(config)
     model.load_state_dict(load_file(str(directory / WEIGHTS)))
     model.eval()
     return model

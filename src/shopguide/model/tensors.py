@@ -62,8 +62,18 @@ def to_tensors(frame: pd.DataFrame, tasks: tuple[str, ...], dense: tuple[str, ..
 
 
 def is_new_category(category_id: pd.Series, params: FinetuneParams) -> pd.Series:
-    """Protocol taobao-transfer-v1: a category is new when id % modulo == remainder."""
+    """Protocol taobao-transfer-v1: a category is new when id % modulo == remainder, unless
+    `new_category_ids` names the new categories explicitly."""
+    if params.new_category_ids:
+        return category_id.isin(params.new_category_ids)
     return category_id % params.new_category_modulo == params.new_category_remainder
+
+
+def new_category_rule(params: FinetuneParams) -> str:
+    """`is_new_category`'s rule in words, for messages."""
+    if params.new_category_ids:
+        return f"category_id in {list(params.new_category_ids)}"
+    return f"category_id % {params.new_category_modulo} == {params.new_category_remainder}"
 
 
 def time_split(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -1,0 +1,140 @@
+"""Protocol synth-scale: synth -> ingest -> validate -> features at a given event count.
+
+Each step runs in its own child process so its wall time and peak resident memory are its own
+(os.wait4). Usage: nice python benchmarks/synth_scale.py --events 1000000 --out /tmp/synth1m
+[--offline-store duckdb|file] (Feast's file store ran out of memory at 1M events: see
+benchmarks/offline_store.py and docs/benchmarks.md)
+Prints one JSON line per step and writes <out>/synth_scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "shopguide.cli"]
+
+
+def run_step(name: str, args: list[str], rows: int) -> dict:
+    start = time.perf_counter()
+    child = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"step {name} failed: {' '.join(args)}")
+    result = {
+        "step": name,
+        "wall_s": round(wall, 1),
+        "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 2),
+        "rows": rows,
+        "rows_per_s": round(rows / wall),
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--offline-store", choices=["duckdb", "file"], default="duckdb")
+    a = parser.parse_args()
+    out = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["synth"]["events"] = a.events
+    raw["synth"]["users"] = max(20_000, a.events // 50)
+    raw["synth"]["items"] = max(100_000, a.events // 10)
+    raw["validation"]["report_dir"] = str(out / "validation")
+    raw["features"]["repo"] = str(out / "feature_repo")
+    params = out / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    repo = out / "feature_repo"
+    repo.mkdir(exist_ok=True)
+    for f in (ROOT / "feature_repo").glob("*.py"):
+        shutil.copy(f, repo)
+    store = yaml.safe_load((ROOT / "feature_repo/feature_store.yaml").read_text())
+    store["offline_store"] = {"type": a.offline_store}
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump(store))
+    csv, truth = out / "events.csv", out / "truth.parquet"
+    events, exposures = out / "events.parquet", out / "exposures.parquet"
+    p = ["--params", str(params)]
+    steps = [
+        run_step("synth", [*CLI, "synth", "--out", str(csv), "--truth", str(truth), *p], a.events),
+        run_step(
+            "ingest",
+            [
+                *CLI,
+                "ingest",
+                "--source",
+                str(csv),
+                "--events",
+                str(events),
+                "--exposures",
+                str(exposures),
+                "--summary",
+                str(out / "ingest.json"),
+                *p,
+            ],
+            a.events,
+        ),
+        run_step(
+            "validate",
+            [*CLI, "validate", "--suite", "events", "--input", str(events), *p],
+            a.events,
+        ),
+        run_step(
+            "features",
+            [
+                *CLI,
+                "features",
+                "--events",
+                str(events),
+                "--exposures",
+                str(exposures),
+                "--out",
+                str(out / "training_set.parquet"),
+                "--summary",
+                str(out / "features.json"),
+                *p,
+            ],
+            a.events,
+        ),
+    ]
+    subprocess.run(
+        [
+            *CLI,
+            "synth-bayes",
+            "--truth",
+            str(truth),
+            "--exposures",
+            str(exposures),
+            "--out",
+            str(out / "bayes.json"),
+            *p,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    report = {
+        "protocol": "synth-scale",
+        "events": a.events,
+        "offline_store": a.offline_store,
+        "steps": steps,
+        "bayes_auc": json.loads((out / "bayes.json").read_text()),
+    }
+    (out / "synth_scale.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["bayes_auc"]))
+
+
+if __name__ == "__main__":
+    main()

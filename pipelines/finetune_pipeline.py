@@ -1,0 +1,68 @@
+"""The new-category fine-tuning pipeline: adapt the registry's champion to categories that
+appeared since it was trained, then gate and promote it like the training pipeline.
+
+`python -m pipelines.finetune_pipeline` compiles it to `pipelines/finetune_pipeline.yaml`; a
+test fails when that file is stale.
+"""
+
+from pathlib import Path
+
+from kfp import compiler, dsl
+
+from components.champion import champion_model, with_new_categories
+from components.finetune import finetune
+from pipelines.cluster import ROOT, on_cluster
+from pipelines.stages import FEATURE_REPO, RAW_PATH, REGISTRY, gate_and_promote, training_set
+from pipelines.training_pipeline import DEFAULT_PARAMS_JSON
+
+COMPILED = ROOT / "pipelines" / "finetune_pipeline.yaml"
+
+
+@dsl.pipeline(
+    name="shopguide-new-category-finetune",
+    description="Fine-tune the champion on new categories with the shared layers frozen; gate "
+    "it against the champion and promote it only when the gate passes.",
+)
+def finetune_pipeline(
+    new_category_ids: list,
+    raw_path: str = RAW_PATH,
+    feature_repo: str = FEATURE_REPO,
+    registry: str = REGISTRY,
+    params_json: str = DEFAULT_PARAMS_JSON,
+    deploy: bool = True,
+) -> str:
+    """Returns "promoted <version>" or "refused: <failed checks>", whichever branch ran.
+
+    `new_category_ids` are the categories to fine-tune on (and to report as new in the
+    evaluation); the other parameters are the training pipeline's.
+    """
+    tuned_params = on_cluster(
+        with_new_categories(params_json=params_json, new_category_ids=new_category_ids)
+    ).outputs["Output"]
+    data, checked = training_set(raw_path, feature_repo, params_json)
+    # The champion changes with every promotion, so its copy is never taken from the cache.
+    current = on_cluster(champion_model(registry=registry), retry=True).after(checked)
+    current.set_caching_options(enable_caching=False)
+    tuned = on_cluster(
+        finetune(training_set=data, pretrained=current.outputs["model"], params_json=tuned_params),
+        gpu=True,
+        retry=True,
+    )
+    return gate_and_promote(
+        tuned.outputs["model"],
+        current.outputs["model"],
+        data,
+        raw_path,
+        registry,
+        tuned_params,
+        deploy,
+    )
+
+
+def compile_pipeline(path: Path = COMPILED) -> Path:
+    compiler.Compiler().compile(finetune_pipeline, str(path))
+    return path
+
+
+if __name__ == "__main__":
+    print(compile_pipeline())

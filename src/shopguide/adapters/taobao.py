@@ -1,0 +1,27 @@
+"""Alibaba UserBehavior (Taobao): streamed CSV -> events, then taobao-mtl-v1 exposures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shopguide.adapters.card import data_card
+from shopguide.config import Params
+from shopguide.exposures import build_exposures
+from shopguide.ingest import ingest_taobao
+
+BEHAVIOURS: tuple[str, ...] = ("pv", "cart", "fav", "buy")
+
+
+def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
+    summary = ingest_taobao(source, events, params.data)
+    build_exposures(events, exposures, params.protocol, params.data)
+    return data_card(
+        "taobao",
+        source,
+        events,
+        exposures,
+        params.protocol.tasks,
+        params.data,
+        malformed_rows=summary.malformed_rows,
+        malformed_examples=summary.malformed_examples,
+    )

