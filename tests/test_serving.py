@@ -69,7 +69,14 @@ def serve(params: Params, feature_repo: Path, registry: Path, workdir: Path) -> 
 
 
 def serving_params(run: PipelineRun, **serving) -> Params:
-    return run.params.model_copy(update={"serving": run.params.serving.model_copy(update=serving)})
+    p = run.params
+    limits = p.serving.model_copy(update=serving)
+    # The gate's infra check must fit its requests under the (lowered) candidate limit.
+    infra = p.gate.infra.model_copy(
+        update={"candidates": min(p.gate.infra.candidates, limits.max_candidates)}
+    )
+    gate = p.gate.model_copy(update={"infra": infra})
+    return p.model_copy(update={"serving": limits, "gate": gate})
 
 
 @pytest.fixture(scope="module")

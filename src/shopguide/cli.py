@@ -345,7 +345,7 @@ def models_list(
         table.add_row(
             "*" if r["champion"] else "",
             r["version"],
-            (r["registered_at"] or "")[:19],
+            (r["registered_at"] or "")[:16].replace("T", " "),
             r["model"] or "",
             f"{auc:.4f}" if isinstance(auc, float) else "",
             {True: "passed", False: "refused"}.get(r["gate_passed"], ""),

@@ -209,8 +209,9 @@ def infra_checks(
                 )
             if v2.status_code != 200:
                 raise ShopguideError(f"v2 infer answered {v2.status_code}: {v2.text[:500]}")
-    except ShopguideError as exc:
-        details["error"] = str(exc)
+    except (ShopguideError, httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+        # Not started, crashed, hung or answered nonsense: a refusal, never a gate crash.
+        details["error"] = f"{type(exc).__name__}: {exc}"
         return [
             {
                 "rule": "serving_starts_and_answers",
@@ -219,7 +220,8 @@ def infra_checks(
                 "value": None,
                 "threshold": None,
                 "passed": False,
-                "reason": f"serving_starts_and_answers: {exc}".splitlines()[0][:300],
+                "reason": f"serving_starts_and_answers: {exc}".splitlines()[0][:300]
+                + " (see infra.error in the decision)",
             }
         ], details
     model = load_model(model_dir)
