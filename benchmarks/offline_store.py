@@ -25,10 +25,10 @@ import yaml
 CHILD = """
 import sys
 from pathlib import Path
-from shopguide.features import apply_repo, historical_training_set
+from shopguide.features import apply_repo, feast_training_set
 repo, exposures, out = map(Path, sys.argv[1:4])
 store = apply_repo(repo)
-print(historical_training_set(store, exposures, out))
+print(feast_training_set(store, exposures, out))
 """
 
 

@@ -1,9 +1,10 @@
 """Protocol synth-scale: synth -> ingest -> validate -> features at a given event count.
 
 Each step runs in its own child process so its wall time and peak resident memory are its own
-(os.wait4). Usage: nice python benchmarks/synth_scale.py --events 1000000 --out /tmp/synth1m
-[--offline-store duckdb|file] (Feast's file store ran out of memory at 1M events: see
-benchmarks/offline_store.py and docs/benchmarks.md)
+(os.wait4); the 1-minute load average is recorded before and after each (shared machine).
+Usage: nice python benchmarks/synth_scale.py --events 1000000 --out /tmp/synth1m
+[--offline-join feast --offline-store file|duckdb] (the training-set join; default the params'
+DuckDB ASOF JOIN. Feast's stores ran out of memory at 1M events: benchmarks/offline_store.py)
 Prints one JSON line per step and writes <out>/synth_scale.json.
 """
 
@@ -25,6 +26,7 @@ CLI = [sys.executable, "-m", "shopguide.cli"]
 
 
 def run_step(name: str, args: list[str], rows: int) -> dict:
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     child = subprocess.Popen(args, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(child.pid, 0)
@@ -37,6 +39,7 @@ def run_step(name: str, args: list[str], rows: int) -> dict:
         "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 2),
         "rows": rows,
         "rows_per_s": round(rows / wall),
+        "load_avg_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
     }
     print(json.dumps(result), flush=True)
     return result
@@ -46,8 +49,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--offline-store", choices=["duckdb", "file"], default="duckdb")
+    parser.add_argument("--offline-join", choices=["duckdb_asof", "feast"], default="duckdb_asof")
+    parser.add_argument("--offline-store", choices=["duckdb", "file"], default="file")
     a = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -56,6 +61,7 @@ def main() -> None:
     raw["synth"]["items"] = max(100_000, a.events // 10)
     raw["validation"]["report_dir"] = str(out / "validation")
     raw["features"]["repo"] = str(out / "feature_repo")
+    raw["features"]["offline_join"] = a.offline_join
     params = out / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     repo = out / "feature_repo"
@@ -128,12 +134,14 @@ def main() -> None:
     report = {
         "protocol": "synth-scale",
         "events": a.events,
-        "offline_store": a.offline_store,
+        "offline_join": a.offline_join,
+        "offline_store": a.offline_store if a.offline_join == "feast" else None,
         "steps": steps,
+        "features": json.loads((out / "features.json").read_text()),
         "bayes_auc": json.loads((out / "bayes.json").read_text()),
     }
     (out / "synth_scale.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["bayes_auc"]))
+    print(json.dumps({"features": report["features"]["seconds"], "bayes": report["bayes_auc"]}))
 
 
 if __name__ == "__main__":

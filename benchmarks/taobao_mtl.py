@@ -29,7 +29,7 @@ from shopguide.config import load_params
 from shopguide.io import write_json
 from shopguide.logs import setup_logging
 from shopguide.metrics import task_metrics
-from shopguide.model.fit import fit, predict, settings_from_params
+from shopguide.model.fit import aux_metrics, fit, predict, settings_from_params
 from shopguide.model.tensors import read_training_set, time_split, to_tensors
 from shopguide.model.zoo import MODELS
 from shopguide.train import build_model
@@ -63,6 +63,15 @@ def summarise(runs: dict, labels: np.ndarray, tasks: tuple[str, ...], rounds: in
                 "logloss_mean": float(np.mean(losses)),
             }
         row["mean_auc"] = float(np.mean([t["auc_mean"] for t in row["tasks"].values()]))
+        aux = [r.get("aux", {}) for r in seeds.values()]
+        row["aux"] = {  # auxiliary tasks: the mean of each metric over seeds
+            task: {
+                metric: float(np.mean([a[task][metric] for a in aux]))
+                for metric, value in metrics.items()
+                if isinstance(value, float)
+            }
+            for task, metrics in aux[0].items()
+        }
         row["seconds_per_run"] = float(np.mean([r["seconds"] for r in seeds.values()]))
         table[name] = row
     return table
@@ -76,12 +85,13 @@ def markdown(table: dict, tasks: tuple[str, ...]) -> str:
         "|---" * (len(tasks) + 4) + "|",
     ]
     for name, row in sorted(table.items(), key=lambda kv: -kv[1]["mean_auc"]):
+        per_task = [row["tasks"][t] for t in tasks]  # in task order (JSON sorts the keys)
         cells = [
             f"{m['auc_mean']:.3f}±{m['auc_std']:.3f} "
             f"[{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}]"
-            for m in row["tasks"].values()
+            for m in per_task
         ]
-        losses = "/".join(f"{m['logloss_mean']:.3f}" for m in row["tasks"].values())
+        losses = "/".join(f"{m['logloss_mean']:.3f}" for m in per_task)
         lines.append(
             f"| {name} | {' | '.join(cells)} | {row['mean_auc']:.3f} | {losses} | "
             f"{row['seconds_per_run']:.0f} |"
@@ -126,9 +136,9 @@ def main() -> None:
             )
             torch.manual_seed(seed)
             model = build_model(fit_part, p)
-            dense = model.config.dense_features
+            dense, heads = model.config.dense_features, model.config.head_names()
             settings = replace(
-                settings_from_params(p.train, tasks),
+                settings_from_params(p.train, heads),
                 max_epochs=args.max_epochs,
                 patience=args.patience,
                 batch_size=args.batch_size,
@@ -137,17 +147,18 @@ def main() -> None:
             start = time.perf_counter()
             result = fit(
                 model,
-                to_tensors(fit_part, tasks, dense),
-                to_tensors(valid_part, tasks, dense),
+                to_tensors(fit_part, heads, dense),
+                to_tensors(valid_part, heads, dense),
                 settings,
                 description=f"{name} seed {seed}",
             )
             seconds = time.perf_counter() - start
-            test_tensors = to_tensors(test, tasks, dense)
+            test_tensors = to_tensors(test, heads, dense)
             probs = predict(model, test_tensors)
-            metrics = task_metrics(test_tensors.labels.numpy(), probs, tasks)
+            metrics = task_metrics(test_tensors.labels[:, : len(tasks)].numpy(), probs, tasks)
             runs.setdefault(name, {})[str(seed)] = {
                 "metrics": metrics,
+                "aux": aux_metrics(model, test_tensors),
                 "best_epoch": result.best_epoch,
                 "seconds": seconds,
                 "probs": np.round(probs, 6).tolist(),

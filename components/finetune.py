@@ -15,9 +15,11 @@ def finetune(
     metrics: Output[Metrics],
     history: Output[Dataset],
 ) -> None:
-    """Fine-tune the pre-trained model on the new categories with the shared layers frozen.
+    """Fine-tune the pre-trained model on the new categories with `finetune.strategy`.
 
-    Logs the new-category test AUC per task before and after, the transfer the step is for.
+    Logs the new-category test AUC per task before and after, the transfer the step is for,
+    and the old categories' AUC change, the forgetting the gate judges. The strategy `auto`
+    chose is in the `metrics` artifact's file.
     """
     from pathlib import Path
 
@@ -39,3 +41,6 @@ def finetune(
         for task, m in result[f"new_category_test_{stage}"].items():
             if m["auc"] is not None:
                 metrics.log_metric(f"new_category_auc_{task}_{stage}", m["auc"])
+    for task, change in result["old_category_auc_change"].items():
+        if change is not None:
+            metrics.log_metric(f"old_category_auc_change_{task}", change)

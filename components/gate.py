@@ -1,7 +1,7 @@
 """Component of the `gate` step (as `shopguide gate`)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
 from components.settings import IMAGE
 
@@ -10,16 +10,20 @@ from components.settings import IMAGE
 def gate(
     evaluation: Input[Artifact],
     training_set: Input[Dataset],
+    model: Input[Model],
+    feature_repo: str,
     registry: str,
     params_json: str,
     decision: Output[Artifact],
     summary: Output[Markdown],
 ) -> str:
-    """Pass or refuse the candidate against the AUC floors and the champion in `registry`.
+    """Pass or refuse the candidate `model` against the AUC floors and the champion in `registry`.
 
-    `summary` is the checks as a Markdown table, which the KFP UI shows with the run. Returns
-    "passed" or "refused" for the pipeline to branch on. Unlike the CLI, which exits 3,
-    a refusal does not fail the task: it is an expected outcome with its own branch.
+    The candidate is served from `feature_repo`'s online store for the infrastructure check.
+
+        `summary` is the checks as a Markdown table, which the KFP UI shows with the run. Returns
+        "passed" or "refused" for the pipeline to branch on. Unlike the CLI, which exits 3,
+        a refusal does not fail the task: it is an expected outcome with its own branch.
     """
     from pathlib import Path
 
@@ -35,6 +39,8 @@ def gate(
         Path(registry),
         Path(decision.path),
         params_from_json(params_json),
+        model_dir=Path(model.path),
+        feature_repo=Path(feature_repo),
     )
     verdict = "passed" if result["passed"] else "refused"
     rows = [

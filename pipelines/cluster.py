@@ -6,7 +6,7 @@ pipeline is compiled, so the compiled YAML carries them; recompile after changin
 
 from pathlib import Path
 
-from kfp import kubernetes
+from kfp import compiler, kubernetes
 from kfp.dsl import PipelineTask
 
 from shopguide.config import load_params
@@ -35,3 +35,9 @@ def on_cluster(task: PipelineTask, *, gpu: bool = False, retry: bool = False) ->
     if retry:
         task.set_retry(num_retries=k.retries, backoff_duration="60s", backoff_factor=2)
     return task
+
+
+def compile_pipeline(pipeline, path: Path) -> Path:
+    """Write `pipeline`'s IR YAML to `path`, the file to upload to Kubeflow."""
+    compiler.Compiler().compile(pipeline, str(path))
+    return path

@@ -5,13 +5,11 @@ appeared since it was trained, then gate and promote it like the training pipeli
 test fails when that file is stale.
 """
 
-from pathlib import Path
-
-from kfp import compiler, dsl
+from kfp import dsl
 
 from components.champion import champion_model, with_new_categories
 from components.finetune import finetune
-from pipelines.cluster import ROOT, on_cluster
+from pipelines.cluster import ROOT, compile_pipeline, on_cluster
 from pipelines.stages import FEATURE_REPO, RAW_PATH, REGISTRY, gate_and_promote, training_set
 from pipelines.training_pipeline import DEFAULT_PARAMS_JSON
 
@@ -20,8 +18,8 @@ COMPILED = ROOT / "pipelines" / "finetune_pipeline.yaml"
 
 @dsl.pipeline(
     name="shopguide-new-category-finetune",
-    description="Fine-tune the champion on new categories with the shared layers frozen; gate "
-    "it against the champion and promote it only when the gate passes.",
+    description="Fine-tune the champion on new categories (finetune.strategy); gate it against "
+    "the champion, old categories included, and promote it only when the gate passes.",
 )
 def finetune_pipeline(
     new_category_ids: list,
@@ -53,16 +51,12 @@ def finetune_pipeline(
         current.outputs["model"],
         data,
         raw_path,
+        feature_repo,
         registry,
         tuned_params,
         deploy,
     )
 
 
-def compile_pipeline(path: Path = COMPILED) -> Path:
-    compiler.Compiler().compile(finetune_pipeline, str(path))
-    return path
-
-
 if __name__ == "__main__":
-    print(compile_pipeline())
+    print(compile_pipeline(finetune_pipeline, COMPILED))

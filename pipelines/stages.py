@@ -57,6 +57,7 @@ def gate_and_promote(
     pretrained: PipelineChannel,
     data: PipelineChannel,
     raw_path: str,
+    feature_repo: str,
     registry: str,
     params_json: str,
     deploy: bool,
@@ -71,6 +72,8 @@ def gate_and_promote(
         gate(
             evaluation=evaluated.outputs["evaluation"],
             training_set=data,
+            model=candidate,
+            feature_repo=feature_repo,
             registry=registry,
             params_json=params_json,
         )

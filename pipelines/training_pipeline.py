@@ -4,13 +4,11 @@
 file to upload; a test fails when that file is stale.
 """
 
-from pathlib import Path
-
-from kfp import compiler, dsl
+from kfp import dsl
 
 from components.finetune import finetune
 from components.train import train
-from pipelines.cluster import PARAMS, ROOT, on_cluster
+from pipelines.cluster import PARAMS, ROOT, compile_pipeline, on_cluster
 from pipelines.stages import FEATURE_REPO, RAW_PATH, REGISTRY, gate_and_promote, training_set
 
 COMPILED = ROOT / "pipelines" / "training_pipeline.yaml"
@@ -53,16 +51,12 @@ def training_pipeline(
         trained.outputs["model"],
         data,
         raw_path,
+        feature_repo,
         registry,
         params_json,
         deploy,
     )
 
 
-def compile_pipeline(path: Path = COMPILED) -> Path:
-    compiler.Compiler().compile(training_pipeline, str(path))
-    return path
-
-
 if __name__ == "__main__":
-    print(compile_pipeline())
+    print(compile_pipeline(training_pipeline, COMPILED))

@@ -12,6 +12,11 @@ import yaml
 
 from shopguide.config import Params, load_params
 
+# Tests run servers, clients and pipeline tasks side by side on few cores, where OpenMP threads
+# that spin while waiting cost several times their work. Set before any test imports torch;
+# subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = Path(
     os.environ.get(
@@ -53,6 +58,9 @@ def write_params(workdir: Path, raw_path: Path, **overrides: dict) -> Path:
     raw["deploy"]["output"] = str(workdir / "k8s/inferenceservice.yaml")
     raw["train"]["max_epochs"] = 6
     raw["finetune"]["max_epochs"] = 3
+    # A loaded test machine must not refuse the shared run on latency; test_gate checks that
+    # the latency rule refuses, with a budget no server can meet.
+    raw["gate"]["infra"]["p99_latency_ms"] = 5000
     for section, values in overrides.items():
         raw[section].update(values)
     path = workdir / "params.yaml"

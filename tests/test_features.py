@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shopguide.config import load_params
+from shopguide.config import DataParams, load_params
+from shopguide.duck import connect
 from shopguide.feature_spec import FEATURE_SERVICE, model_feature_columns, stat_features
-from shopguide.features import build_features, open_store
+from shopguide.features import asof_training_set, build_features, open_store, training_set
 from tests.conftest import PipelineRun, copy_feature_repo, write_params
 
 
@@ -116,3 +117,65 @@ def test_online_store_serves_latest_values(pipeline_run: PipelineRun) -> None:
     assert online["user_stats__pv_all"][0] == (mine["behavior"] == "pv").sum()
     assert online["user_stats__buy_all"][0] == (mine["behavior"] == "buy").sum()
     assert online["user_stats__pv_all"][1] is None  # unknown user
+
+
+def test_default_asof_join_equals_feast_historical_features(
+    pipeline_run: PipelineRun, tmp_path: Path
+) -> None:
+    """The pipeline's training set (default engine, the DuckDB ASOF JOIN) is exactly what
+    `features.offline_join: feast` gives, Feast's get_historical_features on its file offline
+    store: same rows, order, dtypes and values."""
+    assert pipeline_run.params.features.offline_join == "duckdb_asof"
+    feast = pipeline_run.params.model_copy(
+        update={
+            "features": pipeline_run.params.features.model_copy(update={"offline_join": "feast"})
+        }
+    )
+    out = tmp_path / "training_set.parquet"
+    store = open_store(pipeline_run.feature_repo)
+    assert training_set(store, pipeline_run.exposures, out, feast) == 59_874
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(pipeline_run.training_set))
+
+
+def test_asof_join_gives_unknown_or_too_early_entities_zeros(
+    pipeline_run: PipelineRun, tmp_path: Path
+) -> None:
+    """Entities without a feature row at or before t0 (unknown ids, or t0 before every
+    snapshot) get all-zero features, and every exposure row stays."""
+    known = pd.read_parquet(pipeline_run.training_set).sample(200, random_state=1)
+    exposures = pd.read_parquet(pipeline_run.exposures)
+    probe = exposures.merge(known[["user_id", "item_id"]]).copy()
+    unknown = probe.head(3).assign(user_id=-1, item_id=-2, category_id=-3)
+    early = probe.head(2).assign(t0=pipeline_run.params.protocol.window_start - 7200)
+    path = tmp_path / "exposures.parquet"
+    pd.concat([probe, unknown, early]).to_parquet(path)
+    out = tmp_path / "training_set.parquet"
+    store = open_store(pipeline_run.feature_repo)
+    assert asof_training_set(store, path, out, pipeline_run.params) == len(probe) + 5
+
+    got = pd.read_parquet(out)
+    features = model_feature_columns()
+    zero_rows = got[
+        (got["user_id"] == -1) | (got["t0"] < pipeline_run.params.protocol.window_start)
+    ]
+    assert len(zero_rows) == 5
+    assert (zero_rows[features].to_numpy() == 0).all()
+    rest = got.drop(zero_rows.index).merge(known, on=["user_id", "item_id"], suffixes=("", "_k"))
+    assert len(rest) == len(probe)
+    for column in features:
+        np.testing.assert_array_equal(rest[column], rest[f"{column}_k"], err_msg=column)
+    assert rest["user_stats__pv_all"].gt(0).any()
+
+
+def test_duckdb_settings_come_from_params(tmp_path: Path) -> None:
+    data = DataParams(duckdb_memory_limit="300MB", duckdb_threads=1, duckdb_temp_directory=tmp_path)
+    con = connect(data)
+    settings = dict(
+        con.execute(
+            "SELECT name, value FROM duckdb_settings() "
+            "WHERE name IN ('memory_limit', 'threads', 'temp_directory')"
+        ).fetchall()
+    )
+    assert settings["threads"] == "1"
+    assert settings["temp_directory"] == str(tmp_path)
+    assert settings["memory_limit"].startswith(("286", "300"))

@@ -17,6 +17,7 @@ from components.promote import report_refusal
 from components.settings import DEFAULT_IMAGE, IMAGE
 from pipelines import finetune_pipeline as finetune_module
 from pipelines import training_pipeline as training_module
+from pipelines.cluster import compile_pipeline
 from pipelines.finetune_pipeline import finetune_pipeline
 from pipelines.training_pipeline import training_pipeline
 from shopguide.config import Params, load_params, params_from_json
@@ -24,7 +25,7 @@ from shopguide.errors import ShopguideError
 from shopguide.io import fingerprint, read_json
 from shopguide.model.tensors import is_new_category
 from shopguide.registry import champion, versions
-from tests.conftest import copy_feature_repo, write_params
+from tests.conftest import PipelineRun, copy_feature_repo, write_params
 
 # The local runner warns that the image names no Python (its tasks run in this venv instead)
 # and that display names do nothing locally; both are expected here.
@@ -34,11 +35,15 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("module", [training_module, finetune_module], ids=["train", "finetune"])
-def test_compiled_pipeline_is_current(tmp_path: Path, module) -> None:
+@pytest.mark.parametrize(
+    ("module", "pipeline"),
+    [(training_module, training_pipeline), (finetune_module, finetune_pipeline)],
+    ids=["train", "finetune"],
+)
+def test_compiled_pipeline_is_current(tmp_path: Path, module, pipeline) -> None:
     if IMAGE != DEFAULT_IMAGE:
         pytest.skip("SHOPGUIDE_IMAGE is set; the committed YAML uses the default image")
-    fresh = module.compile_pipeline(tmp_path / module.COMPILED.name).read_text()
+    fresh = compile_pipeline(pipeline, tmp_path / module.COMPILED.name).read_text()
     assert fresh == module.COMPILED.read_text(), (
         f"{module.COMPILED} is stale; regenerate it with `python -m {module.__name__}`"
     )
@@ -72,21 +77,35 @@ def _artifact(path: Path) -> Artifact:
 
 
 @pytest.mark.parametrize(("auc", "outcome"), [(0.7, "passed"), (0.5, "refused")])
-def test_gate_returns_the_branch_to_take(tmp_path: Path, auc: float, outcome: str) -> None:
-    params = Params()
+def test_gate_returns_the_branch_to_take(
+    tmp_path: Path, pipeline_run: PipelineRun, auc: float, outcome: str
+) -> None:
+    params = pipeline_run.params.model_copy(
+        update={
+            "gate": pipeline_run.params.gate.model_copy(
+                update={
+                    "infra": pipeline_run.params.gate.infra.model_copy(update={"enabled": False})
+                }
+            )
+        }
+    )
     evaluation = tmp_path / "evaluate.json"
     evaluation.write_text(json.dumps({"overall": {t: {"auc": auc} for t in params.protocol.tasks}}))
     decision = tmp_path / "decision.json"
     result = gate.python_func(
         evaluation=_artifact(evaluation),
-        training_set=_artifact(tmp_path / "unused.parquet"),  # read only to score a champion
+        training_set=_artifact(pipeline_run.training_set),
+        model=_artifact(pipeline_run.candidate),
+        feature_repo=str(pipeline_run.feature_repo),
         registry=str(tmp_path / "registry"),
         params_json=params.model_dump_json(),
         decision=_artifact(decision),
         summary=_artifact(tmp_path / "summary.md"),
     )
     assert result == outcome
-    assert read_json(decision)["passed"] is (outcome == "passed")
+    recorded = read_json(decision)
+    assert recorded["passed"] is (outcome == "passed")
+    assert recorded["candidate"] == str(pipeline_run.candidate)
     summary = (tmp_path / "summary.md").read_text()
     assert summary.startswith(f"## Gate {outcome} (champion: none)")
     assert summary.count("| pass |") == (3 if outcome == "passed" else 0)
@@ -162,9 +181,11 @@ def test_failed_validation_stops_the_run(
 
 
 @pytest.mark.slow
-def test_local_run_promotes_then_refuses(
+def test_local_runs_promote_then_refuse_a_finetune(
     sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The training pipeline promotes; the fine-tuning pipeline, held to floors no model can
+    reach, takes the refusal branch and leaves that champion in place."""
     # Tasks inherit the working directory; keep anything they might drop there out of the repo.
     monkeypatch.chdir(tmp_path)
     feature_repo = copy_feature_repo(tmp_path / "feature_repo")
@@ -180,33 +201,17 @@ def test_local_run_promotes_then_refuses(
     assert record["promoted"] is True
     assert record["version"] == first.name
     assert (run_dir / "promote" / "inference_service").is_file()
+    assert first.metadata["parent"] == fingerprint(run_dir / "train" / "model")
     assert not (run_dir / "deploy-champion").exists()  # deploy=False: no cluster here
     assert not (run_dir / "report-refusal").exists()
+    # The gate scored the candidate artifact it was handed, not a path from another task.
+    decision = read_json(run_dir / "gate" / "decision")
+    assert decision["candidate"].startswith(str(run_dir / "finetune"))
+    assert any(c["rule"].startswith("serving") and c["passed"] for c in decision["checks"])
 
-    # Fine-tune the champion on the five busiest categories, then gate and promote it.
+    # Fine-tune the champion on the five busiest categories under unreachable floors.
     frame = pd.read_parquet(run_dir / "features" / "training_set")
     new_ids = [int(c) for c in frame["category_id"].value_counts().index[:5]]
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root / "ft"))
-    tuned = finetune_pipeline(
-        new_category_ids=new_ids,
-        raw_path=str(sample),
-        feature_repo=str(feature_repo),
-        registry=str(registry),
-        params_json=params.model_dump_json(),
-        deploy=False,
-    )
-    (ft_dir,) = (kfp_root / "ft").iterdir()
-    assert read_json(ft_dir / "finetune" / "metrics")["finetune_rows"] > 0
-    if tuned.output.startswith("promoted"):
-        tuned_champion = champion(registry)
-        assert tuned_champion != first
-        parent = fingerprint(ft_dir / "champion-model" / "model")
-        assert tuned_champion.metadata["parent"] == parent
-        first = tuned_champion
-    else:
-        assert tuned.output.startswith("refused: ")
-        assert champion(registry) == first
-
     strict = params.model_copy(
         update={
             "gate": params.gate.model_copy(
@@ -214,12 +219,25 @@ def test_local_run_promotes_then_refuses(
             )
         }
     )
-    outcome, run_dir = _run(kfp_root / "refuse", strict, sample, feature_repo, registry)
-    assert outcome.startswith("refused: auc_floor")
-    refusal = read_json(run_dir / "report-refusal" / "refusal")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root / "ft"))
+    tuned = finetune_pipeline(
+        new_category_ids=new_ids,
+        raw_path=str(sample),
+        feature_repo=str(feature_repo),
+        registry=str(registry),
+        params_json=strict.model_dump_json(),
+        deploy=False,
+    )
+    (ft_dir,) = (kfp_root / "ft").iterdir()
+    assert read_json(ft_dir / "finetune" / "metrics")["finetune_rows"] > 0
+    assert tuned.output.startswith("refused: auc_floor")
+    decision = read_json(ft_dir / "gate" / "decision")
+    assert decision["champion"] == first.name
+    assert decision["candidate"].startswith(str(ft_dir / "finetune"))
+    refusal = read_json(ft_dir / "report-refusal" / "refusal")
     assert refusal["promoted"] is False
     assert refusal["champion"] == first.name
     assert refusal["reasons"]
-    assert not (run_dir / "promote").exists()
+    assert not (ft_dir / "promote").exists()
     assert champion(registry) == first
     assert [v.name for v in versions(registry)][-1] == first.name

@@ -15,6 +15,7 @@ from shopguide.config import Params
 from shopguide.drift import PROFILE_FILE
 from shopguide.errors import ShopguideError
 from shopguide.ingest import ingest_taobao
+from shopguide.io import read_json
 from shopguide.validation import ValidationReport, raise_on_failure, validate_events
 from tests.conftest import write_params
 from tests.test_cli import shopguide
@@ -196,3 +197,56 @@ def test_cli_ingest_bad_rees46_leaves_no_output(tmp_path: Path, sample: Path) ->
     assert str(bad) in out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def _unknown_behaviour_out_of_window_null(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = with_duplicates(frame)
+    frame.loc[frame.index[::700], "behavior"] = "click"
+    rows = frame.index[5::50]
+    frame.loc[rows, "ts"] = PARAMS.protocol.window_start - 3600 - np.arange(len(rows))
+    frame["user_id"] = frame["user_id"].astype("Int64")
+    frame.loc[frame.index[1:4], "user_id"] = pd.NA
+    return frame
+
+
+@pytest.mark.parametrize(
+    "mutate", [lambda f: f, _unknown_behaviour_out_of_window_null], ids=["clean", "faults"]
+)
+def test_large_tables_are_checked_on_a_sample_with_exact_verdicts(
+    sample_events: pd.DataFrame, tmp_path: Path, mutate
+) -> None:
+    """Past `validation.in_memory_rows`, GX sees a sample that keeps offending rows, and every
+    verdict and count is the one the whole table gives."""
+    path = tmp_path / "events.parquet"
+    mutate(sample_events.copy()).to_parquet(path)
+    whole = validate_events(path, PARAMS, tmp_path / "whole")
+    sampled_params = PARAMS.model_copy(
+        update={
+            "validation": PARAMS.validation.model_copy(
+                update={"in_memory_rows": 10_000, "sample_rows": 5_000}
+            )
+        }
+    )
+    sampled = validate_events(path, sampled_params, tmp_path / "sampled")
+    assert read_json(sampled.json_path)["validated_rows"] < 6_000
+    assert sampled.success == whole.success
+    by_key = {(r["suite"], r["expectation"], r["column"]): r for r in whole.results}
+    assert len(sampled.results) == len(by_key)
+    for result in sampled.results:
+        reference = by_key[result["suite"], result["expectation"], result["column"]]
+        assert result["success"] == reference["success"], result
+        if isinstance(reference["observed"], dict):
+            assert (
+                result["observed"]["unexpected_count"] == reference["observed"]["unexpected_count"]
+            )
+            assert result["observed"]["element_count"] == reference["observed"]["element_count"]
+            assert result["observed"]["unexpected_percent"] == pytest.approx(
+                reference["observed"]["unexpected_percent"]
+            )
+        else:
+            assert result["observed"] == reference["observed"], result
+    if not whole.success:
+        text = message(sampled, path)
+        for needle in ("'click'", str(PARAMS.protocol.window_start - 3600), "3 of 84478 values"):
+            assert needle in text
+        assert f"'user_id': {sample_events['user_id'].iloc[10]}" in text  # a duplicated row

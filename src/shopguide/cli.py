@@ -12,7 +12,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from shopguide.config import Params, load_params
+from shopguide.config import load_params
 from shopguide.errors import GateRefused, ShopguideError
 from shopguide.logs import setup_logging
 
@@ -50,10 +50,6 @@ def step(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _params(path: Path) -> Params:
-    return load_params(path)
-
-
 @app.command()
 @step
 def ingest(
@@ -68,7 +64,7 @@ def ingest(
     from shopguide.adapters import ingest as ingest_raw
     from shopguide.io import write_json
 
-    p = _params(params)
+    p = load_params(params)
     write_json(summary, ingest_raw(source or p.data.raw_path, events, exposures, p))
 
 
@@ -82,7 +78,7 @@ def synth(
     """Synthetic events in the Taobao format plus every exposure's true task probabilities."""
     from shopguide.synth import generate
 
-    generate(out, truth, _params(params))
+    generate(out, truth, load_params(params))
 
 
 @app.command(name="synth-bayes")
@@ -97,7 +93,7 @@ def synth_bayes(
     from shopguide.io import write_json
     from shopguide.synth import bayes_auc
 
-    p = _params(params)
+    p = load_params(params)
     write_json(out, bayes_auc(truth, exposures, p.data, p.protocol))
 
 
@@ -117,7 +113,7 @@ def validate(
     """Great Expectations suites; any failed expectation stops the pipeline here."""
     from shopguide.validation import raise_on_failure, validate_events, validate_training_set
 
-    p = _params(params)
+    p = load_params(params)
     report_dir = report_dir or p.validation.report_dir
     if suite is Suite.events:
         path = input or EVENTS
@@ -148,7 +144,7 @@ def features(
     from shopguide.features import build_features
     from shopguide.io import write_json
 
-    p = _params(params)
+    p = load_params(params)
     write_json(summary, build_features(events, exposures, repo or p.features.repo, out, p))
 
 
@@ -168,23 +164,31 @@ def train(
     validation slice; under `torchrun`, data-parallel."""
     from shopguide.train import train_step
 
-    train_step(training_set, model_dir, metrics, history, _params(params), checkpoint_dir)
+    train_step(training_set, model_dir, metrics, history, load_params(params), checkpoint_dir)
 
 
 @app.command()
 @step
 def finetune(
     training_set: Path = TRAINING_SET,
-    base_model: Path = PRETRAINED,
+    base_model: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"default: {PRETRAINED}, or the registry's champion with finetune.base: champion"
+        ),
+    ] = None,
     model_dir: Path = CANDIDATE,
     metrics: Path = Path("metrics/finetune.json"),
     history: Path = Path("plots/finetune_history.csv"),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Fine-tune on the new categories with the shared layers frozen."""
-    from shopguide.finetune import finetune_step
+    """Fine-tune on the new categories with `finetune.strategy` (frozen, l2sp, adversarial,
+    coldstart or auto); reports new- and old-category test AUC before and after."""
+    from shopguide.finetune import finetune_base, finetune_step
 
-    finetune_step(training_set, base_model, model_dir, metrics, history, _params(params))
+    p = load_params(params)
+    base = base_model or finetune_base(p.registry.path, PRETRAINED, p.finetune.base)
+    finetune_step(training_set, base, model_dir, metrics, history, p)
 
 
 @app.command()
@@ -198,11 +202,12 @@ def evaluate(
     report: Path = Path("reports/evaluation.html"),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Per-task AUC, log loss, calibration error and GAUC with bootstrap intervals, overall and
-    per slice; ROC and calibration plots and an HTML report."""
+    """Test-split report: AUC, log loss, calibration error, GAUC per task and slice.
+
+    Each metric with a bootstrap interval; ROC and calibration plots; an HTML report."""
     from shopguide.evaluate import evaluate_step
 
-    evaluate_step(training_set, model_dir, metrics, roc, report, _params(params), calibration)
+    evaluate_step(training_set, model_dir, metrics, roc, report, load_params(params), calibration)
 
 
 @app.command()
@@ -218,12 +223,13 @@ def gate(
     decision: Path = DECISION,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Pass or refuse the candidate (AUC floors, paired-bootstrap comparison with the champion
-    overall and per slice, a real server's parity and latency); exit code 3 on refusal,
-    decision JSON either way."""
+    """Pass or refuse the candidate; exit code 3 on refusal, decision JSON either way.
+
+    Rules: AUC floors; no regression against the champion (paired bootstrap, overall and per
+    slice); a real server of the candidate answers with its offline scores within a p99 budget."""
     from shopguide.gate import gate_step
 
-    p = _params(params)
+    p = load_params(params)
     result = gate_step(
         evaluation, training_set, registry or p.registry.path, decision, p, model_dir, repo
     )
@@ -241,15 +247,22 @@ def promote(
     decision: Path = DECISION,
     evaluation: Path = EVALUATION,
     training_set: Path = TRAINING_SET,
-    parent: Path = PRETRAINED,
+    parent: Annotated[
+        Path | None,
+        typer.Option(help="fine-tuning parent; default: the base model finetune's metrics name"),
+    ] = None,
+    finetune_metrics: Path = Path("metrics/finetune.json"),
     out: Path = Path("artifacts/gate/promotion.json"),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Register a gate-approved model as champion and render its InferenceService."""
-    from shopguide.io import fingerprint
+    from shopguide.io import fingerprint, read_json
     from shopguide.promote import promote_step
 
-    p = _params(params)
+    p = load_params(params)
+    if parent is None:
+        recorded = read_json(finetune_metrics) if finetune_metrics.is_file() else {}
+        parent = Path(recorded.get("base_model", PRETRAINED))
     parent_id = fingerprint(parent) if parent.is_dir() else None
     record = promote_step(model_dir, decision, evaluation, training_set, out, p, parent_id)
     if record["promoted"]:
@@ -272,12 +285,14 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address; default serving.host")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Start the KServe model server: POST /v1/models/<name>:predict (rankings),
-    POST /v2/models/<name>/infer (Open Inference Protocol), GET /metrics (Prometheus).
-    Serving a registry, it switches to a newly promoted champion without dropping requests."""
+    """Start the KServe model server (v1 predict, v2 infer, /metrics).
+
+    POST /v1/models/<name>:predict (rankings), POST /v2/models/<name>/infer (Open Inference
+    Protocol), GET /metrics (Prometheus). Serving a registry, it switches to a newly promoted
+    champion without dropping requests."""
     from shopguide.serving.server import serve as run_server
 
-    p = _params(params)
+    p = load_params(params)
     run_server(
         p.serving,
         repo or p.features.repo,
@@ -297,7 +312,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")
 
 
 def _registry(registry: Path | None, params: Path) -> Path:
-    return registry or _params(params).registry.path
+    return registry or load_params(params).registry.path
 
 
 @models_app.command("list")
@@ -394,8 +409,9 @@ def models_rollback(
     registry: RegistryOpt = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Make an earlier version the champion again (atomically; servers polling the registry
-    switch to it)."""
+    """Make an earlier version the champion again.
+
+    Atomic, under the registry lock; servers polling the registry switch to it."""
     from shopguide.registry import rollback
 
     old, new = rollback(_registry(registry, params), to, reason)
@@ -442,7 +458,7 @@ def pipeline_upload(
     """Upload the compiled pipeline, as a new version when it exists already."""
     from shopguide import kfp_runs
 
-    p = _params(params)
+    p = load_params(params)
     kfp_runs.upload(kfp_runs.connect(p.kubeflow, host), package)
 
 
@@ -457,7 +473,7 @@ def pipeline_run(
     """Start one run of the uploaded pipeline's latest version (what the CronJob calls)."""
     from shopguide import kfp_runs
 
-    p = _params(params)
+    p = load_params(params)
     name, arguments = kfp_runs.pipeline_name(package), _pipeline_arguments(arg)
     kfp_runs.run(kfp_runs.connect(p.kubeflow, host), p.kubeflow, name, arguments)
 
@@ -476,7 +492,7 @@ def pipeline_schedule(
     """Retrain on a schedule: a recurring run, one at a time, no catch-up."""
     from shopguide import kfp_runs
 
-    p = _params(params)
+    p = load_params(params)
     name, arguments = kfp_runs.pipeline_name(package), _pipeline_arguments(arg)
     client = kfp_runs.connect(p.kubeflow, host)
     kfp_runs.schedule(client, p.kubeflow, name, arguments, cron or p.kubeflow.schedule_cron)

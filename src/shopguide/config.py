@@ -36,6 +36,23 @@ class DataParams(Strict):
     max_malformed_fraction: Fraction = 0.001
     duckdb_memory_limit: str = "2GB"
     duckdb_threads: PositiveInt = 2
+    # Where DuckDB spills past its memory limit; None: <system temp dir>/shopguide-duckdb.
+    duckdb_temp_directory: Path | None = None
+
+
+class AuxTaskParams(Strict):
+    """An auxiliary task trained beside the ranked (binary) tasks, never served or gated. Its
+    label is the number of the user's `behavior` events on the item at or after t0: binary
+    (any), regression (the count, or log1p of it) or multiclass (the count capped at
+    n_classes - 1). Its loss weight is `train.task_weights[name]` (default 1)."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    type: Literal["binary", "regression", "multiclass"]
+    behavior: Literal["pv", "cart", "fav", "buy"]
+    transform: Literal["none", "log1p"] = "log1p"  # regression label
+    loss: Literal["mse", "huber"] = "huber"  # regression loss
+    huber_delta: Annotated[float, Field(gt=0)] = 1.0
+    n_classes: Annotated[int, Field(ge=2)] = 2  # multiclass
 
 
 class ProtocolParams(Strict):
@@ -45,6 +62,7 @@ class ProtocolParams(Strict):
     window_end: int = 1512316800
     test_start: int = 1512144000
     tasks: tuple[str, ...] = TASKS
+    aux_tasks: tuple[AuxTaskParams, ...] = ()
 
     @model_validator(mode="after")
     def _ordered(self) -> ProtocolParams:
@@ -53,6 +71,9 @@ class ProtocolParams(Strict):
         unknown = set(self.tasks) - set(KNOWN_TASKS)
         if unknown:
             raise ValueError(f"unknown tasks {sorted(unknown)}; known: {list(KNOWN_TASKS)}")
+        names = [*self.tasks, *(a.name for a in self.aux_tasks)]
+        if len(set(names)) < len(names):
+            raise ValueError(f"task names must be unique across tasks and aux_tasks: {names}")
         return self
 
 
@@ -81,6 +102,10 @@ class ValidationParams(Strict):
     # Population stability index vs the last accepted run's profile; above it is drift.
     max_drift_psi: Annotated[float, Field(gt=0.0)] = 0.2
     drift_top_categories: PositiveInt = 50
+    # Event tables with more rows are not loaded whole: GX checks a reproducible sample that
+    # keeps offending rows, and its row counts and verdicts come from DuckDB over every row.
+    in_memory_rows: PositiveInt = 2_000_000
+    sample_rows: PositiveInt = 200_000
 
 
 class SynthParams(Strict):
@@ -109,6 +134,9 @@ class FeatureParams(Strict):
     repo: Path = Path("feature_repo")
     # Feature rows are emitted at multiples of this interval; must divide 24.
     snapshot_interval_hours: Literal[1, 2, 3, 4, 6, 8, 12, 24] = 1
+    # Engine of the point-in-time training-set join: a streaming DuckDB ASOF JOIN on the
+    # feature views' Parquet sources (bounded memory), or Feast's get_historical_features.
+    offline_join: Literal["duckdb_asof", "feast"] = "duckdb_asof"
 
 
 ModelName = Literal[
@@ -151,7 +179,13 @@ class TrainParams(Strict):
     warmup_epochs: Annotated[int, Field(ge=0)] = 0  # epochs on warmup_task alone, then joint
     warmup_task: str = "cart"
     compile: bool = False  # torch.compile the task heads
+    # Sparse id-table gradients with a lazy Adam (SparseAdam) for the tables, AdamW for the rest
+    # (PCGrad keeps dense tables); embedding_l2 then weighs the rows each batch looks up.
+    sparse_embeddings: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available (bf16 autocast)
+
+
+TransferStrategy = Literal["frozen", "l2sp", "adversarial", "coldstart"]
 
 
 class FinetuneParams(Strict):
@@ -162,9 +196,27 @@ class FinetuneParams(Strict):
     # When set, exactly these categories are new (the fine-tuning pipeline's input) and the
     # modulo rule of the protocol is not used.
     new_category_ids: tuple[int, ...] = ()
+    # What `shopguide finetune` adapts: the model the train step just made (the training DAG,
+    # as in the KFP training pipeline) or the registry's champion (the new-category branch,
+    # as in the KFP fine-tuning pipeline; the pre-trained model while there is no champion).
+    base: Literal["pretrained", "champion"] = "pretrained"
     learning_rate: Annotated[float, Field(gt=0)] = 1e-3
     max_epochs: PositiveInt = 10
     patience: PositiveInt = 2
+    # How to adapt (shopguide.transfer): frozen shared layers, L2-SP, adversarial (gradient
+    # reversal), cold-start rows, or `auto`: each of `auto_strategies`, best on validation.
+    strategy: TransferStrategy | Literal["auto"] = "frozen"
+    auto_strategies: Annotated[tuple[TransferStrategy, ...], Field(min_length=1)] = (
+        "frozen",
+        "l2sp",
+        "adversarial",
+        "coldstart",
+    )
+    full_learning_rate: Annotated[float, Field(gt=0)] = 3e-4  # l2sp / adversarial: every layer
+    l2sp_lambda: Annotated[float, Field(ge=0)] = 0.01  # pull toward the pre-trained weights
+    adversarial_weight: Annotated[float, Field(ge=0)] = 0.1  # domain loss through the GRL
+    # Old categories' train exposures replayed per new-category exposure while adapting.
+    replay_ratio: Annotated[float, Field(ge=0)] = 0.0
 
 
 class EvaluationParams(Strict):
@@ -205,6 +257,9 @@ class GateParams(Strict):
     # Tolerance: refuse when the candidate's AUC is below the champion's by more than this,
     # overall or in a slice, with at least `regression_confidence` bootstrap probability.
     max_auc_regression: Fraction = 0.01
+    # No forgetting: refuse when an old-category task's test AUC is below the champion's on the
+    # same old-category test exposures by more than this (point estimate, no bootstrap).
+    max_old_category_drop: Fraction = 0.01
     regression_confidence: Annotated[float, Field(ge=0.5, lt=1)] = 0.95
     bootstrap_samples: PositiveInt = 1000  # paired: both models on the same resamples
     seed: int = 7

@@ -15,8 +15,9 @@ def connect(params: DataParams) -> duckdb.DuckDBPyConnection:
     con.execute(f"SET memory_limit = '{params.duckdb_memory_limit}'")
     con.execute(f"SET threads = {params.duckdb_threads}")
     con.execute("SET preserve_insertion_order = false")
-    # Spill to the system temp dir, never into whatever directory the step runs in.
-    spill = Path(tempfile.gettempdir()) / "shopguide-duckdb"
+    # Spill where params say, by default the system temp dir, never into whatever directory
+    # the step runs in.
+    spill = params.duckdb_temp_directory or Path(tempfile.gettempdir()) / "shopguide-duckdb"
     con.execute(f"SET temp_directory = {sql_path(spill)}")
     return con
 

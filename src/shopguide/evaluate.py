@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from shopguide.metrics import (
     weighted_logloss,
 )
 from shopguide.model.base import MultiTaskModel
-from shopguide.model.fit import predict
+from shopguide.model.fit import aux_metrics, predict
 from shopguide.model.store import load_model
 from shopguide.model.tensors import is_new_category, read_training_set, to_tensors
 
@@ -100,6 +101,15 @@ def score_model(model: MultiTaskModel, test: pd.DataFrame, slices: dict[str, np.
         test["user_id"].to_numpy(np.int64),
         slices,
     )
+
+
+def test_aux_metrics(model: MultiTaskModel, test: pd.DataFrame, training_set: Path) -> dict:
+    """Auxiliary tasks' test metrics (point values; they are reported, never gated)."""
+    heads = model.config.head_names()
+    missing = [t for t in heads if t not in test.columns]
+    if missing:
+        raise ShopguideError(f"{training_set}: no label columns {missing} for the model's tasks")
+    return aux_metrics(model, to_tensors(test, heads, model.config.dense_features))
 
 
 def _metric_values(
@@ -212,6 +222,13 @@ def _html(metrics: dict, roc: pd.DataFrame, curve: pd.DataFrame, model_dir: Path
                 f"<td>{m['positives']}</td><td>{m['rows']}</td></tr>"
             )
     boot = metrics["bootstrap"]
+    aux = "".join(
+        f"<tr><td>{html.escape(task)}</td><td>{html.escape(json.dumps(m))}</td></tr>"
+        for task, m in metrics.get("aux", {}).items()
+    )
+    if aux:
+        aux = f"<h2>Auxiliary tasks (test)</h2><table><tr><th>task</th><th>metrics</th></tr>{aux}"
+        aux += "</table>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>shopguide evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:right}}
 table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}
@@ -223,7 +240,7 @@ percentile bootstrap intervals over test exposures ({boot["samples"]} resamples,
 weighted by the user's exposures, over users with both outcomes. Slices: old / new categories
 (protocol taobao-transfer-v1); head / torso / tail categories by training exposures.</p>
 <table><tr><th>slice</th><th>task</th><th>AUC</th><th>log loss</th><th>ECE</th><th>GAUC</th>
-<th>positives</th><th>rows</th></tr>{"".join(rows)}</table>
+<th>positives</th><th>rows</th></tr>{"".join(rows)}</table>{aux}
 <img alt="ROC curves" src="data:image/png;base64,{_roc_png(roc)}">
 <img alt="Calibration curves" src="data:image/png;base64,{_calibration_png(curve)}">
 </body></html>"""
@@ -244,6 +261,8 @@ def evaluate_step(
     train, test = split_frames(training_set)
     scored = score_model(model, test, slice_masks(test, train, params))
     metrics = report_metrics(scored, params.evaluation)
+    if model.config.aux_tasks:
+        metrics["aux"] = test_aux_metrics(model, test, training_set)
     metrics["model_dir"] = str(Path(model_dir).resolve())
     roc = pd.DataFrame(roc_points(scored.labels, scored.probs, scored.tasks))
     curve = pd.DataFrame(

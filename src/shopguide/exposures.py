@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from shopguide.config import DataParams, ProtocolParams
+from shopguide.config import AuxTaskParams, DataParams, ProtocolParams
 from shopguide.duck import connect, sql_path
 from shopguide.errors import ShopguideError
 from shopguide.io import atomic_path
@@ -28,14 +28,34 @@ def window_events_sql(events: Path, protocol: ProtocolParams) -> str:
     )
 
 
+def aux_label_sql(task: AuxTaskParams) -> str:
+    """An auxiliary label from the pair's `task.behavior` events at or after t0 (`first_pv`)."""
+    count = f"count(*) FILTER (WHERE behavior = '{task.behavior}' AND ts >= first_pv)"
+    if task.type == "binary":
+        return f"({count} > 0)::TINYINT AS {task.name}"
+    if task.type == "multiclass":
+        return f"least({count}, {task.n_classes - 1})::INTEGER AS {task.name}"
+    value = f"ln(1 + {count})" if task.transform == "log1p" else count
+    return f"({value})::FLOAT AS {task.name}"
+
+
 def build_exposures(events: Path, out: Path, protocol: ProtocolParams, data: DataParams) -> dict:
     """Write the labelled exposure table to `out` and return split sizes and positive counts."""
     con = connect(data)
     labels = ",\n".join(
-        f"coalesce(max(ts) FILTER (WHERE behavior = '{t}') >= "
-        f"min(ts) FILTER (WHERE behavior = 'pv'), false)::TINYINT AS {t}"
-        for t in protocol.tasks
+        [
+            f"coalesce(max(ts) FILTER (WHERE behavior = '{t}') >= "
+            f"min(ts) FILTER (WHERE behavior = 'pv'), false)::TINYINT AS {t}"
+            for t in protocol.tasks
+        ]
+        + [aux_label_sql(a) for a in protocol.aux_tasks]
     )
+    source = window_events_sql(events, protocol)
+    if protocol.aux_tasks:  # counts at or after t0 need each pair's t0 on its events
+        source = (
+            "(SELECT *, min(CASE WHEN behavior = 'pv' THEN ts END) "
+            f"OVER (PARTITION BY user_id, item_id) AS first_pv FROM {source})"
+        )
     with atomic_path(out) as tmp:
         con.execute(
             f"""COPY (
@@ -45,7 +65,7 @@ def build_exposures(events: Path, out: Path, protocol: ProtocolParams, data: Dat
                        {labels},
                        CASE WHEN min(ts) FILTER (WHERE behavior = 'pv') >= {protocol.test_start}
                             THEN 'test' ELSE 'train' END AS split
-                FROM {window_events_sql(events, protocol)}
+                FROM {source}
                 GROUP BY user_id, item_id
                 HAVING count(*) FILTER (WHERE behavior = 'pv') > 0
                 ORDER BY t0, user_id, item_id

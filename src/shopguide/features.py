@@ -4,6 +4,11 @@ Feature rows are snapshots at multiples of `snapshot_interval_hours`: a row at t
 events with ts < T only. Rows are written wherever a value changes (an event lands in a bucket
 or leaves a trailing window), so Feast's point-in-time join (latest row at or before t0) never
 sees an event at or after an exposure's t0.
+
+Feast holds the definitions (registry) and serves the online store. The training set is that
+point-in-time join, by default run as a streaming DuckDB ASOF JOIN on the same Parquet sources
+(`features.offline_join: duckdb_asof`; tested equal to Feast's get_historical_features, which
+`feast` selects), because Feast's file and DuckDB offline stores build it in memory.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,8 +38,14 @@ from shopguide.feature_spec import (
     stats_view,
 )
 from shopguide.io import atomic_path
+from shopguide.logs import track
+from shopguide.online_write import online_writer
 
 log = logging.getLogger(__name__)
+# Events per pass of the snapshot-table build: fits DuckDB's window operator in a 2 GB limit.
+EVENTS_PER_PASS = 2_000_000
+# Entities per write into the online store: bounds the values built at once.
+ONLINE_WRITE_ROWS = 100_000
 
 
 def _stats_sql(key: str, events_sql: str, interval: int, origin: int) -> str:
@@ -91,22 +103,39 @@ def write_feature_tables(events: Path, repo: Path, params: Params) -> dict[str, 
     origin = params.protocol.window_start // interval * interval
     data_dir = repo / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    queries = {
-        stats_view(entity): _stats_sql(key, events_sql, interval, origin)
-        for entity, key in ENTITIES.items()
-    }
-    queries[ITEM_ATTRIBUTES_VIEW] = f"""
-        SELECT item_id, arg_min(category_id, ts) AS category_id,
-               to_timestamp({origin}) AS event_timestamp
-        FROM {events_sql} GROUP BY item_id"""
+    (events_count,) = con.execute(f"SELECT count(*) FROM {events_sql}").fetchone()
+    passes = max(1, -(-events_count // EVENTS_PER_PASS))
     rows = {}
-    for name, query in queries.items():
+    for entity, key in track(ENTITIES.items(), "feature tables", total=len(ENTITIES)):
+        name = stats_view(entity)
         with atomic_path(data_dir / f"{name}.parquet") as tmp:
-            con.execute(f"COPY ({query}) TO {sql_path(tmp)} (FORMAT parquet)")
-            count = f"SELECT count(*) FROM read_parquet({sql_path(tmp)})"
-            (rows[name],) = con.execute(count).fetchone()
-    log.info("feature rows per view: %s", rows)
+            # DuckDB's window operator holds its whole input in memory, so each pass takes the
+            # entities of one hash bucket; the parts are then streamed into one file.
+            parts = tmp.parent / "parts"
+            parts.mkdir()
+            for i in range(passes):
+                subset = f"(SELECT * FROM {events_sql} WHERE hash({key}) % {passes} = {i})"
+                query = _stats_sql(key, subset, interval, origin)
+                con.execute(
+                    f"COPY ({query}) TO {sql_path(parts / f'{i}.parquet')} (FORMAT parquet)"
+                )
+            merged = f"SELECT * FROM read_parquet({sql_path(parts / '*.parquet')})"
+            con.execute(f"COPY ({merged}) TO {sql_path(tmp)} (FORMAT parquet)")
+            rows[name] = _rows(con, tmp)
+    with atomic_path(data_dir / f"{ITEM_ATTRIBUTES_VIEW}.parquet") as tmp:
+        attributes = f"""
+            SELECT item_id, arg_min(category_id, ts) AS category_id,
+                   to_timestamp({origin}) AS event_timestamp
+            FROM {events_sql} GROUP BY item_id"""
+        con.execute(f"COPY ({attributes}) TO {sql_path(tmp)} (FORMAT parquet)")
+        rows[ITEM_ATTRIBUTES_VIEW] = _rows(con, tmp)
+    log.info("feature rows per view: %s (%d pass(es) per stats view)", rows, passes)
     return rows
+
+
+def _rows(con, parquet: Path) -> int:
+    (count,) = con.execute(f"SELECT count(*) FROM read_parquet({sql_path(parquet)})").fetchone()
+    return count
 
 
 @contextlib.contextmanager
@@ -133,6 +162,10 @@ def apply_repo(repo: Path) -> FeatureStore:
     """`feast apply`: register the definitions in `repo`'s Python files."""
     repo = Path(repo).resolve()
     store = open_store(repo)
+    # Repo modules (data_sources, ...) imported from another repo earlier in this process would
+    # be reused by name; the Feast CLI never sees that, as each run is a new process.
+    for module in repo.glob("*.py"):
+        sys.modules.pop(module.stem, None)
     with _inside(repo):
         contents = parse_repo(repo)
     objects = [
@@ -146,8 +179,56 @@ def apply_repo(repo: Path) -> FeatureStore:
     return store
 
 
-def historical_training_set(store: FeatureStore, exposures: Path, out: Path) -> int:
-    """Join every exposure with its features as of t0 and write the training set."""
+def _asof_join_sql(store: FeatureStore, exposures: Path) -> str:
+    """SQL for the training set: each exposure LEFT ASOF JOINed with every view of the feature
+    service on its join key, taking the latest row with event_timestamp <= t0 inside the
+    view's TTL, exactly as Feast's point-in-time join does. Snapshot rows at T count events
+    before T only, so a row at T == t0 holds nothing at or after t0. No row: all zeros."""
+    repo = Path(store.repo_path)
+    t0 = "to_timestamp(e.t0)"
+    columns, joins = [], []
+    for n, projection in enumerate(
+        store.get_feature_service(FEATURE_SERVICE).feature_view_projections
+    ):
+        view = store.get_feature_view(projection.name)
+        (key,) = view.join_keys
+        source = repo / view.batch_source.path
+        alias = f"v{n}"
+        ttl = int(view.ttl.total_seconds()) if view.ttl else None  # Feast: 0 is no limit
+        in_ttl = f"{alias}.event_timestamp >= {t0} - INTERVAL {ttl} SECOND" if ttl else "true"
+        columns += [
+            f'coalesce(CASE WHEN {in_ttl} THEN {alias}."{f.name}" END, 0)::FLOAT '
+            f'AS "{projection.name}__{f.name}"'
+            for f in projection.features
+        ]
+        joins.append(
+            f"ASOF LEFT JOIN read_parquet({sql_path(source)}) {alias} "
+            f"ON e.{key} = {alias}.{key} AND {t0} >= {alias}.event_timestamp"
+        )
+    return f"""
+        SELECT e.*, {t0} AS event_timestamp, {", ".join(columns)}
+        FROM read_parquet({sql_path(exposures)}) e
+        {" ".join(joins)}
+        ORDER BY e.t0, e.user_id, e.item_id"""
+
+
+def asof_training_set(store: FeatureStore, exposures: Path, out: Path, params: Params) -> int:
+    """The training set of `feast_training_set`, streamed by DuckDB within its memory limit
+    (Feast's file and DuckDB offline stores build the whole join in memory)."""
+    con = connect(params.data)
+    (count,) = con.execute(f"SELECT count(*) FROM read_parquet({sql_path(exposures)})").fetchone()
+    if count == 0:
+        raise ShopguideError(f"{exposures}: no exposures to build a training set from")
+    with atomic_path(out) as tmp:
+        con.execute(
+            f"COPY ({_asof_join_sql(store, exposures)}) TO {sql_path(tmp)} (FORMAT parquet)"
+        )
+    log.info("training set (DuckDB ASOF JOIN): %d exposures -> %s", count, out)
+    return count
+
+
+def feast_training_set(store: FeatureStore, exposures: Path, out: Path) -> int:
+    """Join every exposure with its features as of t0 through Feast's offline store."""
     entity_df = pd.read_parquet(exposures)
     if entity_df.empty:
         raise ShopguideError(f"{exposures}: no exposures to build a training set from")
@@ -166,8 +247,10 @@ def historical_training_set(store: FeatureStore, exposures: Path, out: Path) -> 
             full_feature_names=True,
         )
         frame = job.to_df()
-    # Stores differ in timestamp resolution (DuckDB: us); the training set is the same either way.
-    frame["event_timestamp"] = frame["event_timestamp"].astype("datetime64[ns, UTC]")
+    # The tie-breaks were for the join only; stores differ in timestamp resolution.
+    frame["event_timestamp"] = pd.to_datetime(frame["t0"], unit="s", utc=True).astype(
+        "datetime64[us, UTC]"
+    )
     feature_cols = [c for c in frame.columns if "__" in c]
     frame[feature_cols] = frame[feature_cols].fillna(0.0).astype("float32")
     frame = frame.sort_values(["t0", "user_id", "item_id"]).reset_index(drop=True)
@@ -177,24 +260,70 @@ def historical_training_set(store: FeatureStore, exposures: Path, out: Path) -> 
     return len(frame)
 
 
-def materialize_online(store: FeatureStore, events: Path, params: Params) -> datetime:
-    """Load the latest feature row of every entity into the online store."""
+def training_set(store: FeatureStore, exposures: Path, out: Path, params: Params) -> int:
+    """The point-in-time training set by the engine `features.offline_join` names."""
+    if params.features.offline_join == "duckdb_asof":
+        return asof_training_set(store, exposures, out, params)
+    return feast_training_set(store, exposures, out)
+
+
+def materialize_online(
+    store: FeatureStore, events: Path, params: Params, bulk_sqlite: bool = True
+) -> datetime:
+    """Write the latest feature row of every entity into the online store.
+
+    What `feast materialize` stores, but picked by a DuckDB aggregate within its memory limit
+    and written in batches: Feast's materialize loads whole feature tables into pandas (over
+    6.9 GB at 10M events, docs/benchmarks.md). A SQLite store is written in bulk in Feast's
+    layout (`online_write.SqliteBulkWriter`); any other store, or `bulk_sqlite=False`, through
+    Feast's own write path.
+    """
     con = connect(params.data)
-    (max_ts,) = con.execute(
+    ((max_ts,),) = con.execute(
         f"SELECT max(ts) FROM {window_events_sql(events, params.protocol)}"
-    ).fetchone()
+    ).fetchall()
     interval = params.features.snapshot_interval_hours * 3600
     end = datetime.fromtimestamp(max_ts + max(WINDOW_HOURS) * 3600 + 2 * interval, tz=UTC)
-    start = datetime.fromtimestamp(params.protocol.window_start, tz=UTC)
-    store.materialize(start_date=start, end_date=end)
-    log.info("materialized features up to %s into the online store", end.isoformat())
+    start = datetime.fromtimestamp(params.protocol.window_start // interval * interval, tz=UTC)
+    repo = Path(store.repo_path)
+    views = [v for v in store.list_feature_views() if v.online]
+    with online_writer(store, bulk_sqlite) as write:
+        for view in track(views, "online store", total=len(views)):
+            (key,) = view.join_keys
+            latest = f"""
+                SELECT {key}, arg_max(COLUMNS(* EXCLUDE ({key})), event_timestamp)
+                FROM read_parquet({sql_path(repo / view.batch_source.path)})
+                WHERE event_timestamp >= '{start.isoformat()}'
+                  AND event_timestamp < '{end.isoformat()}'
+                GROUP BY {key}"""
+            for batch in con.sql(latest).to_arrow_reader(ONLINE_WRITE_ROWS):
+                write(view, batch)
+    log.info("wrote features up to %s into the online store", end.isoformat())
     return end
 
 
 def build_features(events: Path, exposures: Path, repo: Path, out: Path, params: Params) -> dict:
-    """The `features` step: tables, `feast apply`, training set, online materialization."""
+    """The `features` step: tables, `feast apply`, training set, online store; with the wall
+    seconds of each part (protocol synth-scale reports them)."""
+    clock = time.perf_counter()
+    seconds = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name], clock = round(now - clock, 1), now
+
     rows = write_feature_tables(events, repo, params)
     store = apply_repo(repo)
-    n = historical_training_set(store, exposures, out)
+    lap("tables_and_apply")
+    n = training_set(store, exposures, out, params)
+    lap("training_set")
     end = materialize_online(store, events, params)
-    return {"feature_rows": rows, "training_rows": n, "materialized_until": end.isoformat()}
+    lap("online_store")
+    return {
+        "feature_rows": rows,
+        "training_rows": n,
+        "materialized_until": end.isoformat(),
+        "offline_join": params.features.offline_join,
+        "seconds": seconds,
+    }

@@ -1,28 +1,48 @@
-"""The `finetune` step: adapt the pre-trained model to the new categories of protocol
-taobao-transfer-v1 with the shared layers (embeddings and experts) frozen, so only the
-task gates and towers move."""
+"""The `finetune` step: adapt a model (the train step's, or the registry's champion: see
+`finetune.base`) to the new categories of protocol taobao-transfer-v1 with the strategy in
+`finetune.strategy` (shopguide.transfer). It reports the test AUC on the new categories, and on
+the old ones (forgetting, which the gate judges), before and after."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 from shopguide.config import Params
-from shopguide.errors import ShopguideError
 from shopguide.io import atomic_path, write_json
-from shopguide.metrics import task_metrics
-from shopguide.model.fit import FitSettings, fit, predict
 from shopguide.model.store import load_model, save_model
-from shopguide.model.tensors import (
-    is_new_category,
-    new_category_rule,
-    read_training_set,
-    time_split,
-    to_tensors,
-)
+from shopguide.model.tensors import is_new_category, read_training_set
+from shopguide.registry import champion
 from shopguide.train import write_history
+from shopguide.transfer import adapt, transfer_data
+from shopguide.transfer.common import frame_metrics
 
 log = logging.getLogger(__name__)
+
+
+def _auc_change(before: dict, after: dict) -> dict[str, float | None]:
+    return {
+        t: None
+        if after[t]["auc"] is None or before[t]["auc"] is None
+        else after[t]["auc"] - before[t]["auc"]
+        for t in before
+    }
+
+
+def finetune_base(
+    registry: Path, pretrained: Path, base: Literal["pretrained", "champion"] = "champion"
+) -> Path:
+    """The model to fine-tune (`finetune.base`): `pretrained`, or the registry's champion
+    (`pretrained` while there is none)."""
+    if base == "pretrained":
+        return pretrained
+    current = champion(registry)
+    if current is None:
+        log.info("no champion in %s yet: fine-tuning %s", registry, pretrained)
+        return pretrained
+    log.info("fine-tuning the champion %s (%s)", current.name, current.path)
+    return current.path
 
 
 def finetune_step(
@@ -35,49 +55,40 @@ def finetune_step(
 ) -> dict:
     frame = read_training_set(training_set)
     model = load_model(base_model)
-    new = frame[is_new_category(frame["category_id"], params.finetune)]
-    train_new, test_new = new[new["split"] == "train"], new[new["split"] == "test"]
-    if len(train_new) < 50:
-        raise ShopguideError(
-            f"{training_set}: only {len(train_new)} training exposures in new categories "
-            f"({new_category_rule(params.finetune)}); need >= 50"
-        )
-    tasks, dense = model.config.tasks, model.config.dense_features
-    test_tensors = to_tensors(test_new, tasks, dense)
-    before = task_metrics(test_tensors.labels.numpy(), predict(model, test_tensors), tasks)
-
-    shared = {id(p) for p in model.shared_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(id(p) not in shared)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    fit_part, valid_part = time_split(train_new, params.train.validation_fraction)
-    f, t = params.finetune, params.train
-    result = fit(
-        model,
-        to_tensors(fit_part, tasks, dense),
-        to_tensors(valid_part, tasks, dense),
-        FitSettings(
-            f.learning_rate, t.weight_decay, 0.0, t.batch_size, f.max_epochs, f.patience, t.seed
-        ),
-        trainable=trainable,
-        description="fine-tune (shared layers frozen)",
-    )
-    for p in model.parameters():
-        p.requires_grad_(True)
-    after = task_metrics(test_tensors.labels.numpy(), predict(model, test_tensors), tasks)
+    data = transfer_data(frame, params)
+    test = frame[frame["split"] == "test"]
+    new = is_new_category(test["category_id"], params.finetune)
+    before = {"new": frame_metrics(model, test[new]), "old": frame_metrics(model, test[~new])}
+    adapted = adapt(model, data, params)
+    model = adapted.model
+    after = {"new": frame_metrics(model, test[new]), "old": frame_metrics(model, test[~new])}
     with atomic_path(model_dir) as tmp:
         save_model(model, tmp)
     metrics = {
-        "new_category_test_before": before,
-        "new_category_test_after": after,
-        "finetune_rows": len(fit_part),
-        "trainable_parameters": sum(p.numel() for p in trainable),
-        "best_epoch": result.best_epoch,
+        "base_model": str(base_model),
+        "strategy": params.finetune.strategy,
+        "chosen_strategy": adapted.strategy,
+        "validation_mean_auc": adapted.validation,
+        "old_category_validation_drop": adapted.old_validation_drop,
+        "new_category_test_before": before["new"],
+        "new_category_test_after": after["new"],
+        "old_category_test_before": before["old"],
+        "old_category_test_after": after["old"],
+        "old_category_auc_change": _auc_change(before["old"], after["old"]),
+        "finetune_rows": len(data.fit),
+        "validation_rows": len(data.valid),
+        "trainable_parameters": adapted.outcome.trainable,
+        "best_epoch": adapted.outcome.result.best_epoch,
     }
     write_json(metrics_path, metrics)
-    write_history(result.history, history_path)
+    write_history(adapted.outcome.result.history, history_path)
     log.info(
-        "new-category test AUC before -> after: %s",
-        {k: f"{before[k]['auc'] or 0:.4f} -> {after[k]['auc'] or 0:.4f}" for k in tasks},
+        "%s: new-category test AUC before -> after: %s; old-category AUC change %s",
+        adapted.strategy,
+        {
+            k: f"{before['new'][k]['auc'] or 0:.4f} -> {after['new'][k]['auc'] or 0:.4f}"
+            for k in model.config.tasks
+        },
+        {k: round(v, 4) for k, v in metrics["old_category_auc_change"].items() if v is not None},
     )
     return metrics

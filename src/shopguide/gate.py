@@ -9,6 +9,9 @@ Rules, from `params.yaml` (`gate:`), each a check in the decision file:
   same resamples of the same test exposures, and the check fails when the share of resamples in
   which the candidate trails by more than the tolerance reaches `regression_confidence`. A
   slice with fewer than `min_slice_positives` positives for a task is reported, not judged.
+* `no_old_category_forgetting`: a candidate fine-tuned for new categories must not forget the
+  old ones: on the old categories' test exposures, no task's AUC may be below the champion's
+  by more than `max_old_category_drop`.
 * `serving_*` (`gate.infra`): the candidate is served by a real `shopguide serve` on a free
   loopback port; it must start, answer v1 and v2 requests for test exposures with the
   probabilities the model gives offline for the same exposures and features (within
@@ -128,6 +131,40 @@ def regression_checks(candidate: Scored, champ: Scored, gate: GateParams) -> lis
             f"{'<' if passed else '>='} {gate.regression_confidence}",
         }
         checks.append(check)
+    return checks
+
+
+def forgetting_checks(candidate: Scored, champ: Scored, gate: GateParams) -> list[dict]:
+    """No forgetting: on the old categories' test exposures, every task's AUC may fall below the
+    champion's (the fine-tuning parent) by at most `max_old_category_drop`. A point comparison
+    on the same exposures: what changed is the model, not the sample."""
+    mask = candidate.slices["old_categories"]
+    checks = []
+    for j, task in enumerate(candidate.tasks):
+        if task not in champ.tasks:
+            continue
+        y = candidate.labels[mask, j]
+        ones = np.ones((1, len(y)))
+        cand = weighted_auc(y, candidate.probs[mask, j], ones)[0]
+        old = weighted_auc(y, champ.probs[mask, champ.tasks.index(task)], ones)[0]
+        drop = None if np.isnan(cand) or np.isnan(old) else float(old - cand)
+        passed = drop is None or drop <= gate.max_old_category_drop
+        checks.append(
+            {
+                "rule": "no_old_category_forgetting",
+                "task": task,
+                "slice": "old_categories",
+                "value": None if np.isnan(cand) else float(cand),
+                "champion_auc": None if np.isnan(old) else float(old),
+                "drop": drop,
+                "threshold": gate.max_old_category_drop,
+                "passed": passed,
+                "reason": f"no_old_category_forgetting {task}: old-category AUC {_fmt(cand)} vs "
+                f"champion {_fmt(old)} on the same {int(mask.sum())} test exposures (drop "
+                f"{_fmt(drop)} {'<=' if passed else '>'} {gate.max_old_category_drop})"
+                + ("" if drop is not None else ": a single class, not judged"),
+            }
+        )
     return checks
 
 
@@ -317,11 +354,14 @@ def gate_step(
         if current is not None:
             champ = score_model(load_model(current.path), test, slices)
             checks += regression_checks(candidate, champ, params.gate)
+            checks += forgetting_checks(candidate, champ, params.gate)
             champion_auc = {
                 c["task"]: c["champion_auc"]
                 for c in checks
                 if c["rule"] == "no_regression_vs_champion" and c["slice"] == "overall"
             }
+        else:
+            skipped.append("champion comparison and old-category forgetting (no champion yet)")
         if params.gate.infra.enabled:
             repo = Path(feature_repo or params.features.repo)
             infra_list, infra = infra_checks(candidate_dir, repo, test, params)

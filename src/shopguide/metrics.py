@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-from sklearn.metrics import log_loss, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    log_loss,
+    mean_absolute_error,
+    mean_squared_error,
+    r2_score,
+    roc_auc_score,
+    roc_curve,
+)
 
 
 def task_metrics(labels: np.ndarray, probs: np.ndarray, tasks: tuple[str, ...]) -> dict:
@@ -21,6 +30,40 @@ def task_metrics(labels: np.ndarray, probs: np.ndarray, tasks: tuple[str, ...]) 
             "rows": len(y),
         }
     return out
+
+
+def aux_task_metrics(kind: str, labels: np.ndarray, predictions: np.ndarray) -> dict:
+    """An auxiliary task's metrics by its type: binary AUC, log loss and calibration error
+    (10 equal-mass bins); regression RMSE, MAE and R2; multiclass accuracy, macro-F1 and log
+    loss. `predictions`: a probability, a value, or (rows, n_classes) probabilities."""
+    out: dict = {"rows": len(labels)}
+    if not len(labels):
+        return out
+    if kind == "binary":
+        p = np.clip(predictions, 1e-7, 1 - 1e-7)
+        both = 0 < labels.sum() < len(labels)
+        ece = weighted_ece(labels, p, calibration_bins(p, 10), np.ones((1, len(p))))[0]
+        return out | {
+            "auc": float(roc_auc_score(labels, p)) if both else None,
+            "logloss": float(log_loss(labels, p, labels=[0, 1])),
+            "ece": float(ece),
+            "positives": int(labels.sum()),
+        }
+    if kind == "regression":
+        return out | {
+            "rmse": float(np.sqrt(mean_squared_error(labels, predictions))),
+            "mae": float(mean_absolute_error(labels, predictions)),
+            "r2": float(r2_score(labels, predictions)) if len(labels) > 1 else None,
+            "label_mean": float(labels.mean()),
+        }
+    classes = np.arange(predictions.shape[1])
+    y, guess = labels.astype(np.int64), predictions.argmax(axis=1)
+    return out | {
+        "accuracy": float(accuracy_score(y, guess)),
+        "macro_f1": float(f1_score(y, guess, average="macro", zero_division=0)),
+        "logloss": float(log_loss(y, predictions, labels=classes)),
+        "class_counts": np.bincount(y, minlength=len(classes)).tolist(),
+    }
 
 
 def mean_auc(metrics: dict) -> float:

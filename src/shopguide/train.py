@@ -19,8 +19,9 @@ from shopguide.errors import ShopguideError
 from shopguide.feature_spec import model_feature_columns
 from shopguide.io import atomic_path, write_json
 from shopguide.model.base import MultiTaskModel
-from shopguide.model.fit import fit, init_distributed, settings_from_params, world
+from shopguide.model.fit import aux_metrics, fit, init_distributed, settings_from_params, world
 from shopguide.model.store import save_model
+from shopguide.model.tasks import AuxTask
 from shopguide.model.tensors import is_new_category, read_training_set, time_split, to_tensors
 from shopguide.model.zoo import build, make_config
 
@@ -36,12 +37,20 @@ def build_model(frame: pd.DataFrame, params: Params) -> MultiTaskModel:
     """The model `params.model.name`, with dense statistics taken from `frame`."""
     dense = tuple(model_feature_columns())
     mean, std = _dense_stats(frame, dense)
+    aux = params.protocol.aux_tasks
+    missing = [a.name for a in aux if a.name not in frame.columns]
+    if missing:
+        raise ShopguideError(
+            f"the training set has no label columns {missing}; rebuild the exposures and "
+            "training set with these protocol.aux_tasks (`shopguide ingest`, `shopguide features`)"
+        )
     config = make_config(
         params.model,
         tasks=params.protocol.tasks,
         dense_features=dense,
         dense_mean=mean,
         dense_std=std,
+        aux_tasks=tuple(AuxTask.from_params(a, frame[a.name].to_numpy(np.float64)) for a in aux),
     )
     return build(config)
 
@@ -71,18 +80,20 @@ def train_step(
     fit_part, valid_part = time_split(old, params.train.validation_fraction)
     torch.manual_seed(params.train.seed)
     model = build_model(fit_part, params)
-    tasks = params.protocol.tasks
+    heads = model.config.head_names()
+    valid = to_tensors(valid_part, heads, model.config.dense_features)
     result = fit(
         model,
-        to_tensors(fit_part, tasks, model.config.dense_features),
-        to_tensors(valid_part, tasks, model.config.dense_features),
-        settings_from_params(params.train, tasks),
+        to_tensors(fit_part, heads, model.config.dense_features),
+        valid,
+        settings_from_params(params.train, heads),
         description=f"train {params.model.name}",
         checkpoint_dir=checkpoint_dir,
     )
     metrics = {
         "model": params.model.name,
         "validation": result.best_metrics,
+        "validation_aux": aux_metrics(model, valid),
         "best_epoch": result.best_epoch,
         "train_rows": len(fit_part),
         "validation_rows": len(valid_part),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from shopguide.adapters import BEHAVIOURS
 from shopguide.config import Params
 from shopguide.drift import accept_profile, drift_frame, event_profile
-from shopguide.duck import connect
+from shopguide.duck import connect, sql_path
 from shopguide.errors import ShopguideError
 from shopguide.exposures import window_events_sql
 from shopguide.io import write_json
@@ -103,6 +103,118 @@ def _events_suite(params: Params) -> gx.ExpectationSuite:
     return gx.ExpectationSuite(name="events", expectations=expectations)
 
 
+def _events_check(events: Path, params: Params) -> Check:
+    """The events suite on the whole table, or, past `validation.in_memory_rows`, on a sample
+    that keeps up to 50 offending rows of every row-level expectation, with each verdict and
+    count computed by DuckDB over every row (no pandas copy of a large table)."""
+    path = Path(events)
+    if not path.is_file():
+        raise ShopguideError(f"{path}: Parquet file to validate not found")
+    try:
+        schema, rows = pq.read_schema(path), pq.read_metadata(path).num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise ShopguideError(f"{path}: cannot read as Parquet: {exc}") from exc
+    suite, limits = _events_suite(params), params.validation
+    if rows <= limits.in_memory_rows:
+        return Check(suite, _read_parquet(path, lambda _: True), [])
+    con = connect(params.data)
+    source = f"read_parquet({sql_path(path)})"
+    exact: dict[tuple[str, str | None], dict] = {
+        ("expect_table_row_count_to_be_between", None): {
+            "success": rows >= limits.min_events,
+            "observed": rows,
+        }
+    }
+    offenders: list[str] = []
+    if set(EVENT_COLUMNS) <= set(schema.names):
+        cols = ", ".join(EVENT_COLUMNS)
+        duplicated = f"SELECT {cols}, count(*) AS n FROM {source} GROUP BY {cols} HAVING n > 1"
+        ((duplicate_rows,),) = con.execute(
+            f"SELECT coalesce(sum(n), 0) FROM ({duplicated})"
+        ).fetchall()
+        predicates = _row_predicates(params, schema)
+        counts = _row_counts(con, source, predicates)
+        for (expectation, column), (predicate, mostly) in predicates.items():
+            unexpected, considered = counts[expectation, column]
+            exact[expectation, column] = _verdict(unexpected, considered, rows, mostly)
+            offenders.append(f"(SELECT file_row_number FROM src WHERE {predicate} LIMIT 50)")
+        exact["expect_compound_columns_to_be_unique", None] = _verdict(
+            int(duplicate_rows), rows, rows, None
+        )
+        match = " AND ".join(f"s.{c} IS NOT DISTINCT FROM d.{c}" for c in EVENT_COLUMNS)
+        offenders.append(
+            f"(SELECT s.file_row_number FROM src s SEMI JOIN (SELECT * FROM ({duplicated}) "
+            f"LIMIT 25) d ON {match} LIMIT 50)"
+        )
+    picked = " UNION ALL ".join(
+        [
+            f"(SELECT file_row_number FROM src USING SAMPLE reservoir({limits.sample_rows} ROWS) "
+            "REPEATABLE (7))",
+            *offenders,
+        ]
+    )
+    table = con.sql(
+        f"""WITH src AS (SELECT * FROM read_parquet({sql_path(path)}, file_row_number = true))
+            SELECT * EXCLUDE (file_row_number) FROM src
+            WHERE file_row_number IN (SELECT file_row_number FROM ({picked}))
+            ORDER BY file_row_number"""
+    ).to_arrow_table()
+    frame = table.cast(schema.remove_metadata()).to_pandas(
+        types_mapper={pa.int64(): pd.Int64Dtype()}.get
+    )
+    log.info("events: %d rows, GX checks a sample of %d; counts over every row", rows, len(frame))
+    return Check(suite, frame, [], exact, rows)
+
+
+def _row_predicates(
+    params: Params, schema: pa.Schema
+) -> dict[tuple[str, str], tuple[str, float | None]]:
+    """SQL condition of the rows each row-level expectation of the events suite rejects (nulls
+    are not judged by the value checks, as in GX), and its `mostly`."""
+    protocol, limits = params.protocol, params.validation
+    behaviours = ", ".join(f"'{b}'" for b in BEHAVIOURS[params.data.adapter])
+    predicates = {
+        ("expect_column_values_to_not_be_null", c): (f"{c} IS NULL", None) for c in EVENT_COLUMNS
+    }
+    predicates["expect_column_values_to_be_in_set", "behavior"] = (
+        f"behavior NOT IN ({behaviours})",
+        None,
+    )
+    predicates["expect_column_values_to_be_between", "ts"] = (
+        f"(ts < {protocol.window_start} OR ts > {protocol.window_end - 1})",
+        1 - limits.max_out_of_window_fraction,
+    )
+    if pa.types.is_string(schema.field("behavior").type):  # GX checks str values one by one
+        predicates["expect_column_values_to_be_in_type_list", "behavior"] = ("false", None)
+    return predicates
+
+
+def _row_counts(con, source: str, predicates: dict) -> dict[tuple[str, str], tuple[int, int]]:
+    """(rows rejected, rows judged) of every predicate, in one pass over `source`."""
+    keys = list(predicates)
+    selects = []
+    for expectation, column in keys:
+        predicate, _ = predicates[expectation, column]
+        judged = "true" if "not_be_null" in expectation else f"{column} IS NOT NULL"
+        selects += [f"count(*) FILTER (WHERE {predicate})", f"count(*) FILTER (WHERE {judged})"]
+    (values,) = con.execute(f"SELECT {', '.join(selects)} FROM {source}").fetchall()
+    return {key: (int(values[2 * i]), int(values[2 * i + 1])) for i, key in enumerate(keys)}
+
+
+def _verdict(unexpected: int, judged: int, rows: int, mostly: float | None) -> dict:
+    """A GX-shaped result: success under `mostly` and the unexpected counts."""
+    share = unexpected / judged if judged else 0.0
+    success = share == 0 if mostly is None else 1 - share >= mostly
+    return {
+        "success": success,
+        "observed": {
+            "unexpected_count": unexpected,
+            "element_count": rows,
+            "unexpected_percent": 100 * share,
+        },
+    }
+
+
 def _funnel_suite(params: Params) -> gx.ExpectationSuite:
     """Purchases must follow a view of the same item by the same user (see `_funnel_frame`)."""
     return gx.ExpectationSuite(
@@ -120,13 +232,17 @@ def _funnel_suite(params: Params) -> gx.ExpectationSuite:
 def _funnel_frame(events: Path, params: Params) -> pd.DataFrame:
     """One row per in-window `buy`: exposed when the pair has a `pv` at or before it."""
     con = connect(params.data)
+    relation = window_events_sql(events, params.protocol)
+    # A grouped first view joined back (both spill to disk), not a window over every event.
     return con.execute(
-        f"""SELECT user_id, item_id, ts,
-                   coalesce(min(ts) FILTER (WHERE behavior = 'pv')
-                            OVER (PARTITION BY user_id, item_id) <= ts, false) AS exposed,
-                   behavior
-            FROM {window_events_sql(events, params.protocol)}
-            QUALIFY behavior = 'buy'"""
+        f"""WITH first_pv AS (
+                SELECT user_id, item_id, min(ts) AS first_pv FROM {relation}
+                WHERE behavior = 'pv' GROUP BY ALL)
+            SELECT b.user_id, b.item_id, b.ts, coalesce(f.first_pv <= b.ts, false) AS exposed,
+                   b.behavior
+            FROM {relation} b LEFT JOIN first_pv f USING (user_id, item_id)
+            WHERE b.behavior = 'buy'
+            ORDER BY b.user_id, b.item_id, b.ts"""
     ).df()
 
 
@@ -248,10 +364,24 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _check(
-    context: FileDataContext, suite: gx.ExpectationSuite, frame: pd.DataFrame, rows: list[str]
-) -> tuple[bool, list[dict]]:
-    """Run one suite on `frame`; failures list up to 50 offending rows by the `rows` columns."""
+@dataclass(frozen=True)
+class Check:
+    """One suite run on `frame`; offending rows are listed by the `row_ids` columns.
+
+    `exact` (for a sample of a large table) maps (expectation, column) to the verdict and
+    counts over every row, which replace GX's figures on the sample.
+    """
+
+    suite: gx.ExpectationSuite
+    frame: pd.DataFrame
+    row_ids: list[str]
+    exact: dict[tuple[str, str | None], dict] | None = None
+    rows: int | None = None  # rows of the whole table when `frame` is a sample
+
+
+def _check(context: FileDataContext, check: Check) -> tuple[bool, list[dict]]:
+    """Run one suite; failures list up to 50 offending rows by the row-id columns."""
+    suite, frame, rows = check.suite, check.frame, check.row_ids
     # One datasource per suite: replacing it on a rerun leaves the other suite's stored
     # checkpoint pointing at a live asset.
     datasource = context.data_sources.add_or_update_pandas(suite.name)
@@ -273,23 +403,26 @@ def _check(
     results = [
         {**_summarise(_plain(r.to_json_dict())), "suite": suite.name} for r in suite_result.results
     ]
-    return bool(outcome.success), results
+    if check.exact is None:
+        return bool(outcome.success), results
+    for result in results:
+        exact = check.exact.get((result["expectation"], result["column"]))
+        if exact is not None and type(exact["observed"]) is type(result["observed"]):
+            result.update(exact)
+    return all(r["success"] for r in results), results
 
 
-def _run(
-    checks: list[tuple[gx.ExpectationSuite, pd.DataFrame, list[str]]],
-    source: Path,
-    report_dir: Path,
-) -> ValidationReport:
-    """Run every (suite, frame, row-id columns) check; one report named after the first suite."""
+def _run(checks: list[Check], source: Path, report_dir: Path) -> ValidationReport:
+    """Run every check; one report named after the first suite."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     context = _context(report_dir)
     success, results = True, []
-    for suite, frame, rows in checks:
-        ok, found = _check(context, suite, frame, rows)
+    for check in checks:
+        ok, found = _check(context, check)
         success, results = success and ok, results + found
-    name, rows = checks[0][0].name, len(checks[0][1])
+    first = checks[0]
+    name, rows = first.suite.name, first.rows or len(first.frame)
     docs_path = report_dir / "data_docs" / "index.html"
     json_path = report_dir / f"{name}.json"
     report = ValidationReport(name, success, results, json_path, docs_path)
@@ -300,6 +433,7 @@ def _run(
             "source": str(source),
             "success": report.success,
             "rows": rows,
+            "validated_rows": len(first.frame),
             "failed": sum(not r["success"] for r in results),
             "results": results,
             "docs_path": str(docs_path),
@@ -325,16 +459,17 @@ def validate_events(events: Path, params: Params, report_dir: Path) -> Validatio
     Besides the column checks: purchases without a view (funnel) and, once a run has been
     accepted, drift of its profile; a passing run becomes the accepted profile.
     """
-    frame = _read_parquet(events, lambda _: True)
+    events_check = _events_check(events, params)
+    frame = events_check.frame
     row_ids = [c for c in ("user_id", "item_id", "ts") if c in frame.columns]
-    checks = [(_events_suite(params), frame, row_ids)]
+    checks = [replace(events_check, row_ids=row_ids)]
     complete = set(EVENT_COLUMNS) <= set(frame.columns)
     if complete:
-        checks.append((_funnel_suite(params), _funnel_frame(events, params), row_ids))
+        checks.append(Check(_funnel_suite(params), _funnel_frame(events, params), row_ids))
         profile = event_profile(events, params)
         drift = drift_frame(profile, Path(report_dir), params)
         if drift is not None:
-            checks.append((_drift_suite(drift, params), drift, []))
+            checks.append(Check(_drift_suite(drift, params), drift, []))
     report = _run(checks, events, report_dir)
     if report.success and complete:
         accept_profile(profile, Path(report_dir))
@@ -346,7 +481,7 @@ def validate_training_set(training_set: Path, params: Params, report_dir: Path) 
     required = {*TRAINING_KEYS, "event_timestamp", *params.protocol.tasks}
     frame = _read_parquet(training_set, lambda name: name in required or "__" in name)
     features = [c for c in frame.columns if "__" in c]
-    return _run([(_training_suite(params, features), frame, [])], training_set, report_dir)
+    return _run([Check(_training_suite(params, features), frame, [])], training_set, report_dir)
 
 
 def _describe(result: dict) -> str:

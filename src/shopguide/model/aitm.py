@@ -40,11 +40,12 @@ class AITM(MultiTaskModel):
     def __init__(self, config: AITMConfig) -> None:
         super().__init__(config)
         sizes = [self.in_dim, *config.expert_hidden]
-        dim, rest = sizes[-1], config.tasks[1:]
-        self.bottoms = nn.ModuleList(mlp(sizes, config.dropout) for _ in config.tasks)
+        widths = config.head_widths()
+        dim, rest = sizes[-1], widths[1:]
+        self.bottoms = nn.ModuleList(mlp(sizes, config.dropout) for _ in widths)
         self.transfers = nn.ModuleList(mlp([dim, dim], config.dropout) for _ in rest)
         self.attentions = nn.ModuleList(Attention(dim) for _ in rest)
-        self.towers = nn.ModuleList(tower(dim, config) for _ in config.tasks)
+        self.towers = nn.ModuleList(tower(dim, config, w) for w in widths)
 
     def shared_modules(self) -> list[nn.Module]:
         return [self.bottoms]
@@ -52,15 +53,16 @@ class AITM(MultiTaskModel):
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         z = self.bottoms[0](x)
         logits = [self.towers[0](z)]
-        for i in range(1, len(self.config.tasks)):
+        for i in range(1, len(self.towers)):
             own = self.bottoms[i](x)
             z = self.attentions[i - 1](torch.stack([self.transfers[i - 1](z), own], dim=1))
             logits.append(self.towers[i](z))
         return torch.cat(logits, dim=1)
 
     def penalty(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self.config.calibration_weight or logits.shape[1] < 2:
+        binary = len(self.config.tasks)
+        if not self.config.calibration_weight or binary < 2:
             return logits.new_zeros(())
-        p = torch.sigmoid(logits)
+        p = torch.sigmoid(logits[:, :binary])
         excess = torch.relu(p[:, 1:] - p[:, :-1]).sum(dim=1).mean()
         return self.config.calibration_weight * excess

@@ -5,10 +5,13 @@ rely on (`forward(user, item, category, dense)` -> logits (batch, tasks))."""
 from __future__ import annotations
 
 import itertools
+from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+from shopguide.model.tasks import AuxTask
 
 # Multiplicative hashing spreads raw ids over the buckets; unknown ids need no vocabulary.
 _HASH = 2654435761
@@ -29,20 +32,77 @@ class ModelConfig(BaseModel):
     embedding_dim: int
     tower_hidden: tuple[int, ...]
     dropout: float
+    aux_tasks: tuple[AuxTask, ...] = ()  # trained beside `tasks`, never served
+
+    def head_names(self) -> tuple[str, ...]:
+        """Every task with a head: the binary `tasks`, then the auxiliary ones."""
+        return (*self.tasks, *(a.name for a in self.aux_tasks))
+
+    def head_widths(self) -> tuple[int, ...]:
+        """Output columns of each head, in `head_names` order."""
+        return (1,) * len(self.tasks) + tuple(a.width for a in self.aux_tasks)
+
+
+class PooledDropout(nn.Module):
+    """Inverted dropout whose mask is a random window of a fixed pool of i.i.d. scaled masks.
+    Drawing fresh Bernoulli masks costs more CPU than the layers it regularises at these sizes
+    (a third of an MMoE step); a window at a random offset costs one multiply. Elements of a
+    mask are i.i.d. as with nn.Dropout; masks of different steps are shifted windows of one
+    sequence. The pool comes from its own fixed seed and offsets from the global generator,
+    so runs stay reproducible under `torch.manual_seed`."""
+
+    _pools: ClassVar[dict[tuple[float, str], torch.Tensor]] = {}  # (p, device) -> pool
+    POOL_SEED = 20180722
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def _pool(self, need: int, device: torch.device) -> torch.Tensor:
+        key = (self.p, str(device))
+        pool = self._pools.get(key)
+        if pool is None or pool.numel() < 2 * need:
+            size = max(1 << 22, 4 * need)
+            keep = torch.rand(size, generator=torch.Generator().manual_seed(self.POOL_SEED))
+            pool = ((keep >= self.p).float() / (1 - self.p)).to(device)
+            self._pools[key] = pool
+        return pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        pool = self._pool(x.numel(), x.device)
+        offset = int(torch.randint(0, pool.numel() - x.numel() + 1, ()))
+        return x * pool[offset : offset + x.numel()].view_as(x)
 
 
 def mlp(sizes: list[int], dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, o in itertools.pairwise(sizes):
-        layers += [nn.Linear(i, o), nn.ReLU(), nn.Dropout(dropout)]
+        layers += [nn.Linear(i, o), nn.ReLU(), PooledDropout(dropout)]
     return nn.Sequential(*layers)
 
 
-def tower(in_dim: int, config: ModelConfig) -> nn.Sequential:
-    """A task head: an MLP ending in one logit."""
+def parallel_mlps(mlps: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """The outputs (batch, len(mlps), out) of same-shaped `mlp`s on one input, computed as one
+    wide matmul for the first layer and one batched matmul per later layer (a few large
+    kernels instead of many small ones; the same function as running them one by one)."""
+    first = [m[0] for m in mlps]
+    h = torch.addmm(torch.cat([f.bias for f in first]), x, torch.cat([f.weight for f in first]).t())
+    h = mlps[0][2](torch.relu(h)).unflatten(1, (len(mlps), -1)).transpose(0, 1)  # (E, B, H)
+    for i in range(3, len(mlps[0]), 3):
+        layers = [m[i] for m in mlps]
+        weight = torch.stack([f.weight for f in layers]).transpose(1, 2)  # (E, in, out)
+        bias = torch.stack([f.bias for f in layers]).unsqueeze(1)  # (E, 1, out)
+        h = mlps[0][i + 2](torch.relu(torch.baddbmm(bias, h, weight)))
+    return h.transpose(0, 1)
+
+
+def tower(in_dim: int, config: ModelConfig, width: int = 1) -> nn.Sequential:
+    """A task head: an MLP ending in `width` outputs (one logit for a binary task)."""
     return nn.Sequential(
         mlp([in_dim, *config.tower_hidden], config.dropout),
-        nn.Linear(config.tower_hidden[-1] if config.tower_hidden else in_dim, 1),
+        nn.Linear(config.tower_hidden[-1] if config.tower_hidden else in_dim, width),
     )
 
 
@@ -62,13 +122,16 @@ class Encoder(nn.Module):
         self.register_buffer("dense_std", torch.tensor(config.dense_std, dtype=torch.float32))
         self.out_dim = 3 * config.embedding_dim + len(config.dense_features)
 
+    def rows(self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        """(batch, 3) rows of the fused table that the user, item and category ids hash to."""
+        ids = torch.stack([user, item, category], dim=1)
+        return (ids * _HASH) % self.sizes + self.offsets
+
     def forward(
         self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor, dense: torch.Tensor
     ) -> torch.Tensor:
-        ids = torch.stack([user, item, category], dim=1)
-        index = (ids * _HASH) % self.sizes + self.offsets
         dense = (torch.log1p(dense.clamp_min(0)) - self.dense_mean) / self.dense_std
-        return torch.cat([self.embedding(index).flatten(1), dense], dim=1)
+        return torch.cat([self.embedding(self.rows(user, item, category)).flatten(1), dense], dim=1)
 
 
 class MultiTaskModel(nn.Module):
@@ -92,13 +155,15 @@ class MultiTaskModel(nn.Module):
         return torch.cat([e(user, item, category, dense) for e in self.encoders], dim=1)
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """Every head's outputs side by side, (batch, sum of `config.head_widths()`)."""
         raise NotImplementedError
 
     def forward(
         self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor, dense: torch.Tensor
     ) -> torch.Tensor:
-        """Logits of shape (batch, tasks). Ids are raw int64; dense features are raw counts."""
-        return self.heads(self.encode(user, item, category, dense))
+        """Logits of the binary tasks, (batch, tasks): what evaluation, the gate and serving
+        use. Ids are raw int64; dense features are raw counts."""
+        return self.heads(self.encode(user, item, category, dense))[:, : len(self.config.tasks)]
 
     def shared_modules(self) -> list[nn.Module]:
         """The representation layers (beyond the embeddings) that fine-tuning freezes."""
@@ -108,9 +173,28 @@ class MultiTaskModel(nn.Module):
         modules = [self.encoders, *self.shared_modules()]
         return [p for m in modules for p in m.parameters()]
 
+    def shared_representation(self, x: torch.Tensor) -> torch.Tensor:
+        """What all tasks read from `encode`'s output `x` before their own layers; adversarial
+        transfer makes it indistinguishable between old and new categories."""
+        return x
+
     def embedding_parameters(self) -> list[nn.Parameter]:
         return [m.embedding.weight for m in self.modules() if isinstance(m, Encoder)]
 
+    def set_sparse_embeddings(self, sparse: bool) -> None:
+        """Whether the id tables emit sparse gradients (for a lazy sparse optimizer)."""
+        for m in self.modules():
+            if isinstance(m, Encoder):
+                m.embedding.sparse = sparse
+
+    def embedding_square_sum(self, representation: torch.Tensor) -> torch.Tensor:
+        """Sum of squares of the embedding rows a batch looked up (the first 3 * dim columns
+        of each encoder's block of `representation`): the L2 term that keeps the tables'
+        gradients sparse, unlike a penalty on whole tables."""
+        width = 3 * self.config.embedding_dim
+        return sum(b[:, :width].pow(2).sum() for b in representation.split(self.in_dim, dim=1))
+
     def penalty(self, logits: torch.Tensor) -> torch.Tensor:
-        """A model's own regulariser added to the task losses (zero unless a model needs one)."""
+        """A model's own regulariser added to the task losses (zero unless a model needs one);
+        `logits` are the heads' outputs."""
         return logits.new_zeros(())

@@ -30,22 +30,22 @@ class CrossStitch(MultiTaskModel):
 
     def __init__(self, config: CrossStitchConfig) -> None:
         super().__init__(config)
-        tasks = len(config.tasks)
+        tasks = len(config.head_widths())
         sizes = [self.in_dim, *config.expert_hidden]
         self.columns = nn.ModuleList(
-            nn.ModuleList(mlp([i, o], config.dropout) for _ in config.tasks)
+            nn.ModuleList(mlp([i, o], config.dropout) for _ in range(tasks))
             for i, o in itertools.pairwise(sizes)
         )
         self.stitches = nn.ParameterList(
             nn.Parameter(_stitch_init(tasks)) for _ in config.expert_hidden
         )
-        self.towers = nn.ModuleList(tower(sizes[-1], config) for _ in config.tasks)
+        self.towers = nn.ModuleList(tower(sizes[-1], config, w) for w in config.head_widths())
 
     def shared_modules(self) -> list[nn.Module]:
         return [self.columns, self.stitches]
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
-        hs = [x] * len(self.config.tasks)
+        hs = [x] * len(self.towers)
         for layer, stitch in zip(self.columns, self.stitches, strict=True):
             out = torch.stack([f(h) for f, h in zip(layer, hs, strict=True)], dim=1)  # (B,T,H)
             hs = list(torch.einsum("st,bth->bsh", stitch, out).unbind(dim=1))

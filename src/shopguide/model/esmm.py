@@ -43,14 +43,14 @@ class ESMM(MultiTaskModel):
         super().__init__(config)
         sizes = [self.in_dim, *config.expert_hidden]
         self.towers = nn.ModuleList(
-            nn.Sequential(mlp(sizes, config.dropout), tower(sizes[-1], config))
-            for _ in config.tasks
+            nn.Sequential(mlp(sizes, config.dropout), tower(sizes[-1], config, w))
+            for w in config.head_widths()
         )
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         tasks = self.config.tasks
         logits: list[torch.Tensor] = []
-        for task, t in zip(tasks, self.towers, strict=True):
+        for task, t in zip(self.config.head_names(), self.towers, strict=True):
             own = t(x)
             parent = self.config.chain.get(task)
             logits.append(

@@ -3,6 +3,9 @@ batched by index, per-task losses combined by a balancer, optional single-task w
 autocast on GPU, optional `torch.compile`, a checkpoint every epoch that a restarted run
 resumes from, early stopping on mean validation AUC, and data parallelism under `torchrun`.
 
+Id tables get sparse gradients and a lazy Adam (`shopguide.model.optim`) unless PCGrad needs
+them dense; heads may add auxiliary tasks of other types (`shopguide.model.tasks`).
+
 Every epoch reseeds from (seed, epoch), so a run resumed from a checkpoint reproduces the
 uninterrupted run exactly. Data parallelism all-reduces the gradients by hand after the
 balancer has set them (DDP's hooks cannot see PCGrad's and GradNorm's per-task gradients)."""
@@ -14,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,9 +31,11 @@ from shopguide.config import TrainParams
 from shopguide.errors import ShopguideError
 from shopguide.io import atomic_path
 from shopguide.logs import progress
-from shopguide.metrics import mean_auc, task_metrics
+from shopguide.metrics import aux_task_metrics, mean_auc, task_metrics
 from shopguide.model.balance import make_balancer
 from shopguide.model.base import MultiTaskModel
+from shopguide.model.optim import EngineOptimizer
+from shopguide.model.tasks import aux_predictions, task_losses
 from shopguide.model.tensors import Tensors
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ class FitSettings:
     warmup_task: int = 0  # index into the model's tasks
     compile: bool = False
     device: str = "cpu"
+    sparse_embeddings: bool = False  # sparse id-table gradients + SparseAdam (not with PCGrad)
 
 
 @dataclass
@@ -93,6 +100,7 @@ def settings_from_params(train: TrainParams, tasks: tuple[str, ...]) -> FitSetti
         warmup_task=tasks.index(train.warmup_task),
         compile=train.compile,
         device=device,
+        sparse_embeddings=train.sparse_embeddings,
     )
 
 
@@ -104,22 +112,49 @@ def world() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def predict(model: MultiTaskModel, data: Tensors, batch_size: int = 16384) -> np.ndarray:
-    """Task probabilities, (rows, tasks)."""
+def head_outputs(model: MultiTaskModel, data: Tensors, batch_size: int = 16384) -> torch.Tensor:
+    """Every head's raw outputs, (rows, sum of head widths), on the CPU."""
     model.eval()
     device = next(model.parameters()).device
     out = [
-        torch.sigmoid(
-            model(
+        model.heads(
+            model.encode(
                 *(
                     t.to(device)
                     for t in data.take(torch.arange(i, min(i + batch_size, len(data)))).inputs()
                 )
-            ).float()
-        ).cpu()
+            )
+        )
+        .float()
+        .cpu()
         for i in range(0, len(data), batch_size)
     ]
-    return torch.cat(out).numpy() if out else np.zeros((0, len(model.config.tasks)), np.float32)
+    return torch.cat(out) if out else torch.zeros((0, sum(model.config.head_widths())))
+
+
+def predict(model: MultiTaskModel, data: Tensors, batch_size: int = 16384) -> np.ndarray:
+    """Binary task probabilities, (rows, tasks)."""
+    logits = head_outputs(model, data, batch_size)[:, : len(model.config.tasks)]
+    return torch.sigmoid(logits).numpy()
+
+
+def predict_aux(model: MultiTaskModel, data: Tensors, batch_size: int = 16384) -> dict:
+    """Auxiliary task predictions by name (see `shopguide.model.tasks.aux_predictions`)."""
+    config = model.config
+    outputs = head_outputs(model, data, batch_size)
+    return aux_predictions(outputs, len(config.tasks), config.aux_tasks)
+
+
+def aux_metrics(model: MultiTaskModel, data: Tensors) -> dict:
+    """{name: metrics} of every auxiliary task on `data`, whose labels hold every head."""
+    config, labels = model.config, data.labels.numpy()
+    predictions = predict_aux(model, data)
+    return {
+        task.name: aux_task_metrics(
+            task.type, labels[:, len(config.tasks) + j], predictions[task.name]
+        )
+        for j, task in enumerate(config.aux_tasks)
+    }
 
 
 def _fingerprint(model: MultiTaskModel, train: Tensors, settings: FitSettings) -> str:
@@ -132,14 +167,26 @@ def _fingerprint(model: MultiTaskModel, train: Tensors, settings: FitSettings) -
 
 
 def _all_reduce_grads(params: list[nn.Parameter], size: int) -> None:
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    """Average gradients over processes; sparse ones are averaged dense and handed back sparse
+    (row-sparse, as SparseAdam expects)."""
+    sparse = [p.grad is not None and p.grad.is_sparse for p in params]
+    grads = [
+        torch.zeros_like(p) if p.grad is None else p.grad.to_dense() if s else p.grad
+        for p, s in zip(params, sparse, strict=True)
+    ]
     flat = torch.cat([g.flatten() for g in grads])
     dist.all_reduce(flat)
     flat /= size
     offset = 0
-    for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+    for p, s in zip(params, sparse, strict=True):
+        grad = flat[offset : offset + p.numel()].view_as(p)
+        p.grad = grad.to_sparse(sparse_dim=1) if s else grad.clone()
         offset += p.numel()
+
+
+# An extra objective term: (model, labelled batch, its representation) -> scalar loss added to
+# the regularisers (fine-tuning's L2-SP pull and adversarial domain loss use it).
+ExtraLoss = Callable[[MultiTaskModel, Tensors, torch.Tensor], torch.Tensor]
 
 
 def fit(
@@ -150,22 +197,34 @@ def fit(
     trainable: list[nn.Parameter] | None = None,
     description: str = "train",
     checkpoint_dir: Path | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> FitResult:
-    """Train in place; on return the model holds the weights of its best validation epoch."""
+    """Train in place; on return the model holds the weights of its best validation epoch.
+    `trainable` may include parameters outside the model that `extra_loss` uses."""
     rank, size = world()
     device = torch.device(settings.device)
     torch.manual_seed(settings.seed)
     model.to(device)
-    tasks = model.config.tasks
-    weights = list(settings.task_weights) or [1.0] * len(tasks)
+    tasks, heads_count = model.config.tasks, len(model.config.head_widths())
+    for part, data in (("training", train), ("validation", valid)):
+        if data.labels.shape[1] != heads_count:
+            raise ShopguideError(
+                f"{description}: the {part} data has {data.labels.shape[1]} label columns, "
+                f"the model has tasks {list(model.config.head_names())}"
+            )
+    weights = list(settings.task_weights) or [1.0] * heads_count
     balancer = make_balancer(settings.loss_balancing, weights, settings.gradnorm_alpha).to(device)
     params = trainable if trainable is not None else list(model.parameters())
-    optimizer = torch.optim.AdamW(
-        [*params, *balancer.parameters()],
-        lr=settings.learning_rate,
-        weight_decay=settings.weight_decay,
-    )
     embeddings = [p for p in model.embedding_parameters() if p.requires_grad]
+    # PCGrad flattens every task's gradient into one dense vector, so it keeps dense tables.
+    sparse = settings.sparse_embeddings and settings.loss_balancing != "pcgrad"
+    model.set_sparse_embeddings(sparse)
+    optimizer = EngineOptimizer(
+        [*params, *balancer.parameters()],
+        [p for p in embeddings if sparse and any(p is q for q in params)],
+        settings.learning_rate,
+        settings.weight_decay,
+    )
     heads = torch.compile(model.heads) if settings.compile else model.heads
     if size > 1:
         for p in [*model.parameters(), *balancer.parameters()]:
@@ -207,24 +266,26 @@ def fit(
             order = torch.randperm(
                 len(train), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
             ).to(device)
-            mask = torch.ones(len(tasks), device=device)
+            mask = torch.ones(heads_count, device=device)
             if epoch < settings.warmup_epochs:
-                mask = F.one_hot(torch.tensor(settings.warmup_task), len(tasks)).float().to(device)
+                mask = F.one_hot(torch.tensor(settings.warmup_task), heads_count).float().to(device)
             total, batches = 0.0, 0
+            shuffled = train.take(order)  # one gather per epoch; batches are views of it
             for begin in range(0, len(train), settings.batch_size):
-                index = order[begin : begin + settings.batch_size]
-                if len(index) < size:
-                    continue
-                batch = train.take(index[rank::size])
+                if min(settings.batch_size, len(train) - begin) < size:
+                    continue  # every process must take the same number of steps
+                batch = shuffled.rows(slice(begin + rank, begin + settings.batch_size, size))
                 with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
                     representation = model.encode(*batch.inputs())
                     logits = heads(representation).float()
-                losses = F.binary_cross_entropy_with_logits(
-                    logits, batch.labels, reduction="none"
-                ).mean(dim=0)
+                losses = task_losses(logits, batch.labels, len(tasks), model.config.aux_tasks)
                 extra = model.penalty(logits)
+                if extra_loss is not None:
+                    extra = extra + extra_loss(model, batch, representation)
                 if settings.embedding_l2 and embeddings:
-                    extra = extra + settings.embedding_l2 * sum(e.pow(2).sum() for e in embeddings)
+                    extra = extra + settings.embedding_l2 * model.embedding_square_sum(
+                        representation
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 if epoch < settings.warmup_epochs:
                     ((mask * losses).sum() + extra).backward()
@@ -236,12 +297,15 @@ def fit(
                 balancer.after_step()
                 total += float(losses.detach().sum())
                 batches += 1
-            metrics = task_metrics(valid.labels.numpy(), predict(model, valid), tasks)
+            metrics = task_metrics(
+                valid.labels[:, : len(tasks)].numpy(), predict(model, valid), tasks
+            )
             score = mean_auc(metrics)
             row = {"epoch": epoch, "train_loss": total / max(batches, 1), "val_mean_auc": score}
             row |= {f"val_{t}_auc": metrics[t]["auc"] for t in tasks}
             row |= {
-                f"weight_{t}": w for t, w in zip(tasks, balancer.current_weights(), strict=True)
+                f"weight_{t}": w
+                for t, w in zip(model.config.head_names(), balancer.current_weights(), strict=True)
             }
             best.history.append(row)
             log.info(
@@ -284,5 +348,6 @@ def fit(
     if best_state is None:
         raise ShopguideError(f"{description}: no epoch was trained (max_epochs 0?)")
     model.load_state_dict(best_state)
+    model.set_sparse_embeddings(False)
     model.to("cpu").eval()
     return best

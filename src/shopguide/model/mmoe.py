@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from shopguide.model.base import ModelConfig, MultiTaskModel, mlp, tower
+from shopguide.model.base import ModelConfig, MultiTaskModel, mlp, parallel_mlps, tower
 
 
 class MMoEConfig(ModelConfig):
@@ -29,15 +29,22 @@ class MMoE(MultiTaskModel):
         super().__init__(config)
         sizes = [self.in_dim, *config.expert_hidden]
         self.experts = nn.ModuleList(mlp(sizes, config.dropout) for _ in range(config.num_experts))
-        self.gates = nn.ModuleList(nn.Linear(self.in_dim, config.num_experts) for _ in config.tasks)
-        self.towers = nn.ModuleList(tower(sizes[-1], config) for _ in config.tasks)
+        widths = config.head_widths()
+        self.gates = nn.ModuleList(nn.Linear(self.in_dim, config.num_experts) for _ in widths)
+        self.towers = nn.ModuleList(tower(sizes[-1], config, w) for w in widths)
 
     def shared_modules(self) -> list[nn.Module]:
         return [self.experts]
 
+    def shared_representation(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([e(x) for e in self.experts], dim=1).mean(dim=1)
+
     def heads(self, x: torch.Tensor) -> torch.Tensor:
-        experts = torch.stack([e(x) for e in self.experts], dim=1)  # (B, E, H)
-        return torch.cat(
-            [t(gated_mixture(g, x, experts)) for g, t in zip(self.gates, self.towers, strict=True)],
-            dim=1,
-        )
+        experts = parallel_mlps(self.experts, x)  # (B, E, H)
+        gates = torch.addmm(
+            torch.cat([g.bias for g in self.gates]),
+            x,
+            torch.cat([g.weight for g in self.gates]).t(),
+        ).unflatten(1, (len(self.gates), -1))  # every task's gate in one matmul: (B, T, E)
+        mixed = torch.bmm(torch.softmax(gates, dim=2), experts)  # (B, T, H)
+        return torch.cat([t(mixed[:, i]) for i, t in enumerate(self.towers)], dim=1)

@@ -25,7 +25,7 @@ class ExtractionLevel(nn.Module):
     def __init__(self, in_dim: int, config: PLEConfig, last: bool) -> None:
         super().__init__()
         sizes = [in_dim, *config.expert_hidden]
-        tasks, own, shared = len(config.tasks), config.task_experts, config.num_experts
+        tasks, own, shared = len(config.head_widths()), config.task_experts, config.num_experts
 
         def experts(n: int) -> nn.ModuleList:
             return nn.ModuleList(mlp(sizes, config.dropout) for _ in range(n))
@@ -57,14 +57,16 @@ class PLE(MultiTaskModel):
         self.levels = nn.ModuleList(
             ExtractionLevel(d, config, last=i == config.levels - 1) for i, d in enumerate(dims)
         )
-        self.towers = nn.ModuleList(tower(config.expert_hidden[-1], config) for _ in config.tasks)
+        self.towers = nn.ModuleList(
+            tower(config.expert_hidden[-1], config, w) for w in config.head_widths()
+        )
 
     def shared_modules(self) -> list[nn.Module]:
         experts = [m for level in self.levels for m in (level.task_experts, level.shared_experts)]
         return experts
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
-        task_in, shared_in = [x] * len(self.config.tasks), x
+        task_in, shared_in = [x] * len(self.towers), x
         for level in self.levels:
             task_in, shared_in = level(task_in, shared_in)
         return torch.cat([t(h) for t, h in zip(self.towers, task_in, strict=True)], dim=1)

@@ -22,7 +22,7 @@ class SharedBottom(MultiTaskModel):
         super().__init__(config)
         sizes = [self.in_dim, *config.expert_hidden]
         self.bottom = mlp(sizes, config.dropout)
-        self.towers = nn.ModuleList(tower(sizes[-1], config) for _ in config.tasks)
+        self.towers = nn.ModuleList(tower(sizes[-1], config, w) for w in config.head_widths())
 
     def shared_modules(self) -> list[nn.Module]:
         return [self.bottom]

@@ -20,10 +20,10 @@ class SingleTask(MultiTaskModel):
     config: SingleTaskConfig
 
     def __init__(self, config: SingleTaskConfig) -> None:
-        super().__init__(config, encoders=len(config.tasks))
+        super().__init__(config, encoders=len(config.head_widths()))
         sizes = [self.in_dim, *config.expert_hidden]
-        self.bottoms = nn.ModuleList(mlp(sizes, config.dropout) for _ in config.tasks)
-        self.towers = nn.ModuleList(tower(sizes[-1], config) for _ in config.tasks)
+        self.bottoms = nn.ModuleList(mlp(sizes, config.dropout) for _ in config.head_widths())
+        self.towers = nn.ModuleList(tower(sizes[-1], config, w) for w in config.head_widths())
 
     def shared_modules(self) -> list[nn.Module]:
         return [self.bottoms]

@@ -23,8 +23,8 @@ class SoftSharing(MultiTaskModel):
     def __init__(self, config: SoftSharingConfig) -> None:
         super().__init__(config)
         sizes = [self.in_dim, *config.expert_hidden]
-        self.bottoms = nn.ModuleList(mlp(sizes, config.dropout) for _ in config.tasks)
-        self.towers = nn.ModuleList(tower(sizes[-1], config) for _ in config.tasks)
+        self.bottoms = nn.ModuleList(mlp(sizes, config.dropout) for _ in config.head_widths())
+        self.towers = nn.ModuleList(tower(sizes[-1], config, w) for w in config.head_widths())
 
     def shared_modules(self) -> list[nn.Module]:
         return [self.bottoms]

@@ -33,6 +33,9 @@ def load_model(directory: Path) -> MultiTaskModel:
     except (ValidationError, json.JSONDecodeError) as exc:
         raise ShopguideError(f"{directory / CONFIG}: invalid model config: {exc}") from exc
     model = build(config)
-    model.load_state_dict(load_file(str(directory / WEIGHTS)))
+    try:
+        model.load_state_dict(load_file(str(directory / WEIGHTS)))
+    except RuntimeError as exc:  # weights of another architecture or an older format
+        raise ShopguideError(f"{directory / WEIGHTS}: does not match {CONFIG}: {exc}") from exc
     model.eval()
     return model

@@ -32,6 +32,10 @@ class Tensors:
             *(t[index] for t in (self.user, self.item, self.category, self.dense, self.labels))
         )
 
+    def rows(self, part: slice) -> Tensors:
+        """A view of the rows in `part` (no copy)."""
+        return Tensors(*(t[part] for t in vars(self).values()))
+
     def inputs(self) -> tuple[torch.Tensor, ...]:
         return self.user, self.item, self.category, self.dense
 

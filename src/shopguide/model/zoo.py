@@ -52,7 +52,7 @@ def make_config(params: ModelParams, **inputs: object) -> ModelConfig:
     """The config of model `params.name`: `inputs` (tasks, dense features and their statistics)
     plus the fields of `params` that this model declares."""
     config_class = MODELS[params.name][0]
-    wanted = set(config_class.model_fields) - {"kind"} - set(inputs)
+    wanted = set(config_class.model_fields) & set(type(params).model_fields) - set(inputs)
     return config_class(**inputs, **{k: getattr(params, k) for k in wanted})
 
 

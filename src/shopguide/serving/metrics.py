@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
@@ -43,3 +45,15 @@ MODEL_INFO = Gauge("shopguide_model_info", "1 for the model version being served
 RELOADS = Counter(
     "shopguide_model_reloads", "Champion reloads by outcome (success, failure).", ["outcome"]
 )
+
+
+# Per-request counters with their labels resolved once (`labels()` takes a lock and builds a
+# key every call).
+@cache
+def ok_requests(protocol: str) -> Counter:
+    return REQUESTS.labels(protocol=protocol, outcome="ok")
+
+
+@cache
+def candidates(protocol: str) -> Counter:
+    return CANDIDATES.labels(protocol=protocol)

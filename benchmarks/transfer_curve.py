@@ -1,0 +1,361 @@
+"""Protocol taobao-transfer-v1 learning curve, on the real Taobao sample and on synthetic data
+with the same design (`shopguide synth`: categories share planted structure).
+
+Per dataset and seed: pre-train on the old categories' train exposures; then for budgets of
+10/25/50/100% of the new categories' train exposures (by user, nested), score on the new
+categories' test exposures: the pre-trained model as is, a model from scratch on the budget,
+every transfer strategy, and `auto` (what `finetune.strategy: auto` keeps, chosen among those
+runs by shopguide.transfer.choose: best new-category validation AUC without forgetting).
+Old-category test AUC is scored too (forgetting = change against the pre-trained model).
+Bootstrap 95% intervals of the seed-mean AUC over resampled test exposures. Writes the results
+JSON, DVC plot data (plots/transfer_curve_<dataset>.csv), a PNG and the Markdown tables.
+
+Every run is cached under --workdir, so an interrupted benchmark resumes where it stopped.
+
+    nice python benchmarks/transfer_curve.py
+"""
+
+from __future__ import annotations
+
+import os
+
+# Idle OpenMP threads sleep instead of spinning (shared cores, see benchmarks/taobao_mtl.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import copy
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+
+from shopguide.config import Params, load_params
+from shopguide.exposures import build_exposures
+from shopguide.features import build_features
+from shopguide.ingest import ingest_taobao
+from shopguide.io import atomic_path, write_json
+from shopguide.logs import setup_logging
+from shopguide.metrics import bootstrap_weights, interval, weighted_auc
+from shopguide.model.base import MultiTaskModel
+from shopguide.model.fit import fit, predict, settings_from_params
+from shopguide.model.store import load_model
+from shopguide.model.tensors import is_new_category, read_training_set
+from shopguide.synth import generate
+from shopguide.train import build_model, train_step
+from shopguide.transfer import (
+    STRATEGIES,
+    TransferData,
+    adapt,
+    choose,
+    largest_drop,
+    transfer_data,
+)
+from shopguide.transfer.common import frame_metrics, tensors
+
+log = logging.getLogger("benchmarks.transfer_curve")
+ROOT = Path(__file__).resolve().parents[1]
+BUDGETS = (0.10, 0.25, 0.50, 1.00)
+BASELINES = ("pretrained", "scratch")
+# Synthetic data at the Taobao sample's scale (the features step runs Feast for real).
+SYNTH = {"events": 150_000, "users": 5_000, "items": 10_000, "categories": 60}
+
+
+def prepare(dataset: str, workdir: Path, params: Params) -> Path:
+    """The dataset's training set through the project's own ingest, exposures and features
+    steps (built once per workdir)."""
+    out = workdir / "training_set.parquet"
+    if out.is_file():
+        return out
+    workdir.mkdir(parents=True, exist_ok=True)
+    raw = Path(params.data.raw_path)
+    if dataset == "synthetic":
+        raw = workdir / "events.csv"
+        generate(raw, workdir / "truth.parquet", params)
+    repo = workdir / "feature_repo"
+    repo.mkdir(exist_ok=True)
+    for source in (ROOT / "feature_repo").iterdir():
+        if source.is_file():
+            shutil.copy(source, repo / source.name)
+    ingest_taobao(raw, workdir / "events.parquet", params.data)
+    build_exposures(
+        workdir / "events.parquet", workdir / "exposures.parquet", params.protocol, params.data
+    )
+    build_features(workdir / "events.parquet", workdir / "exposures.parquet", repo, out, params)
+    return out
+
+
+def with_seed(params: Params, seed: int) -> Params:
+    return params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
+
+
+def scratch(data: TransferData, params: Params) -> MultiTaskModel:
+    """A fresh model trained on the budget's labelled rows alone."""
+    torch.manual_seed(params.train.seed)
+    model = build_model(data.fit, params)
+    fit(
+        model,
+        tensors(model, data.fit),
+        tensors(model, data.valid),
+        settings_from_params(params.train, model.config.head_names()),
+        description="from scratch",
+    )
+    return model
+
+
+def run_seed(
+    frame: pd.DataFrame, params: Params, seed: int, workdir: Path, runs: dict, save: Callable
+) -> None:
+    """Every (budget, method) of one seed that `runs` does not hold yet."""
+    p = with_seed(params, seed)
+    test = frame[frame["split"] == "test"]
+    new = is_new_category(test["category_id"], p.finetune).to_numpy()
+    pretrained_dir = workdir / f"seed{seed}" / "pretrained"
+    if not pretrained_dir.is_dir():
+        train_step(
+            workdir / "training_set.parquet",
+            pretrained_dir,
+            workdir / f"seed{seed}" / "train.json",
+            workdir / f"seed{seed}" / "train.csv",
+            p,
+        )
+    base = load_model(pretrained_dir)
+
+    old_valid = transfer_data(frame, p).old_valid
+    base_old_valid = frame_metrics(base, old_valid)
+
+    def score(model: MultiTaskModel, started: float, validation: float | None = None) -> dict:
+        probs = predict(model, tensors(model, test))
+        return {
+            "old_validation_drop": largest_drop(base_old_valid, frame_metrics(model, old_valid)),
+            "new_probs": probs[new].tolist(),
+            "old_auc": [
+                float(roc_auc_score(labels, probs[~new, j]))
+                for j, labels in enumerate(test.loc[~new, list(p.protocol.tasks)].to_numpy().T)
+            ],
+            "validation": validation,
+            "seconds": time.monotonic() - started,
+        }
+
+    for budget in BUDGETS:
+        key = f"{seed}/{budget:g}"
+        got = runs.setdefault(key, {})
+        data = transfer_data(frame, p, budget)
+        got["labelled_rows"] = len(data.fit) + len(data.valid)
+        if "pretrained" not in got:
+            got["pretrained"] = score(base, time.monotonic())
+        if "scratch" not in got:
+            started = time.monotonic()
+            got["scratch"] = score(scratch(data, p), started)
+            save()
+        for name in STRATEGIES:
+            if name in got:
+                continue
+            started = time.monotonic()
+            adapted = adapt(copy.deepcopy(base), data, p, name)
+            got[name] = score(adapted.model, started, adapted.validation[name])
+            save()
+
+
+def summarise(
+    runs: dict, frame: pd.DataFrame, params: Params, seeds: list[int], rounds: int
+) -> list[dict]:
+    """Rows (budget, method, task): seed-mean AUC, its bootstrap interval, old-category change."""
+    test = frame[frame["split"] == "test"]
+    new = is_new_category(test["category_id"], params.finetune).to_numpy()
+    labels = test.loc[new, list(params.protocol.tasks)].to_numpy(np.float64)
+    rows = []
+    for budget in BUDGETS:
+        per_seed = [runs[f"{s}/{budget:g}"] for s in seeds]
+        methods = [*BASELINES, *STRATEGIES, "auto"]
+        for r in per_seed:  # auto: what `finetune.strategy: auto` picks among these runs
+            r["auto_choice"] = choose(
+                {n: r[n]["validation"] for n in STRATEGIES},
+                {n: r[n]["old_validation_drop"] for n in STRATEGIES},
+                params.gate.max_old_category_drop,
+            )
+            r["auto"] = r[r["auto_choice"]]
+        for method in methods:
+            for j, task in enumerate(params.protocol.tasks):
+                probs = [np.asarray(r[method]["new_probs"])[:, j] for r in per_seed]
+                aucs = [roc_auc_score(labels[:, j], pr) for pr in probs]
+                draws = np.concatenate(
+                    [
+                        np.mean([weighted_auc(labels[:, j], pr, w) for pr in probs], axis=0)
+                        for w in bootstrap_weights(len(labels), rounds, seed=j)
+                    ]
+                )
+                low, high = interval(draws, 0.95)
+                old = [r[method]["old_auc"][j] - r["pretrained"]["old_auc"][j] for r in per_seed]
+                rows.append(
+                    {
+                        "budget_percent": round(budget * 100),
+                        "labelled_rows": int(np.mean([r["labelled_rows"] for r in per_seed])),
+                        "method": method,
+                        "task": task,
+                        "auc": float(np.mean(aucs)),
+                        "auc_std": float(np.std(aucs)),
+                        "auc_low": low,
+                        "auc_high": high,
+                        "old_auc_change": None if method == "scratch" else float(np.mean(old)),
+                        "seconds": float(np.mean([r[method]["seconds"] for r in per_seed])),
+                        "auto_choices": [r["auto_choice"] for r in per_seed]
+                        if method == "auto"
+                        else None,
+                    }
+                )
+    return rows
+
+
+def bayes_auc(workdir: Path, frame: pd.DataFrame, params: Params) -> dict | None:
+    """Synthetic data only: AUC of the true probabilities on the new categories' test rows."""
+    truth = workdir / "truth.parquet"
+    if not truth.is_file():
+        return None
+    test = frame[
+        (frame["split"] == "test") & is_new_category(frame["category_id"], params.finetune)
+    ]
+    joined = test.merge(pd.read_parquet(truth), on=["user_id", "item_id"])
+    return {t: float(roc_auc_score(joined[t], joined[f"p_{t}"])) for t in params.protocol.tasks}
+
+
+def plot(rows: list[dict], dataset: str, tasks: tuple[str, ...], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), sharex=True)
+    frame = pd.DataFrame(rows)
+    for ax, task in zip(np.atleast_1d(axes), tasks, strict=True):
+        for method, part in frame[frame["task"] == task].groupby("method", sort=False):
+            ax.errorbar(
+                part["budget_percent"],
+                part["auc"],
+                yerr=[part["auc"] - part["auc_low"], part["auc_high"] - part["auc"]],
+                label=method,
+                marker="o",
+                capsize=2,
+                linestyle="--" if method in BASELINES else "-",
+            )
+        ax.set(
+            title=f"{dataset}: {task}",
+            xlabel="% of new categories' train exposures",
+            ylabel="test AUC (new categories)",
+            xscale="log",
+            xticks=[10, 25, 50, 100],
+        )
+        ax.set_xticklabels(["10", "25", "50", "100"])
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def markdown(rows: list[dict], tasks: tuple[str, ...], bayes: dict | None) -> str:
+    frame = pd.DataFrame(rows)
+    head = " | ".join(f"{t} AUC [95% CI]" for t in tasks)
+    lines = [
+        f"| budget (rows) | method | {head} | old-category AUC change {'/'.join(tasks)} | s/run |",
+        "|---" * (len(tasks) + 4) + "|",
+    ]
+    for (budget, method), part in frame.groupby(["budget_percent", "method"], sort=False):
+        part = part.set_index("task")
+        cells = [
+            f"{part.at[t, 'auc']:.3f}±{part.at[t, 'auc_std']:.3f} [{part.at[t, 'auc_low']:.3f}, "
+            f"{part.at[t, 'auc_high']:.3f}]"
+            for t in tasks
+        ]
+        old = (
+            "n/a"
+            if method == "scratch"
+            else "/".join(f"{part.at[t, 'old_auc_change']:+.4f}" for t in tasks)
+        )
+        name = method
+        if method == "auto":
+            name += f" ({', '.join(part['auto_choices'].iloc[0])})"
+        lines.append(
+            f"| {budget}% ({part['labelled_rows'].iloc[0]}) | {name} | {' | '.join(cells)} | "
+            f"{old} | {part['seconds'].iloc[0]:.0f} |"
+        )
+    if bayes:
+        lines.append("")
+        lines.append(
+            "Bayes-optimal AUC (true probabilities) on the same test exposures: "
+            + ", ".join(f"{t} {v:.3f}" for t, v in bayes.items())
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", default="taobao,synthetic")
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--bootstrap", type=int, default=500)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/shopguide-transfer-curve"))
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks/results")
+    ap.add_argument("--plots", type=Path, default=ROOT / "plots")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    setup_logging()
+    torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    base = load_params(args.params)
+    for dataset in args.datasets.split(","):
+        params = base
+        if dataset == "synthetic":
+            params = base.model_copy(update={"synth": base.synth.model_copy(update=SYNTH)})
+        workdir = args.workdir / dataset
+        frame = read_training_set(prepare(dataset, workdir, params))
+        new = is_new_category(frame["category_id"], params.finetune)
+        log.info(
+            "%s: new-category exposures train %d, test %d",
+            dataset,
+            int((new & (frame["split"] == "train")).sum()),
+            int((new & (frame["split"] == "test")).sum()),
+        )
+        cache = workdir / "runs.json"
+        runs = json.loads(cache.read_text()) if cache.is_file() else {}
+
+        def save(runs: dict = runs, cache: Path = cache) -> None:
+            with atomic_path(cache) as tmp:
+                tmp.write_text(json.dumps(runs))
+
+        started = time.monotonic()
+        for seed in seeds:
+            run_seed(frame, params, seed, workdir, runs, save)
+        rows = summarise(runs, frame, params, seeds, args.bootstrap)
+        bayes = bayes_auc(workdir, frame, params)
+        tasks = params.protocol.tasks
+        write_json(
+            args.results / f"transfer-curve-{dataset}.json",
+            {
+                "protocol": "taobao-transfer-v1",
+                "dataset": dataset,
+                "seeds": seeds,
+                "bootstrap": args.bootstrap,
+                "rows": rows,
+                "bayes_auc": bayes,
+                "minutes": (time.monotonic() - started) / 60,
+            },
+        )
+        csv = pd.DataFrame(rows)[
+            ["budget_percent", "method", "task", "auc", "auc_low", "auc_high", "old_auc_change"]
+        ]
+        with atomic_path(args.plots / f"transfer_curve_{dataset}.csv") as tmp:
+            csv.to_csv(tmp, index=False)
+        plot(rows, dataset, tasks, args.results / f"transfer-curve-{dataset}.png")
+        table = markdown(rows, tasks, bayes)
+        (args.results / f"transfer-curve-{dataset}.md").write_text(table + "\n")
+        print(f"\n## {dataset}\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Task types beyond the ranked binary tasks: what an auxiliary task's head outputs, its loss,
+and its predictions. A model's heads emit the binary tasks' logits first (one column each),
+then every auxiliary task's columns (one, or n_classes for multiclass)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.nn import functional as F
+
+from shopguide.config import AuxTaskParams
+
+
+class AuxTask(BaseModel):
+    """The part of an auxiliary task the model needs (the label definition stays in params)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    type: Literal["binary", "regression", "multiclass"]
+    loss: Literal["mse", "huber"] = "huber"
+    huber_delta: float = Field(default=1.0, gt=0)
+    n_classes: int = Field(default=2, ge=2)
+    # Regression: the head predicts the standardised label (training labels' mean and std).
+    label_mean: float = 0.0
+    label_std: float = Field(default=1.0, gt=0)
+
+    @property
+    def width(self) -> int:
+        return self.n_classes if self.type == "multiclass" else 1
+
+    @classmethod
+    def from_params(cls, params: AuxTaskParams, labels: np.ndarray) -> AuxTask:
+        """The task as configured, with the label statistics of the training rows."""
+        regression = params.type == "regression" and len(labels) > 0
+        return cls(
+            name=params.name,
+            type=params.type,
+            loss=params.loss,
+            huber_delta=params.huber_delta,
+            n_classes=params.n_classes,
+            label_mean=float(labels.mean()) if regression else 0.0,
+            label_std=max(float(labels.std()), 1e-3) if regression else 1.0,
+        )
+
+
+def aux_loss(task: AuxTask, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Mean loss of one auxiliary task; `output` (batch, width), `label` (batch,) float (a class
+    index for multiclass)."""
+    if task.type == "binary":
+        return F.binary_cross_entropy_with_logits(output[:, 0], label)
+    if task.type == "multiclass":
+        return F.cross_entropy(output, label.long())
+    target = (label - task.label_mean) / task.label_std
+    if task.loss == "huber":
+        return F.huber_loss(output[:, 0], target, delta=task.huber_delta)
+    return F.mse_loss(output[:, 0], target)
+
+
+def task_losses(
+    outputs: torch.Tensor, labels: torch.Tensor, binary: int, aux: tuple[AuxTask, ...]
+) -> torch.Tensor:
+    """Per-task mean losses (binary tasks first, then auxiliary ones), shape (tasks,).
+    `outputs` (batch, binary + aux widths); `labels` (batch, binary + len(aux))."""
+    losses = F.binary_cross_entropy_with_logits(
+        outputs[:, :binary], labels[:, :binary], reduction="none"
+    ).mean(dim=0)
+    if not aux:
+        return losses
+    column, extra = binary, []
+    for j, task in enumerate(aux):
+        extra.append(
+            aux_loss(task, outputs[:, column : column + task.width], labels[:, binary + j])
+        )
+        column += task.width
+    return torch.cat([losses, torch.stack(extra)])
+
+
+def aux_predictions(outputs: torch.Tensor, binary: int, aux: tuple[AuxTask, ...]) -> dict:
+    """{name: predictions}: binary a probability (rows,), regression the value (rows,),
+    multiclass class probabilities (rows, n_classes)."""
+    out, column = {}, binary
+    for task in aux:
+        block = outputs[:, column : column + task.width].float()
+        column += task.width
+        if task.type == "binary":
+            out[task.name] = torch.sigmoid(block[:, 0]).numpy()
+        elif task.type == "multiclass":
+            out[task.name] = torch.softmax(block, dim=1).numpy()
+        else:
+            out[task.name] = (block[:, 0] * task.label_std + task.label_mean).numpy()
+    return out

@@ -1,0 +1,97 @@
+"""Transfer to new product categories (`finetune.strategy` in params.yaml): one module per
+strategy, each adapting a pre-trained model in place through the project's training engine,
+and `auto`, which runs each of `finetune.auto_strategies` from the same pre-trained weights and
+keeps the one with the best mean AUC on the validation slice (the latest labelled
+new-category exposures by time) among those whose AUC on the old categories' validation slice
+drops by at most the gate's `max_old_category_drop`, so `auto` never picks what the gate's
+forgetting check would refuse for want of trying."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shopguide.config import Params
+from shopguide.metrics import mean_auc
+from shopguide.model.base import MultiTaskModel
+from shopguide.transfer import adversarial, coldstart, frozen, l2sp
+from shopguide.transfer.common import Outcome, frame_metrics
+from shopguide.transfer.data import TransferData, transfer_data, user_budget
+
+log = logging.getLogger(__name__)
+
+STRATEGIES: dict[str, Callable[[MultiTaskModel, TransferData, Params], Outcome]] = {
+    "frozen": frozen.adapt,
+    "l2sp": l2sp.adapt,
+    "adversarial": adversarial.adapt,
+    "coldstart": coldstart.adapt,
+}
+
+__all__ = [
+    "STRATEGIES",
+    "Adapted",
+    "TransferData",
+    "adapt",
+    "choose",
+    "largest_drop",
+    "transfer_data",
+    "user_budget",
+]
+
+
+@dataclass
+class Adapted:
+    model: MultiTaskModel
+    strategy: str  # the strategy that made `model` (auto's winner)
+    outcome: Outcome
+    validation: dict[str, float] = field(default_factory=dict)  # strategy -> mean AUC
+    # strategy -> largest per-task AUC drop on the old categories' validation slice
+    old_validation_drop: dict[str, float] = field(default_factory=dict)
+
+
+def largest_drop(before: dict, after: dict) -> float:
+    """The largest per-task AUC drop from `before` to `after` (task metrics); 0 when none."""
+    drops = [
+        before[t]["auc"] - after[t]["auc"]
+        for t in before
+        if before[t]["auc"] is not None and after[t]["auc"] is not None
+    ]
+    return max([0.0, *drops])
+
+
+def choose(validation: dict[str, float], drops: dict[str, float], tolerance: float) -> str:
+    """`auto`'s pick: the best new-category validation score among the strategies that do
+    not forget (old-category validation drop within the gate's tolerance); when every one
+    forgets, the one that forgets least."""
+    kept = [n for n in validation if drops[n] <= tolerance]
+    if not kept:
+        log.warning("auto: every strategy forgets (drops %s > %s)", drops, tolerance)
+        return min(drops, key=drops.__getitem__)
+    return max(kept, key=validation.__getitem__)
+
+
+def adapt(
+    model: MultiTaskModel, data: TransferData, params: Params, strategy: str | None = None
+) -> Adapted:
+    """Adapt `model` with `strategy` (default `finetune.strategy`); `auto` leaves `model`
+    untouched and returns the winner's copy."""
+    strategy = strategy or params.finetune.strategy
+    if strategy != "auto":
+        before = frame_metrics(model, data.old_valid)
+        outcome = STRATEGIES[strategy](model, data, params)
+        score = mean_auc(outcome.result.best_metrics)
+        drop = largest_drop(before, frame_metrics(model, data.old_valid))
+        return Adapted(model, strategy, outcome, {strategy: score}, {strategy: drop})
+    tried = {
+        name: adapt(copy.deepcopy(model), data, params, name)
+        for name in params.finetune.auto_strategies
+    }
+    validation = {name: a.validation[name] for name, a in tried.items()}
+    drops = {name: a.old_validation_drop[name] for name, a in tried.items()}
+    best = choose(validation, drops, params.gate.max_old_category_drop)
+    log.info(
+        "auto: validation mean AUC %s, old-category drop %s; keeping %s", validation, drops, best
+    )
+    return Adapted(tried[best].model, best, tried[best].outcome, validation, drops)

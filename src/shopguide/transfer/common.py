@@ -1,0 +1,73 @@
+"""What every strategy shares: the fine-tuning run through the project's training engine, with
+old-category replay and no decay toward zero (freezing or L2-SP is the regulariser)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pandas as pd
+from torch import nn
+
+from shopguide.config import Params
+from shopguide.metrics import task_metrics
+from shopguide.model.base import MultiTaskModel
+from shopguide.model.fit import ExtraLoss, FitResult, fit, predict, settings_from_params
+from shopguide.model.tensors import Tensors, to_tensors
+from shopguide.transfer.data import TransferData
+
+
+@dataclass
+class Outcome:
+    result: FitResult
+    trainable: int  # parameters the strategy let move
+
+
+def tensors(model: MultiTaskModel, frame: pd.DataFrame) -> Tensors:
+    """`frame` as the model's inputs, with a label column for each of its heads."""
+    return to_tensors(frame, model.config.head_names(), model.config.dense_features)
+
+
+def frame_metrics(model: MultiTaskModel, frame: pd.DataFrame) -> dict:
+    """Per-task AUC and log loss of `model` on the exposures of `frame`."""
+    data, tasks = tensors(model, frame), model.config.tasks
+    return task_metrics(data.labels.numpy()[:, : len(tasks)], predict(model, data), tasks)
+
+
+def fit_rows(data: TransferData, params: Params) -> pd.DataFrame:
+    """The labelled new-category rows plus `replay_ratio` times as many old-category rows."""
+    replay = min(int(len(data.fit) * params.finetune.replay_ratio), len(data.old))
+    if replay == 0:
+        return data.fit
+    return pd.concat([data.fit, data.old.sample(replay, random_state=params.train.seed)])
+
+
+def fine_tune(
+    model: MultiTaskModel,
+    data: TransferData,
+    params: Params,
+    trainable: list[nn.Parameter],
+    learning_rate: float,
+    description: str,
+    extra_loss: ExtraLoss | None = None,
+) -> Outcome:
+    f = params.finetune
+    settings = replace(
+        settings_from_params(params.train, model.config.head_names()),
+        learning_rate=learning_rate,
+        weight_decay=0.0,
+        embedding_l2=0.0,
+        max_epochs=f.max_epochs,
+        patience=f.patience,
+        warmup_epochs=0,
+    )
+    result = fit(
+        model,
+        tensors(model, fit_rows(data, params)),
+        tensors(model, data.valid),
+        settings,
+        trainable=trainable,
+        description=description,
+        extra_loss=extra_loss,
+    )
+    own = {id(p) for p in model.parameters()}
+    return Outcome(result, sum(p.numel() for p in trainable if id(p) in own))

@@ -1,0 +1,95 @@
+"""The engine's sparse path: id tables get sparse gradients and a lazy Adam, so a step moves only
+the rows its batch looked up (the rest of a multi-million-row table is never touched), while
+the model still learns; PCGrad, which needs flat dense gradients, falls back to dense tables.
+Learning with the default (sparse) settings is covered for every model in test_model_zoo.py,
+kill-and-resume in test_training_engine.py."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from shopguide.metrics import task_metrics
+from shopguide.model.base import _HASH, PooledDropout
+from shopguide.model.fit import fit, predict, settings_from_params
+from shopguide.model.tensors import time_split, to_tensors
+from shopguide.train import build_model
+from tests.conftest import PipelineRun
+from tests.test_model_zoo import small_params
+
+
+def _train(run: PipelineRun, balancing: str) -> tuple:
+    """(table before, table after, test metrics, whether every table gradient was sparse,
+    mask of the table rows that training ids hash to)."""
+    frame = pd.read_parquet(run.training_set)
+    fit_part, valid_part = time_split(frame[frame["split"] == "train"], 0.15)
+    test = frame[frame["split"] == "test"]
+    params = small_params(run.params, "mmoe", max_epochs=2, loss_balancing=balancing)
+    torch.manual_seed(3)
+    model = build_model(fit_part, params)
+    tasks, dense = params.protocol.tasks, model.config.dense_features
+    settings = replace(settings_from_params(params.train, tasks), learning_rate=4e-3)
+    before = model.encoders[0].embedding.weight.detach().clone()
+    seen: list[bool] = []
+    model.encoders[0].embedding.weight.register_hook(lambda g: seen.append(g.is_sparse))
+    fit(model, to_tensors(fit_part, tasks, dense), to_tensors(valid_part, tasks, dense), settings)
+    after = model.encoders[0].embedding.weight.detach()
+    data = to_tensors(test, tasks, dense)
+    metrics = task_metrics(data.labels.numpy(), predict(model, data), tasks)
+    encoder, ids = model.encoders[0], to_tensors(fit_part, tasks, dense)
+    index = (torch.stack([ids.user, ids.item, ids.category], 1) * _HASH) % encoder.sizes
+    looked_up = torch.zeros(len(after), dtype=torch.bool)
+    looked_up[(index + encoder.offsets).flatten()] = True
+    return before, after, metrics, all(seen), looked_up
+
+
+def test_sparse_tables_move_only_looked_up_rows(pipeline_run: PipelineRun) -> None:
+    before, after, metrics, sparse, looked_up = _train(pipeline_run, "fixed")
+    assert sparse
+    moved = (before != after).any(dim=1)
+    assert (~looked_up).sum() > 1000  # the small tables have rows no training id reaches
+    assert not moved[~looked_up].any()  # lazy: never touched (dense AdamW would decay them)
+    assert moved[looked_up].float().mean() > 0.99
+    assert metrics["buy"]["auc"] > 0.6
+
+
+def test_pcgrad_keeps_dense_tables(pipeline_run: PipelineRun) -> None:
+    *_, sparse, _ = _train(pipeline_run, "pcgrad")
+    assert not sparse
+
+
+def test_whole_table_penalty_still_trains(pipeline_run: PipelineRun) -> None:
+    """An extra loss over a whole table (as fine-tuning's L2-SP pull) makes its gradient dense;
+    the sparse optimizer then updates every row instead of failing."""
+    frame = pd.read_parquet(pipeline_run.training_set)
+    fit_part, valid_part = time_split(frame[frame["split"] == "train"].head(8000), 0.15)
+    params = small_params(pipeline_run.params, "shared_bottom", max_epochs=1)
+    model = build_model(fit_part, params)
+    tasks, dense = params.protocol.tasks, model.config.dense_features
+    before = model.encoders[0].embedding.weight.detach().clone()
+    fit(
+        model,
+        to_tensors(fit_part, tasks, dense),
+        to_tensors(valid_part, tasks, dense),
+        settings_from_params(params.train, tasks),
+        extra_loss=lambda m, batch, rep: 1e-3 * m.encoders[0].embedding.weight.pow(2).sum(),
+    )
+    moved = (before != model.encoders[0].embedding.weight.detach()).any(dim=1)
+    assert moved.float().mean() > 0.99
+
+
+def test_pooled_dropout_is_dropout() -> None:
+    """Keep rate 1 - p, inverted scaling, identity in eval mode, reproducible under a seed."""
+    layer = PooledDropout(0.25)
+    x = torch.ones(512, 256)
+    torch.manual_seed(1)
+    y = layer(x)
+    assert abs(float((y == 0).float().mean()) - 0.25) < 0.01
+    assert torch.unique(y).tolist() == pytest.approx([0.0, 1 / 0.75])
+    torch.manual_seed(1)
+    assert torch.equal(layer(x), y)
+    assert not torch.equal(layer(x), y)
+    assert torch.equal(layer.eval()(x), x)

@@ -1,0 +1,286 @@
+"""Transfer to new categories on the real Taobao sample (protocol taobao-transfer-v1), starting
+from the pipeline's pre-trained model: every strategy learns the new categories, each keeps its
+own promise (frozen layers unchanged, L2-SP pulls toward the pre-trained weights, gradient
+reversal, cold-start rows as documented, `auto` keeps the best validation score), and the gate
+refuses a model that forgot the old categories."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from shopguide.config import Params
+from shopguide.finetune import finetune_base, finetune_step
+from shopguide.gate import gate_step
+from shopguide.io import read_json
+from shopguide.metrics import mean_auc
+from shopguide.model.base import MultiTaskModel
+from shopguide.model.store import load_model, save_model
+from shopguide.model.tensors import is_new_category, read_training_set
+from shopguide.registry import champion, register
+from shopguide.transfer import STRATEGIES, Adapted, adapt, choose, transfer_data
+from shopguide.transfer.adversarial import reverse_gradient
+from shopguide.transfer.coldstart import initial_rows
+from shopguide.transfer.common import fit_rows, frame_metrics
+from shopguide.transfer.l2sp import L2SP
+from tests.conftest import PipelineRun
+
+
+def _with(params: Params, section: str, **values: object) -> Params:
+    return params.model_copy(update={section: getattr(params, section).model_copy(update=values)})
+
+
+@pytest.fixture(scope="module")
+def frame(pipeline_run: PipelineRun) -> pd.DataFrame:
+    return read_training_set(pipeline_run.training_set)
+
+
+@pytest.fixture(scope="module")
+def new_test(frame: pd.DataFrame, pipeline_run: PipelineRun) -> pd.DataFrame:
+    test = frame[frame["split"] == "test"]
+    return test[is_new_category(test["category_id"], pipeline_run.params.finetune)]
+
+
+@pytest.fixture(scope="module")
+def registry(pipeline_run: PipelineRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry whose champion is the pipeline's fine-tuned candidate (registered here, so
+    these tests do not depend on the pipeline's own gate passing on a busy machine)."""
+    root = tmp_path_factory.mktemp("transfer") / "registry"
+    register(root, pipeline_run.candidate, {"note": "champion for tests/test_transfer.py"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(pipeline_run: PipelineRun, frame: pd.DataFrame) -> dict[str, Adapted]:
+    """Each strategy once, from the same pre-trained model, on the whole new-category budget."""
+    data = transfer_data(frame, pipeline_run.params)
+    base = load_model(pipeline_run.pretrained)
+    return {n: adapt(copy.deepcopy(base), data, pipeline_run.params, n) for n in STRATEGIES}
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_strategy_learns_the_new_categories(
+    runs: dict[str, Adapted], new_test: pd.DataFrame, name: str
+) -> None:
+    metrics = frame_metrics(runs[name].model, new_test)
+    assert mean_auc(metrics) > 0.6, metrics
+    assert all(m["auc"] > 0.53 for m in metrics.values()), metrics
+    assert runs[name].strategy == name and runs[name].outcome.result.best_epoch >= 0
+
+
+def _changed(a: MultiTaskModel, b: MultiTaskModel) -> dict[str, bool]:
+    other = dict(b.named_parameters())
+    return {k: not torch.equal(p, other[k]) for k, p in a.named_parameters()}
+
+
+def test_frozen_keeps_shared_layers(runs: dict[str, Adapted], pipeline_run: PipelineRun) -> None:
+    base = load_model(pipeline_run.pretrained)
+    changed = _changed(runs["frozen"].model, base)
+    shared = {
+        k for k, p in base.named_parameters() if any(p is q for q in base.shared_parameters())
+    }
+    assert shared and not any(changed[k] for k in shared)
+    assert any(changed[k] for k in changed if k.startswith("towers"))
+    assert runs["frozen"].outcome.trainable == sum(
+        p.numel() for k, p in base.named_parameters() if k not in shared
+    )
+
+
+def test_full_strategies_move_the_shared_layers(
+    runs: dict[str, Adapted], pipeline_run: PipelineRun
+) -> None:
+    base = load_model(pipeline_run.pretrained)
+    for name in ("l2sp", "adversarial"):
+        changed = _changed(runs[name].model, base)
+        assert changed["experts.0.0.weight"] and changed["encoders.0.embedding.weight"], name
+
+
+def test_l2sp_pulls_toward_the_pretrained_weights(
+    pipeline_run: PipelineRun, frame: pd.DataFrame
+) -> None:
+    """Same run with lambda = 0 and lambda > 0: the penalty keeps the weights closer."""
+    params = _with(pipeline_run.params, "finetune", max_epochs=2, full_learning_rate=1e-3)
+    data = transfer_data(frame, params)
+    distance = {}
+    for lam in (0.0, 1.0):
+        base = load_model(pipeline_run.pretrained)
+        anchor = L2SP(base, lam)
+        adapt(base, data, _with(params, "finetune", l2sp_lambda=lam), "l2sp")
+        distance[lam] = float(anchor.distance().detach())
+    assert 0 < distance[1.0] < 0.5 * distance[0.0], distance
+
+
+def test_gradient_reversal_flips_the_sign() -> None:
+    x = torch.randn(5, 3, requires_grad=True)
+    g = torch.randn(5, 3)
+    y = reverse_gradient(x, 0.3)
+    assert torch.equal(y, x)
+    (y * g).sum().backward()
+    assert torch.allclose(x.grad, -0.3 * g)
+
+
+def test_coldstart_rows_are_the_documented_means(
+    pipeline_run: PipelineRun, frame: pd.DataFrame, runs: dict[str, Adapted]
+) -> None:
+    """A new category's row is the mean of the old categories' rows weighted by shared users;
+    rows that old exposures use never move."""
+    data = transfer_data(frame, pipeline_run.params)
+    base = load_model(pipeline_run.pretrained)
+    encoder = base.encoders[0]
+    rows, values = initial_rows(encoder, data.old, data.unlabelled)
+    table = encoder.embedding.weight.detach()
+
+    def row(column: int, key: int) -> int:
+        ids = [torch.zeros(1, dtype=torch.int64)] * 3
+        ids[column] = torch.tensor([key])
+        return int(encoder.rows(*ids)[0, column])
+
+    # the busiest new category, recomputed from the exposures by hand
+    category = int(data.unlabelled["category_id"].value_counts().index[0])
+    users = set(data.unlabelled.loc[data.unlabelled["category_id"] == category, "user_id"])
+    shared = (
+        data.old[data.old["user_id"].isin(users)]
+        .drop_duplicates(["category_id", "user_id"])["category_id"]
+        .value_counts()
+    )
+    expected = sum(w * table[row(2, int(c))] for c, w in shared.items()) / shared.sum()
+    position = int(np.searchsorted(rows, row(2, category)))
+    assert rows[position] == row(2, category)
+    assert torch.allclose(torch.from_numpy(values[position]), expected, atol=1e-6)
+    assert not torch.allclose(expected, table[row(2, category)], atol=1e-3)  # not the random row
+
+    adapted = runs["coldstart"].model.encoders[0].embedding.weight.detach()
+    old_rows = torch.from_numpy(
+        np.unique(
+            np.concatenate(
+                [
+                    [row(c, int(k)) for k in data.old[key].unique()]
+                    for c, key in enumerate(("user_id", "item_id", "category_id"))
+                ]
+            )
+        )
+    )
+    assert torch.equal(adapted[old_rows], table[old_rows])
+    assert not torch.equal(adapted[torch.from_numpy(rows)], table[torch.from_numpy(rows)])
+
+
+def test_auto_never_picks_a_strategy_that_forgets() -> None:
+    validation = {"frozen": 0.62, "l2sp": 0.70, "coldstart": 0.65}
+    drops = {"frozen": 0.0, "l2sp": 0.03, "coldstart": 0.004}
+    assert choose(validation, drops, 0.01) == "coldstart"
+    assert choose(validation, drops, 0.05) == "l2sp"
+    assert choose(validation, drops, 0.001) == "frozen"
+    assert choose(validation, {"frozen": 0.2, "l2sp": 0.03, "coldstart": 0.1}, 0.01) == "l2sp"
+
+
+def test_replay_mixes_old_exposures(pipeline_run: PipelineRun, frame: pd.DataFrame) -> None:
+    params = _with(pipeline_run.params, "finetune", replay_ratio=0.5)
+    data = transfer_data(frame, params)
+    rows = fit_rows(data, params)
+    new = is_new_category(rows["category_id"], params.finetune)
+    assert int(new.sum()) == len(data.fit) and int((~new).sum()) == len(data.fit) // 2
+
+
+def test_auto_keeps_the_best_validation_score(
+    pipeline_run: PipelineRun, runs: dict[str, Adapted], tmp_path: Path
+) -> None:
+    """`finetune.strategy: auto` through the step: every strategy's validation score recorded
+    (equal to its own run's), the best one kept and saved."""
+    params = _with(pipeline_run.params, "finetune", strategy="auto")
+    metrics = finetune_step(
+        pipeline_run.training_set,
+        pipeline_run.pretrained,
+        tmp_path / "model",
+        tmp_path / "finetune.json",
+        tmp_path / "history.csv",
+        params,
+    )
+    scores, drops = metrics["validation_mean_auc"], metrics["old_category_validation_drop"]
+    assert scores == pytest.approx({n: r.validation[n] for n, r in runs.items()}, abs=1e-9)
+    tolerance = params.gate.max_old_category_drop
+    kept = {n: s for n, s in scores.items() if drops[n] <= tolerance} or None
+    assert metrics["chosen_strategy"] == (
+        max(kept, key=kept.get) if kept else min(drops, key=drops.get)
+    )
+    assert read_json(tmp_path / "finetune.json")["chosen_strategy"] == metrics["chosen_strategy"]
+    saved = load_model(tmp_path / "model")
+    assert not any(_changed(saved, runs[metrics["chosen_strategy"]].model).values())
+    assert set(metrics["old_category_auc_change"]) == set(params.protocol.tasks)
+
+
+def test_finetune_starts_from_the_champion(
+    pipeline_run: PipelineRun, registry: Path, tmp_path: Path
+) -> None:
+    current = champion(registry)
+    assert current is not None
+    assert finetune_base(registry, pipeline_run.pretrained) == current.path
+    assert finetune_base(tmp_path / "empty", pipeline_run.pretrained) == pipeline_run.pretrained
+    assert finetune_base(registry, pipeline_run.pretrained, "pretrained") == pipeline_run.pretrained
+
+
+def _gate(
+    pipeline_run: PipelineRun, registry: Path, model: MultiTaskModel, tmp_path: Path, name: str
+) -> dict:
+    directory = tmp_path / name
+    save_model(model, directory)
+    params = _with(
+        pipeline_run.params,
+        "gate",
+        infra=pipeline_run.params.gate.infra.model_copy(update={"enabled": False}),
+        bootstrap_samples=100,
+    )
+    return gate_step(
+        pipeline_run.evaluation,
+        pipeline_run.training_set,
+        registry,
+        tmp_path / f"{name}.json",
+        params,
+        model_dir=directory,
+    )
+
+
+def _forgetting(decision: dict) -> dict[str, dict]:
+    return {c["task"]: c for c in decision["checks"] if c["rule"] == "no_old_category_forgetting"}
+
+
+def test_gate_refuses_a_model_that_forgot(
+    pipeline_run: PipelineRun, registry: Path, tmp_path: Path
+) -> None:
+    """The champion with noise on its shared experts forgets the old categories: refused, and
+    the decision says so; the champion with only new-category rows changed passes."""
+    current = champion(registry)
+    forgot = load_model(current.path)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in forgot.experts.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 3 * p.std())
+    decision = _gate(pipeline_run, registry, forgot, tmp_path, "forgot")
+    checks = _forgetting(decision)
+    assert not decision["passed"]
+    assert set(checks) == set(pipeline_run.params.protocol.tasks)
+    refused = [c for c in checks.values() if not c["passed"]]
+    assert refused and all(
+        c["drop"] > pipeline_run.params.gate.max_old_category_drop for c in refused
+    )
+    assert any(r.startswith("no_old_category_forgetting") and ">" in r for r in decision["reasons"])
+
+    kept = load_model(current.path)
+    frame = read_training_set(pipeline_run.training_set)
+    new = is_new_category(frame["category_id"], pipeline_run.params.finetune)
+    encoder = kept.encoders[0]
+
+    def category_rows(part: pd.DataFrame) -> np.ndarray:
+        ids = torch.from_numpy(part[["user_id", "item_id", "category_id"]].to_numpy().T.copy())
+        return encoder.rows(*ids)[:, 2].unique().numpy()
+
+    rows = np.setdiff1d(category_rows(frame[new]), category_rows(frame[~new]))
+    with torch.no_grad():
+        encoder.embedding.weight[torch.from_numpy(rows)] += 0.5
+    decision = _gate(pipeline_run, registry, kept, tmp_path, "kept")
+    checks = _forgetting(decision)
+    assert all(c["passed"] and c["drop"] == 0 for c in checks.values()), checks
