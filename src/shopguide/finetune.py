@@ -15,19 +15,10 @@ from shopguide.model.store import load_model, save_model
 from shopguide.model.tensors import is_new_category, read_training_set
 from shopguide.registry import champion
 from shopguide.train import write_history
-from shopguide.transfer import adapt, transfer_data
+from shopguide.transfer import adapt, auc_change, transfer_data
 from shopguide.transfer.common import frame_metrics
 
 log = logging.getLogger(__name__)
-
-
-def _auc_change(before: dict, after: dict) -> dict[str, float | None]:
-    return {
-        t: None
-        if after[t]["auc"] is None or before[t]["auc"] is None
-        else after[t]["auc"] - before[t]["auc"]
-        for t in before
-    }
 
 
 def finetune_base(
@@ -74,7 +65,7 @@ def finetune_step(
         "new_category_test_after": after["new"],
         "old_category_test_before": before["old"],
         "old_category_test_after": after["old"],
-        "old_category_auc_change": _auc_change(before["old"], after["old"]),
+        "old_category_auc_change": auc_change(before["old"], after["old"]),
         "finetune_rows": len(data.fit),
         "validation_rows": len(data.valid),
         "trainable_parameters": adapted.outcome.trainable,

@@ -31,7 +31,7 @@ from feast.types import Float32, Int64
 from feast.utils import _coerce_datetime, to_naive_utc
 
 from shopguide.errors import ShopguideError
-from shopguide.serving.features import SqliteReader, make_reader
+from shopguide.serving.features import SqliteReader, is_sqlite_store
 
 log = logging.getLogger(__name__)
 # A ValueProto holding only `float_val` (field 6, fixed32): this tag byte + 4 little-endian bytes.
@@ -186,7 +186,7 @@ def online_writer(store: FeatureStore, bulk_sqlite: bool = True) -> Iterator[Wri
     def through_feast(view: FeatureView, batch: pa.RecordBatch) -> None:
         store.write_to_online_store(view.name, df=batch.to_pandas())
 
-    if not bulk_sqlite or not isinstance(make_reader(store), SqliteReader):
+    if not bulk_sqlite or not is_sqlite_store(store):
         yield through_feast
         return
     writer = SqliteBulkWriter(store)

@@ -354,13 +354,17 @@ class FeastReader:
         return out, valid
 
 
+def is_sqlite_store(store: FeatureStore) -> bool:
+    """Whether the repo's online store is Feast's SQLite store."""
+    kind = str(store.config.online_store.type)
+    return kind == "sqlite" or kind.endswith("SqliteOnlineStore")
+
+
 def make_reader(store: FeatureStore, kind: str = "auto") -> Reader:
     """`SqliteReader` for a SQLite online store (unless `kind` is "feast"), else `FeastReader`."""
     if kind not in ("auto", "sqlite", "feast"):
         raise ShopguideError(f"unknown online reader {kind!r}: use auto, sqlite or feast")
-    is_sqlite = store.config.online_store.type in ("sqlite",) or str(
-        store.config.online_store.type
-    ).endswith("SqliteOnlineStore")
+    is_sqlite = is_sqlite_store(store)
     if kind == "sqlite" and not is_sqlite:
         raise ShopguideError(
             f"the sqlite reader needs a SQLite online store, not {store.config.online_store.type}"

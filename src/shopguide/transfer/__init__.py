@@ -34,6 +34,7 @@ __all__ = [
     "Adapted",
     "TransferData",
     "adapt",
+    "auc_change",
     "choose",
     "largest_drop",
     "transfer_data",
@@ -51,14 +52,19 @@ class Adapted:
     old_validation_drop: dict[str, float] = field(default_factory=dict)
 
 
+def auc_change(before: dict, after: dict) -> dict[str, float | None]:
+    """Per task, AUC after minus before (task metrics); None where either has no AUC."""
+    return {
+        t: None
+        if after[t]["auc"] is None or before[t]["auc"] is None
+        else after[t]["auc"] - before[t]["auc"]
+        for t in before
+    }
+
+
 def largest_drop(before: dict, after: dict) -> float:
     """The largest per-task AUC drop from `before` to `after` (task metrics); 0 when none."""
-    drops = [
-        before[t]["auc"] - after[t]["auc"]
-        for t in before
-        if before[t]["auc"] is not None and after[t]["auc"] is not None
-    ]
-    return max([0.0, *drops])
+    return max([0.0, *(-c for c in auc_change(before, after).values() if c is not None)])
 
 
 def choose(validation: dict[str, float], drops: dict[str, float], tolerance: float) -> str:
