@@ -107,16 +107,20 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--seeds", default="1,2,3")
-    ap.add_argument("--max-epochs", type=int, default=6)
-    ap.add_argument("--patience", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=4096)
-    ap.add_argument("--learning-rate", type=float, default=0.004)
+    # Defaults: the train.* settings of --params.
+    ap.add_argument("--max-epochs", type=int)
+    ap.add_argument("--patience", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--learning-rate", type=float)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--out", type=Path, default=Path("reports/benchmarks/taobao_mtl_v1.json"))
     args = ap.parse_args()
     setup_logging()
     torch.set_num_threads(2)
     params = load_params(args.params)
+    for field in ("max_epochs", "patience", "batch_size", "learning_rate"):
+        if getattr(args, field) is None:
+            setattr(args, field, getattr(params.train, field))
     tasks = params.protocol.tasks
     frame = read_training_set(args.training_set)
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]

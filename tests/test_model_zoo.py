@@ -122,6 +122,34 @@ def test_saved_mmoe_without_kind_still_loads() -> None:
     assert parse_config(raw).kind == "mmoe"
 
 
+@pytest.mark.parametrize("name", ["mmoe", "esmm"])
+def test_output_biases_start_at_the_training_base_rates(
+    name: str, pipeline_run: PipelineRun, splits: tuple
+) -> None:
+    fit_part = splits[0]
+    model = build_model(fit_part, small_params(pipeline_run.params, name))
+    rates = fit_part[list(pipeline_run.params.protocol.tasks)].mean().to_numpy()
+    assert model.config.base_rates == pytest.approx(rates)
+    expected = rates.copy()
+    if name == "esmm":  # buy's own output is p(buy | cart), capped where buys exceed carts
+        expected[2] = min(rates[2] / rates[0], 0.9)
+    assert torch.sigmoid(model.output.bias).detach().numpy() == pytest.approx(expected, rel=1e-4)
+    assert model.output.dense is not None  # params.yaml: model.wide
+    assert torch.count_nonzero(model.output.dense.weight) == 0  # starts as the prior alone
+
+
+def test_narrow_models_and_configs_saved_before_output_layers(
+    pipeline_run: PipelineRun, splits: tuple
+) -> None:
+    params = small_params(pipeline_run.params, "mmoe")
+    narrow = params.model_copy(update={"model": params.model.model_copy(update={"wide": False})})
+    model = build_model(splits[0], narrow)
+    assert model.output is not None and model.output.dense is None
+    old = build(model.config.model_copy(update={"base_rates": ()}))
+    assert old.output is None
+    assert not any(k.startswith("output.") for k in old.state_dict())
+
+
 def test_esmm_chains_probabilities() -> None:
     parent, conditional = torch.randn(1000) * 4, torch.randn(1000) * 4
     chained = torch.sigmoid(product_logit(parent, conditional))

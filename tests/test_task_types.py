@@ -76,6 +76,23 @@ def test_aux_labels_count_events_at_or_after_t0(tmp_path: Path) -> None:
     assert got["cart"].tolist() == [1, 0]
 
 
+def test_aux_heads_start_at_their_training_priors() -> None:
+    labels = np.array([0, 0, 0, 1, 2, 2, 3, 3], dtype=np.float64)
+    multiclass = AuxTask.from_params(
+        AuxTaskParams(name="m", type="multiclass", behavior="pv", n_classes=4), labels
+    )
+    start = torch.softmax(torch.tensor(multiclass.initial_bias()), dim=0)
+    assert start.tolist() == pytest.approx([3 / 8, 1 / 8, 2 / 8, 2 / 8])
+    binary = AuxTask.from_params(
+        AuxTaskParams(name="b", type="binary", behavior="pv"), (labels > 2).astype(float)
+    )
+    assert torch.sigmoid(torch.tensor(binary.initial_bias())).item() == pytest.approx(2 / 8)
+    regression = AuxTask.from_params(
+        AuxTaskParams(name="r", type="regression", behavior="pv"), labels
+    )
+    assert regression.initial_bias() == [0.0]  # it predicts the standardised label
+
+
 def test_task_losses_by_type() -> None:
     """Binary columns get BCE; each auxiliary task its own loss on its own columns."""
     aux = (

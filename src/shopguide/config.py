@@ -159,6 +159,7 @@ class ModelParams(Strict):
     expert_hidden: tuple[PositiveInt, ...] = (128, 64)  # every expert, bottom and column
     tower_hidden: tuple[PositiveInt, ...] = (32,)
     dropout: Fraction = 0.1
+    wide: bool = True  # a linear term on the dense features in every head (Wide & Deep)
     sharing_l2: Annotated[float, Field(ge=0)] = 1e-4  # soft sharing: pull toward the mean
     chain: dict[str, str] = Field(default_factory=lambda: {"buy": "cart"})  # ESMM child: parent
     calibration_weight: Annotated[float, Field(ge=0)] = 0.0  # AITM funnel calibrator

@@ -34,7 +34,7 @@ def _dense_stats(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[list, l
 
 
 def build_model(frame: pd.DataFrame, params: Params) -> MultiTaskModel:
-    """The model `params.model.name`, with dense statistics taken from `frame`."""
+    """The model `params.model.name`, with dense statistics and base rates from `frame`."""
     dense = tuple(model_feature_columns())
     mean, std = _dense_stats(frame, dense)
     aux = params.protocol.aux_tasks
@@ -44,9 +44,11 @@ def build_model(frame: pd.DataFrame, params: Params) -> MultiTaskModel:
             f"the training set has no label columns {missing}; rebuild the exposures and "
             "training set with these protocol.aux_tasks (`shopguide ingest`, `shopguide features`)"
         )
+    tasks = params.protocol.tasks
     config = make_config(
         params.model,
-        tasks=params.protocol.tasks,
+        tasks=tasks,
+        base_rates=tuple(float(frame[t].mean()) if len(frame) else 0.5 for t in tasks),
         dense_features=dense,
         dense_mean=mean,
         dense_std=std,

@@ -5,6 +5,7 @@ rely on (`forward(user, item, category, dense)` -> logits (batch, tasks))."""
 from __future__ import annotations
 
 import itertools
+import math
 from typing import ClassVar
 
 import torch
@@ -33,6 +34,10 @@ class ModelConfig(BaseModel):
     tower_hidden: tuple[int, ...]
     dropout: float
     aux_tasks: tuple[AuxTask, ...] = ()  # trained beside `tasks`, never served
+    # Training positive rate of each binary task: the output biases start at their log-odds.
+    # Empty (configs saved before output layers existed): no output layer, as those models.
+    base_rates: tuple[float, ...] = ()
+    wide: bool = False  # the output layer also has a linear term on the dense features
 
     def head_names(self) -> tuple[str, ...]:
         """Every task with a head: the binary `tasks`, then the auxiliary ones."""
@@ -134,9 +139,44 @@ class Encoder(nn.Module):
         return torch.cat([self.embedding(self.rows(user, item, category)).flatten(1), dense], dim=1)
 
 
+class OutputLayer(nn.Module):
+    """What every head adds to its tower's logit: a bias that starts at the task's prior
+    log-odds (an auxiliary head: its classes' log-shares), and with `config.wide` a linear
+    term on the standardised dense features (the "wide" part of Wide & Deep). With positive
+    rates of 0.4-2% a zero-initialised bias costs the first epochs of training on learning the
+    base rate, by when the towers have begun to memorise ids; the linear term keeps the
+    monotone effects of counts that a deep tower trained on few positives loses (measured on
+    taobao-mtl-v1, docs/benchmarks.md)."""
+
+    def __init__(self, config: ModelConfig, prior_logits: list[float]) -> None:
+        super().__init__()
+        widths = config.head_widths()
+        self.offset = 3 * config.embedding_dim
+        self.dense = (
+            nn.Linear(len(config.dense_features), sum(widths), bias=False) if config.wide else None
+        )
+        if self.dense is not None:
+            nn.init.zeros_(self.dense.weight)
+        aux = [b for a in config.aux_tasks for b in a.initial_bias()]
+        self.bias = nn.Parameter(torch.tensor(prior_logits + aux, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, heads) to add to the logits; `x` is `encode`'s output, whose first block
+        holds the dense features after the id embeddings."""
+        if self.dense is None:
+            return self.bias
+        return self.bias + self.dense(x[:, self.offset : self.offset + self.dense.in_features])
+
+
+def log_odds(rate: float) -> float:
+    rate = min(max(rate, 1e-6), 1 - 1e-6)
+    return math.log(rate / (1 - rate))
+
+
 class MultiTaskModel(nn.Module):
     """Base of every model: `encode` turns raw inputs into the input representation, `heads`
-    turns it into one logit per task. Splitting the two lets GradNorm weigh task gradients on
+    turns it into one logit per task (`task_logits` of the subclass plus the shared output
+    layer, then `combine`). Splitting encode and heads lets GradNorm weigh task gradients on
     the representation."""
 
     config: ModelConfig
@@ -146,6 +186,15 @@ class MultiTaskModel(nn.Module):
         self.config = config
         self.encoders = nn.ModuleList(Encoder(config) for _ in range(encoders))
         self.in_dim = self.encoders[0].out_dim
+        self.output = (
+            OutputLayer(config, [log_odds(r) for r in self.prior_rates()])
+            if config.base_rates
+            else None
+        )
+
+    def prior_rates(self) -> list[float]:
+        """The rate each binary head's own output models; a chained task overrides this."""
+        return list(self.config.base_rates)
 
     def encode(
         self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor, dense: torch.Tensor
@@ -154,9 +203,20 @@ class MultiTaskModel(nn.Module):
         more than one)."""
         return torch.cat([e(user, item, category, dense) for e in self.encoders], dim=1)
 
+    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The towers' outputs side by side, (batch, sum of `config.head_widths()`)."""
+        raise NotImplementedError
+
+    def combine(self, logits: torch.Tensor) -> torch.Tensor:
+        """Heads computed from other heads' logits (ESMM's chain); others as they are."""
+        return logits
+
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         """Every head's outputs side by side, (batch, sum of `config.head_widths()`)."""
-        raise NotImplementedError
+        logits = self.task_logits(x)
+        if self.output is not None:
+            logits = logits + self.output(x)
+        return self.combine(logits)
 
     def forward(
         self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor, dense: torch.Tensor

@@ -47,13 +47,24 @@ class ESMM(MultiTaskModel):
             for w in config.head_widths()
         )
 
-    def heads(self, x: torch.Tensor) -> torch.Tensor:
+    def prior_rates(self) -> list[float]:
+        """A chained task's own output is the conditional rate p(child | parent), started
+        at most at 0.9: a saturated sigmoid would not learn (Taobao buys exceed carts)."""
+        rates, tasks = self.config.base_rates, self.config.tasks
+        return [
+            rate
+            if task not in self.config.chain
+            else min(rate / max(rates[tasks.index(self.config.chain[task])], 1e-6), 0.9)
+            for task, rate in zip(tasks, rates, strict=True)
+        ]
+
+    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t(x) for t in self.towers], dim=1)
+
+    def combine(self, logits: torch.Tensor) -> torch.Tensor:
         tasks = self.config.tasks
-        logits: list[torch.Tensor] = []
-        for task, t in zip(self.config.head_names(), self.towers, strict=True):
-            own = t(x)
-            parent = self.config.chain.get(task)
-            logits.append(
-                own if parent is None else product_logit(logits[tasks.index(parent)], own)
-            )
-        return torch.cat(logits, dim=1)
+        heads: list[torch.Tensor] = []
+        for i, task in enumerate(self.config.head_names()):
+            own, parent = logits[:, i : i + 1], self.config.chain.get(task)
+            heads.append(own if parent is None else product_logit(heads[tasks.index(parent)], own))
+        return torch.cat(heads, dim=1)

@@ -39,7 +39,7 @@ class MMoE(MultiTaskModel):
     def shared_representation(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([e(x) for e in self.experts], dim=1).mean(dim=1)
 
-    def heads(self, x: torch.Tensor) -> torch.Tensor:
+    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
         experts = parallel_mlps(self.experts, x)  # (B, E, H)
         gates = torch.addmm(
             torch.cat([g.bias for g in self.gates]),

@@ -27,6 +27,6 @@ class SharedBottom(MultiTaskModel):
     def shared_modules(self) -> list[nn.Module]:
         return [self.bottom]
 
-    def heads(self, x: torch.Tensor) -> torch.Tensor:
+    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
         h = self.bottom(x)
         return torch.cat([t(h) for t in self.towers], dim=1)

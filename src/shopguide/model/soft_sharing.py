@@ -29,7 +29,7 @@ class SoftSharing(MultiTaskModel):
     def shared_modules(self) -> list[nn.Module]:
         return [self.bottoms]
 
-    def heads(self, x: torch.Tensor) -> torch.Tensor:
+    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([t(b(x)) for b, t in zip(self.bottoms, self.towers, strict=True)], dim=1)
 
     def penalty(self, logits: torch.Tensor) -> torch.Tensor:

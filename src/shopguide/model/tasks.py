@@ -27,10 +27,20 @@ class AuxTask(BaseModel):
     # Regression: the head predicts the standardised label (training labels' mean and std).
     label_mean: float = 0.0
     label_std: float = Field(default=1.0, gt=0)
+    # Binary and multiclass: the training share of each class (the head starts there).
+    class_shares: tuple[float, ...] = ()
 
     @property
     def width(self) -> int:
         return self.n_classes if self.type == "multiclass" else 1
+
+    def initial_bias(self) -> list[float]:
+        """The head's starting output: the log-odds or log-shares of the training classes
+        (regression heads predict a standardised label, whose prior is 0)."""
+        if not self.class_shares:
+            return [0.0] * self.width
+        logs = np.log(np.clip(self.class_shares, 1e-6, None))
+        return [float(logs[1] - logs[0])] if self.type == "binary" else logs.tolist()
 
     @classmethod
     def from_params(cls, params: AuxTaskParams, labels: np.ndarray) -> AuxTask:
@@ -44,7 +54,16 @@ class AuxTask(BaseModel):
             n_classes=params.n_classes,
             label_mean=float(labels.mean()) if regression else 0.0,
             label_std=max(float(labels.std()), 1e-3) if regression else 1.0,
+            class_shares=_shares(params, labels),
         )
+
+
+def _shares(params: AuxTaskParams, labels: np.ndarray) -> tuple[float, ...]:
+    if params.type == "regression" or len(labels) == 0:
+        return ()
+    classes = 2 if params.type == "binary" else params.n_classes
+    counts = np.bincount(labels.astype(np.int64).clip(0, classes - 1), minlength=classes)
+    return tuple(float(c) for c in counts / counts.sum())
 
 
 def aux_loss(task: AuxTask, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
