@@ -5,14 +5,13 @@ rely on (`forward(user, item, category, dense)` -> logits (batch, tasks))."""
 from __future__ import annotations
 
 import itertools
-import math
 from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from shopguide.model.tasks import AuxTask
+from shopguide.model.tasks import AuxTask, log_odds
 
 # Multiplicative hashing spreads raw ids over the buckets; unknown ids need no vocabulary.
 _HASH = 2654435761
@@ -42,6 +41,11 @@ class ModelConfig(BaseModel):
     def head_names(self) -> tuple[str, ...]:
         """Every task with a head: the binary `tasks`, then the auxiliary ones."""
         return (*self.tasks, *(a.name for a in self.aux_tasks))
+
+    def id_width(self) -> int:
+        """Columns of an encoder block taken by the user, item and category embeddings (the
+        dense features follow them)."""
+        return 3 * self.embedding_dim
 
     def head_widths(self) -> tuple[int, ...]:
         """Output columns of each head, in `head_names` order."""
@@ -125,7 +129,7 @@ class Encoder(nn.Module):
         self.register_buffer("sizes", torch.tensor(self.buckets), persistent=False)
         self.register_buffer("dense_mean", torch.tensor(config.dense_mean, dtype=torch.float32))
         self.register_buffer("dense_std", torch.tensor(config.dense_std, dtype=torch.float32))
-        self.out_dim = 3 * config.embedding_dim + len(config.dense_features)
+        self.out_dim = config.id_width() + len(config.dense_features)
 
     def rows(self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         """(batch, 3) rows of the fused table that the user, item and category ids hash to."""
@@ -148,17 +152,19 @@ class OutputLayer(nn.Module):
     monotone effects of counts that a deep tower trained on few positives loses (measured on
     taobao-mtl-v1, docs/benchmarks.md)."""
 
-    def __init__(self, config: ModelConfig, prior_logits: list[float]) -> None:
+    def __init__(self, config: ModelConfig, rates: list[float]) -> None:
+        """`rates`: the positive rate each binary head's own output starts at."""
         super().__init__()
         widths = config.head_widths()
-        self.offset = 3 * config.embedding_dim
+        self.offset = config.id_width()
         self.dense = (
             nn.Linear(len(config.dense_features), sum(widths), bias=False) if config.wide else None
         )
         if self.dense is not None:
             nn.init.zeros_(self.dense.weight)
         aux = [b for a in config.aux_tasks for b in a.initial_bias()]
-        self.bias = nn.Parameter(torch.tensor(prior_logits + aux, dtype=torch.float32))
+        bias = [log_odds(r) for r in rates] + aux
+        self.bias = nn.Parameter(torch.tensor(bias, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, heads) to add to the logits; `x` is `encode`'s output, whose first block
@@ -166,11 +172,6 @@ class OutputLayer(nn.Module):
         if self.dense is None:
             return self.bias
         return self.bias + self.dense(x[:, self.offset : self.offset + self.dense.in_features])
-
-
-def log_odds(rate: float) -> float:
-    rate = min(max(rate, 1e-6), 1 - 1e-6)
-    return math.log(rate / (1 - rate))
 
 
 class MultiTaskModel(nn.Module):
@@ -186,11 +187,7 @@ class MultiTaskModel(nn.Module):
         self.config = config
         self.encoders = nn.ModuleList(Encoder(config) for _ in range(encoders))
         self.in_dim = self.encoders[0].out_dim
-        self.output = (
-            OutputLayer(config, [log_odds(r) for r in self.prior_rates()])
-            if config.base_rates
-            else None
-        )
+        self.output = OutputLayer(config, self.prior_rates()) if config.base_rates else None
 
     def prior_rates(self) -> list[float]:
         """The rate each binary head's own output models; a chained task overrides this."""
@@ -251,7 +248,7 @@ class MultiTaskModel(nn.Module):
         """Sum of squares of the embedding rows a batch looked up (the first 3 * dim columns
         of each encoder's block of `representation`): the L2 term that keeps the tables'
         gradients sparse, unlike a penalty on whole tables."""
-        width = 3 * self.config.embedding_dim
+        width = self.config.id_width()
         return sum(b[:, :width].pow(2).sum() for b in representation.split(self.in_dim, dim=1))
 
     def penalty(self, logits: torch.Tensor) -> torch.Tensor:

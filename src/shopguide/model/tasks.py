@@ -4,6 +4,7 @@ then every auxiliary task's columns (one, or n_classes for multiclass)."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -12,6 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
 from shopguide.config import AuxTaskParams
+
+
+def log_odds(rate: float) -> float:
+    """A head's starting logit for a positive rate (clipped away from 0 and 1)."""
+    rate = min(max(rate, 1e-6), 1 - 1e-6)
+    return math.log(rate / (1 - rate))
 
 
 class AuxTask(BaseModel):
@@ -39,8 +46,9 @@ class AuxTask(BaseModel):
         (regression heads predict a standardised label, whose prior is 0)."""
         if not self.class_shares:
             return [0.0] * self.width
-        logs = np.log(np.clip(self.class_shares, 1e-6, None))
-        return [float(logs[1] - logs[0])] if self.type == "binary" else logs.tolist()
+        if self.type == "binary":
+            return [log_odds(self.class_shares[1])]
+        return np.log(np.clip(self.class_shares, 1e-6, None)).tolist()
 
     @classmethod
     def from_params(cls, params: AuxTaskParams, labels: np.ndarray) -> AuxTask:
