@@ -3,6 +3,9 @@ read back through the real Taobao adapter."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from shopguide.config import Params
 from shopguide.errors import ShopguideError
 from shopguide.synth import World, bayes_auc, generate
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"events": 150_000, "users": 4_000, "items": 20_000, "categories": 60}
 
 
@@ -86,3 +90,19 @@ def test_bayes_auc_without_truth_is_a_clear_error(tmp_path: Path) -> None:
     p = params()
     with pytest.raises(ShopguideError, match=r"truth\.parquet: not found"):
         bayes_auc(tmp_path / "truth.parquet", tmp_path / "x.parquet", p.data, p.protocol)
+
+
+def test_ceiling_benchmark_form_reproduces_bayes_and_fit_learns(tmp_path: Path) -> None:
+    """benchmarks/synth_ceiling.py end to end on a small run: the generator's form with the
+    true factors gives exactly the Bayes AUC (so the fitted form is the right one), and the
+    fitted factors score above chance but not above Bayes on every task."""
+    out = tmp_path / "run"
+    command = [sys.executable, "benchmarks/synth_ceiling.py", "--events", "200000"]
+    command += ["--out", str(out), "--results", str(tmp_path), "--l2", "1e-3", "--epochs", "2"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "synth-ceiling-200000.json").read_text())
+    assert report["true_factors_in_form_auc"] == report["bayes_auc"]
+    for task, auc in report["ceiling_auc"].items():
+        assert 0.55 < auc <= report["bayes_auc"][task], (task, auc)
+    assert report["chosen_l2"] == "0.001"
