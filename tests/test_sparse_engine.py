@@ -15,6 +15,7 @@ import torch
 from shopguide.metrics import task_metrics
 from shopguide.model.base import _HASH, PooledDropout
 from shopguide.model.fit import fit, predict, settings_from_params
+from shopguide.model.optim import row_sparse
 from shopguide.model.tensors import time_split, to_tensors
 from shopguide.train import build_model
 from tests.conftest import PipelineRun
@@ -93,3 +94,17 @@ def test_pooled_dropout_is_dropout() -> None:
     assert torch.equal(layer(x), y)
     assert not torch.equal(layer(x), y)
     assert torch.equal(layer.eval()(x), x)
+
+
+def test_row_sparse_is_to_sparse_by_rows() -> None:
+    """The fast dense-to-row-sparse conversion (a whole-table penalty's gradient, gradients
+    averaged across processes) keeps exactly the rows with a nonzero, as torch's own does."""
+    grad = torch.randn(1000, 8)
+    grad[torch.randperm(1000)[:900]] = 0.0
+    grad[5, 3] = 0.0  # a row with some zeros stays
+    fast, reference = row_sparse(grad), grad.to_sparse(sparse_dim=1).coalesce()
+    assert fast.is_coalesced()
+    assert torch.equal(fast.indices(), reference.indices())
+    assert torch.equal(fast.values(), reference.values())
+    assert fast.indices().shape[1] == 100
+    assert torch.equal(row_sparse(torch.zeros(4, 2)).to_dense(), torch.zeros(4, 2))

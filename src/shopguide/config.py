@@ -206,7 +206,7 @@ class FinetuneParams(Strict):
     patience: PositiveInt = 2
     # How to adapt (shopguide.transfer): frozen shared layers, L2-SP, adversarial (gradient
     # reversal), cold-start rows, or `auto`: each of `auto_strategies`, best on validation.
-    strategy: TransferStrategy | Literal["auto"] = "frozen"
+    strategy: TransferStrategy | Literal["auto"] = "l2sp"
     auto_strategies: Annotated[tuple[TransferStrategy, ...], Field(min_length=1)] = (
         "frozen",
         "l2sp",

@@ -34,7 +34,7 @@ from shopguide.logs import progress
 from shopguide.metrics import aux_task_metrics, mean_auc, task_metrics
 from shopguide.model.balance import make_balancer
 from shopguide.model.base import MultiTaskModel
-from shopguide.model.optim import EngineOptimizer
+from shopguide.model.optim import EngineOptimizer, row_sparse
 from shopguide.model.tasks import aux_predictions, task_losses
 from shopguide.model.tensors import Tensors
 
@@ -180,7 +180,7 @@ def _all_reduce_grads(params: list[nn.Parameter], size: int) -> None:
     offset = 0
     for p, s in zip(params, sparse, strict=True):
         grad = flat[offset : offset + p.numel()].view_as(p)
-        p.grad = grad.to_sparse(sparse_dim=1) if s else grad.clone()
+        p.grad = row_sparse(grad) if s else grad.clone()
         offset += p.numel()
 
 
