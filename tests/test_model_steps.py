@@ -79,7 +79,11 @@ def test_evaluation_has_slices_plots_and_report(pipeline_run: PipelineRun) -> No
                 if m[metric] is None:  # a slice without both outcomes for this task
                     continue
                 ci = m[f"{metric}_ci"]
-                assert ci["low"] <= m[metric] <= ci["high"], (task, metric, m)
+                assert 0 <= ci["low"] <= ci["high"], (task, metric, m)
+                # Resampling adds noise to every bin, so a resampled calibration error is biased
+                # upward and its percentile interval may sit just above a small point estimate.
+                if metric != "ece":
+                    assert ci["low"] <= m[metric] <= ci["high"], (task, metric, m)
     buy = ev["overall"]["buy"]
     assert 0 < buy["ece"] < 0.05 and 0.5 < buy["gauc"] < 1
     assert ev["bootstrap"] == {"samples": 500, "confidence": 0.95, "seed": 7}
