@@ -5,6 +5,8 @@ Each step runs in its own child process so its wall time and peak resident memor
 Usage: nice python benchmarks/synth_scale.py --events 1000000 --out /tmp/synth1m
 [--offline-join feast --offline-store file|duckdb] (the training-set join; default the params'
 DuckDB ASOF JOIN. Feast's stores ran out of memory at 1M events: benchmarks/offline_store.py)
+[--snapshot-interval-s category=3600] (feature grain per entity over the params'; the protocol's
+10M figures before exact features: user=3600,item=3600,category=3600)
 Prints one JSON line per step and writes <out>/synth_scale.json.
 """
 
@@ -51,6 +53,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--offline-join", choices=["duckdb_asof", "feast"], default="duckdb_asof")
     parser.add_argument("--offline-store", choices=["duckdb", "file"], default="file")
+    # At 1 s a category's table holds about three rows per event (30M at 10M events).
+    parser.add_argument(
+        "--snapshot-interval-s",
+        default="category=3600",
+        help="ENTITY=SECONDS[,...] over the params' features.snapshot_interval_s",
+    )
     a = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = a.out.resolve()
@@ -62,6 +70,9 @@ def main() -> None:
     raw["validation"]["report_dir"] = str(out / "validation")
     raw["features"]["repo"] = str(out / "feature_repo")
     raw["features"]["offline_join"] = a.offline_join
+    for entry in a.snapshot_interval_s.split(","):
+        entity, seconds = entry.split("=")
+        raw["features"]["snapshot_interval_s"][entity] = int(seconds)
     params = out / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     repo = out / "feature_repo"

@@ -26,7 +26,8 @@ def test_project_params_load() -> None:
         ("bogus: 1\n", "bogus"),
         ("gate:\n  auc_floor: {cart: 0.5}\n", "gate.auc_floor has no entry for tasks"),
         ("protocol:\n  test_start: 1\n", "window_start < test_start"),
-        ("features:\n  snapshot_interval_hours: 5\n", "features.snapshot_interval_hours"),
+        ("features:\n  snapshot_interval_s: {user: 7, item: 1, category: 1}\n", "user=7"),
+        ("features:\n  snapshot_interval_s: {user: 1}\n", "no entry for ['category', 'item']"),
         ("train: [1, 2\n", "not valid YAML"),
     ],
 )

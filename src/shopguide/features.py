@@ -1,9 +1,10 @@
 """Point-in-time behaviour features: compute them, register them in Feast, join and materialize.
 
-Feature rows are snapshots at multiples of `snapshot_interval_hours`: a row at time T counts
-events with ts < T only. Rows are written wherever a value changes (an event lands in a bucket
-or leaves a trailing window), so Feast's point-in-time join (latest row at or before t0) never
-sees an event at or after an exposure's t0.
+Feature rows are snapshots at multiples of the entity's `features.snapshot_interval_s` (1 s by
+default, so exact as of t0): a row at time T counts events with ts < T only.
+Rows are written wherever a value changes (an event lands in a bucket or leaves a trailing
+window), so Feast's point-in-time join (latest row at or before t0) never sees an event at or
+after an exposure's t0.
 
 Feast holds the definitions (registry) and serves the online store. The training set is that
 point-in-time join, by default run as a streaming DuckDB ASOF JOIN on the same Parquet sources
@@ -95,12 +96,16 @@ def _stats_sql(key: str, events_sql: str, interval: int, origin: int) -> str:
     """
 
 
+def first_snapshot(params: Params) -> int:
+    """Midnight (UTC) before the window: at or before every entity's first snapshot row, since
+    every interval divides a day."""
+    return params.protocol.window_start // 86400 * 86400
+
+
 def write_feature_tables(events: Path, repo: Path, params: Params) -> dict[str, int]:
     """Write the Parquet sources of every feature view into `<repo>/data/`."""
     con = connect(params.data)
     events_sql = window_events_sql(events, params.protocol)
-    interval = params.features.snapshot_interval_hours * 3600
-    origin = params.protocol.window_start // interval * interval
     data_dir = repo / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     (events_count,) = con.execute(f"SELECT count(*) FROM {events_sql}").fetchone()
@@ -108,6 +113,8 @@ def write_feature_tables(events: Path, repo: Path, params: Params) -> dict[str, 
     rows = {}
     for entity, key in track(ENTITIES.items(), "feature tables", total=len(ENTITIES)):
         name = stats_view(entity)
+        interval = params.features.snapshot_interval_s[entity]
+        origin = params.protocol.window_start // interval * interval
         with atomic_path(data_dir / f"{name}.parquet") as tmp:
             # DuckDB's window operator holds its whole input in memory, so each pass takes the
             # entities of one hash bucket; the parts are then streamed into one file.
@@ -125,7 +132,7 @@ def write_feature_tables(events: Path, repo: Path, params: Params) -> dict[str, 
     with atomic_path(data_dir / f"{ITEM_ATTRIBUTES_VIEW}.parquet") as tmp:
         attributes = f"""
             SELECT item_id, arg_min(category_id, ts) AS category_id,
-                   to_timestamp({origin}) AS event_timestamp
+                   to_timestamp({first_snapshot(params)}) AS event_timestamp
             FROM {events_sql} GROUP BY item_id"""
         con.execute(f"COPY ({attributes}) TO {sql_path(tmp)} (FORMAT parquet)")
         rows[ITEM_ATTRIBUTES_VIEW] = _rows(con, tmp)
@@ -234,7 +241,8 @@ def feast_training_set(store: FeatureStore, exposures: Path, out: Path) -> int:
         raise ShopguideError(f"{exposures}: no exposures to build a training set from")
     # Feast's file store de-duplicates on (join keys, timestamp) per view, which would drop all
     # but one exposure of a user at the same second. Microsecond tie-breaks keep every row and
-    # cannot reach a later snapshot, since snapshots sit on whole-hour boundaries.
+    # cannot reach a later snapshot: snapshots sit on whole seconds, and fewer than a million
+    # exposures share a second.
     tiebreak = entity_df.groupby("t0").cumcount().to_numpy()
     entity_df["event_timestamp"] = pd.to_datetime(
         entity_df["t0"].to_numpy() * 1_000_000 + tiebreak, unit="us", utc=True
@@ -282,9 +290,9 @@ def materialize_online(
     ((max_ts,),) = con.execute(
         f"SELECT max(ts) FROM {window_events_sql(events, params.protocol)}"
     ).fetchall()
-    interval = params.features.snapshot_interval_hours * 3600
+    interval = max(params.features.snapshot_interval_s.values())
     end = datetime.fromtimestamp(max_ts + max(WINDOW_HOURS) * 3600 + 2 * interval, tz=UTC)
-    start = datetime.fromtimestamp(params.protocol.window_start // interval * interval, tz=UTC)
+    start = datetime.fromtimestamp(first_snapshot(params), tz=UTC)
     repo = Path(store.repo_path)
     views = [v for v in store.list_feature_views() if v.online]
     with online_writer(store, bulk_sqlite) as write:
