@@ -61,18 +61,20 @@ def main() -> None:
     )
     a = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for entry in a.snapshot_interval_s.split(","):
+        entity, _, seconds = entry.partition("=")
+        if entity not in raw["features"]["snapshot_interval_s"] or not seconds.isdigit():
+            parser.error(f"--snapshot-interval-s: {entry!r} is not ENTITY=SECONDS")
+        raw["features"]["snapshot_interval_s"][entity] = int(seconds)
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["synth"]["events"] = a.events
     raw["synth"]["users"] = max(20_000, a.events // 50)
     raw["synth"]["items"] = max(100_000, a.events // 10)
     raw["validation"]["report_dir"] = str(out / "validation")
     raw["features"]["repo"] = str(out / "feature_repo")
     raw["features"]["offline_join"] = a.offline_join
-    for entry in a.snapshot_interval_s.split(","):
-        entity, seconds = entry.split("=")
-        raw["features"]["snapshot_interval_s"][entity] = int(seconds)
     params = out / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     repo = out / "feature_repo"
