@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from shopguide.config import Params, load_params
+from shopguide.config import FeatureEntity, Params, load_params
 from shopguide.errors import ShopguideError
+from shopguide.feature_spec import ENTITIES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,3 +45,9 @@ def test_bad_params_name_the_field(tmp_path: Path, text: str, fragment: str) -> 
 def test_missing_params_file(tmp_path: Path) -> None:
     with pytest.raises(ShopguideError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_feature_entities_are_those_with_feature_views() -> None:
+    """The per-entity settings name exactly the entities the Feast repo has stats views for."""
+    assert set(get_args(FeatureEntity)) == set(ENTITIES)
+    assert set(load_params(ROOT / "params.yaml").features.snapshot_interval_s) == set(ENTITIES)

@@ -7,7 +7,7 @@ so a typo in `params.yaml` fails fast instead of silently falling back to a defa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,6 +21,8 @@ BEHAVIOURS: tuple[str, ...] = ("pv", "cart", "fav", "buy")
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
+# The entities with behaviour features (shopguide.feature_spec.ENTITIES, which imports this).
+FeatureEntity = Literal["user", "item", "category"]
 
 
 class Strict(BaseModel):
@@ -138,7 +140,7 @@ class FeatureParams(Strict):
     # event, so at scale coarsen the busiest entity: categories at 3600 s cost 0.003-0.005 of
     # cart AUC (docs/benchmarks.md). Serving matches this when events reach the online store
     # as they happen; with batch materialization only, set its cadence here.
-    snapshot_interval_s: dict[Literal["user", "item", "category"], PositiveInt] = Field(
+    snapshot_interval_s: dict[FeatureEntity, PositiveInt] = Field(
         default_factory=lambda: {"user": 1, "item": 1, "category": 1}
     )
     # Engine of the point-in-time training-set join: a streaming DuckDB ASOF JOIN on the
@@ -149,7 +151,7 @@ class FeatureParams(Strict):
 
     @model_validator(mode="after")
     def _intervals_divide_a_day(self) -> FeatureParams:
-        missing = {"user", "item", "category"} - set(self.snapshot_interval_s)
+        missing = set(get_args(FeatureEntity)) - set(self.snapshot_interval_s)
         if missing:
             raise ValueError(f"snapshot_interval_s has no entry for {sorted(missing)}")
         for entity, seconds in self.snapshot_interval_s.items():
