@@ -5,8 +5,8 @@ Each step runs in its own child process so its wall time and peak resident memor
 Usage: nice python benchmarks/synth_scale.py --events 1000000 --out /tmp/synth1m
 [--offline-join feast --offline-store file|duckdb] (the training-set join; default the params'
 DuckDB ASOF JOIN. Feast's stores ran out of memory at 1M events: benchmarks/offline_store.py)
-[--snapshot-interval-s category=3600] (feature grain per entity over the params'; the protocol's
-10M figures before exact features: user=3600,item=3600,category=3600)
+[--snapshot-interval-s user=3600,item=3600,category=3600] (feature grain per entity over the
+params' 1 s; the hourly grain of the figures before exact features)
 Prints one JSON line per step and writes <out>/synth_scale.json.
 """
 
@@ -53,16 +53,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--offline-join", choices=["duckdb_asof", "feast"], default="duckdb_asof")
     parser.add_argument("--offline-store", choices=["duckdb", "file"], default="file")
-    # At 1 s a category's table holds about three rows per event (30M at 10M events).
     parser.add_argument(
         "--snapshot-interval-s",
-        default="category=3600",
-        help="ENTITY=SECONDS[,...] over the params' features.snapshot_interval_s",
+        default="",
+        help="ENTITY=SECONDS[,...] over the params' features.snapshot_interval_s (default: as is)",
     )
     a = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for entry in a.snapshot_interval_s.split(","):
+    for entry in filter(None, a.snapshot_interval_s.split(",")):
         entity, _, seconds = entry.partition("=")
         if entity not in raw["features"]["snapshot_interval_s"] or not seconds.isdigit():
             parser.error(f"--snapshot-interval-s: {entry!r} is not ENTITY=SECONDS")

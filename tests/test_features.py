@@ -11,6 +11,7 @@ import pytest
 
 from shopguide.config import DataParams, load_params
 from shopguide.duck import connect
+from shopguide.errors import ShopguideError
 from shopguide.feature_spec import FEATURE_SERVICE, model_feature_columns, stat_features
 from shopguide.features import asof_training_set, build_features, open_store, training_set
 from tests.conftest import PipelineRun, copy_feature_repo, write_params
@@ -190,3 +191,27 @@ def test_duckdb_settings_come_from_params(tmp_path: Path) -> None:
     assert settings["threads"] == "1"
     assert settings["temp_directory"] == str(tmp_path)
     assert settings["memory_limit"].startswith(("286", "300"))
+
+
+def test_spill_failure_is_a_clear_error_and_writes_no_training_set(
+    pipeline_run: PipelineRun, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    data = pipeline_run.params.data.model_copy(
+        update={"duckdb_memory_limit": "30MB", "duckdb_temp_directory": blocker / "spill"}
+    )
+    params = pipeline_run.params.model_copy(update={"data": data})
+    out = tmp_path / "training_set.parquet"
+    with pytest.raises(ShopguideError) as info:
+        build_features(
+            pipeline_run.events,
+            pipeline_run.exposures,
+            copy_feature_repo(tmp_path / "repo"),
+            out,
+            params,
+        )
+    message = str(info.value)
+    assert str(blocker / "spill") in message
+    assert "data.duckdb_temp_directory" in message and "30MB" in message
+    assert not out.exists()

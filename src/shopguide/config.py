@@ -137,9 +137,10 @@ class FeatureParams(Strict):
     # Each entity's feature rows are emitted at multiples of its interval (dividing a day), so
     # a training row sees events up to the last multiple before its t0. 1: exact as of t0
     # (Taobao test AUC +0.02-0.04 over hourly). At 1 s a table holds about three rows per
-    # event, so at scale coarsen the busiest entity: categories at 3600 s cost 0.003-0.005 of
-    # cart AUC (docs/benchmarks.md). Serving matches this when events reach the online store
-    # as they happen; with batch materialization only, set its cadence here.
+    # event (10M events: 8 min for the data layer); coarser is faster: categories at 3600 s
+    # cost 0.003-0.005 of cart AUC (docs/benchmarks.md). Serving matches this when events
+    # reach the online store as they happen; with batch materialization only, set its cadence
+    # here.
     snapshot_interval_s: dict[FeatureEntity, PositiveInt] = Field(
         default_factory=lambda: {"user": 1, "item": 1, "category": 1}
     )

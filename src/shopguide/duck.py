@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 
 from shopguide.config import DataParams
+from shopguide.errors import ShopguideError
 
 
 def connect(params: DataParams) -> duckdb.DuckDBPyConnection:
@@ -15,11 +18,29 @@ def connect(params: DataParams) -> duckdb.DuckDBPyConnection:
     con.execute(f"SET memory_limit = '{params.duckdb_memory_limit}'")
     con.execute(f"SET threads = {params.duckdb_threads}")
     con.execute("SET preserve_insertion_order = false")
-    # Spill where params say, by default the system temp dir, never into whatever directory
-    # the step runs in.
-    spill = params.duckdb_temp_directory or Path(tempfile.gettempdir()) / "shopguide-duckdb"
-    con.execute(f"SET temp_directory = {sql_path(spill)}")
+    con.execute(f"SET temp_directory = {sql_path(spill_directory(params))}")
     return con
+
+
+def spill_directory(params: DataParams) -> Path:
+    """Where DuckDB spills: params' choice, by default the system temp dir, never into
+    whatever directory the step runs in."""
+    return params.duckdb_temp_directory or Path(tempfile.gettempdir()) / "shopguide-duckdb"
+
+
+@contextlib.contextmanager
+def resource_errors(params: DataParams, what: str, hint: str = "") -> Iterator[None]:
+    """DuckDB's out-of-memory and I/O errors (a full spill disk, an unusable spill directory)
+    as a ShopguideError that names the limits to change, instead of a traceback."""
+    try:
+        yield
+    except (duckdb.OutOfMemoryException, duckdb.IOException) as exc:
+        raise ShopguideError(
+            f"{what}: {exc}. DuckDB runs under data.duckdb_memory_limit "
+            f"({params.duckdb_memory_limit}) and spills to {spill_directory(params)} "
+            f"(data.duckdb_temp_directory): free space there or point it at a larger disk"
+            f"{hint}."
+        ) from exc
 
 
 def sql_path(path: object) -> str:

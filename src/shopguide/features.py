@@ -1,10 +1,10 @@
 """Point-in-time behaviour features: compute them, register them in Feast, join and materialize.
 
 Feature rows are snapshots at multiples of the entity's `features.snapshot_interval_s` (1 s by
-default, so exact as of t0): a row at time T counts events with ts < T only.
-Rows are written wherever a value changes (an event lands in a bucket or leaves a trailing
-window), so Feast's point-in-time join (latest row at or before t0) never sees an event at or
-after an exposure's t0.
+default, so exact as of t0): a row at time T counts events with ts < T only (built by
+`shopguide.snapshots`). Rows are written wherever a value changes (an event lands in a bucket
+or leaves a trailing window), so Feast's point-in-time join (latest row at or before t0)
+never sees an event at or after an exposure's t0.
 
 Feast holds the definitions (registry) and serves the online store. The training set is that
 point-in-time join, by default run as a streaming DuckDB ASOF JOIN on the same Parquet sources
@@ -23,77 +23,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 from feast import FeatureStore
 from feast.repo_operations import parse_repo
 
-from shopguide.config import BEHAVIOURS, Params
-from shopguide.duck import connect, sql_path
+from shopguide.config import Params
+from shopguide.duck import connect, resource_errors, sql_path
 from shopguide.errors import ShopguideError
 from shopguide.exposures import window_events_sql
 from shopguide.feature_spec import (
     ENTITIES,
     FEATURE_SERVICE,
     ITEM_ATTRIBUTES_VIEW,
-    RATE_TASKS,
     WINDOW_HOURS,
     stats_view,
 )
 from shopguide.io import atomic_path
 from shopguide.logs import track
 from shopguide.online_write import online_writer
+from shopguide.snapshots import snapshot_table, table_schema
 
 log = logging.getLogger(__name__)
-# Events per pass of the snapshot-table build: fits DuckDB's window operator in a 2 GB limit.
+# Events per pass of the snapshot-table build: bounds the snapshot rows held in memory at once.
 EVENTS_PER_PASS = 2_000_000
 # Entities per write into the online store: bounds the values built at once.
 ONLINE_WRITE_ROWS = 100_000
-
-
-def _stats_sql(key: str, events_sql: str, interval: int, origin: int) -> str:
-    """SQL for one entity's snapshot rows (see module docstring).
-
-    Every entity also gets an all-zero row at `origin` (before any event): the state before
-    its first event, and the row Feast's file store needs to keep exposures of entities whose
-    first event is their own t0 (otherwise it drops them from the join).
-    """
-    counts = ", ".join(f"count(*) FILTER (WHERE behavior = '{b}') AS {b}" for b in BEHAVIOURS)
-    zeros = ", ".join(f"0 AS {b}" for b in BEHAVIOURS)
-    expiries = "\n".join(
-        f"UNION ALL SELECT {key}, T + {h * 3600} AS T, {zeros} FROM buckets" for h in WINDOW_HOURS
-    )
-    sums = ", ".join(f"sum({b}) AS {b}" for b in BEHAVIOURS)
-    windows = []
-    for h in WINDOW_HOURS:
-        frame = f"RANGE BETWEEN {h * 3600 - interval} PRECEDING AND CURRENT ROW"
-        windows += [
-            f"sum({b}) OVER (PARTITION BY {key} ORDER BY T {frame})::FLOAT AS {b}_{h}h"
-            for b in BEHAVIOURS
-        ]
-    windows += [
-        f"sum({b}) OVER (PARTITION BY {key} ORDER BY T ROWS UNBOUNDED PRECEDING)::FLOAT AS {b}_all"
-        for b in BEHAVIOURS
-    ]
-    rate_windows = [f"{WINDOW_HOURS[-1]}h", "all"]
-    rates = ", ".join(
-        f"({t}_{w} / ({'pv'}_{w} + 1.0))::FLOAT AS {t}_rate_{w}"
-        for w in rate_windows
-        for t in RATE_TASKS
-    )
-    return f"""
-        WITH buckets AS (
-            SELECT {key}, (ts // {interval} + 1) * {interval} AS T, {counts}
-            FROM {events_sql} GROUP BY ALL
-        ),
-        origins AS (SELECT DISTINCT {key}, {origin} AS T, {zeros} FROM buckets),
-        points AS (
-            SELECT {key}, T, {sums}
-            FROM (SELECT * FROM buckets UNION ALL SELECT * FROM origins {expiries})
-            GROUP BY ALL
-        ),
-        windowed AS (SELECT {key}, T, {", ".join(windows)} FROM points)
-        SELECT {key}, to_timestamp(T) AS event_timestamp, * EXCLUDE ({key}, T), {rates}
-        FROM windowed ORDER BY {key}, T
-    """
 
 
 def first_snapshot(params: Params) -> int:
@@ -115,20 +69,17 @@ def write_feature_tables(events: Path, repo: Path, params: Params) -> dict[str, 
         name = stats_view(entity)
         interval = params.features.snapshot_interval_s[entity]
         origin = params.protocol.window_start // interval * interval
-        with atomic_path(data_dir / f"{name}.parquet") as tmp:
-            # DuckDB's window operator holds its whole input in memory, so each pass takes the
-            # entities of one hash bucket; the parts are then streamed into one file.
-            parts = tmp.parent / "parts"
-            parts.mkdir()
+        rows[name] = 0
+        with (
+            atomic_path(data_dir / f"{name}.parquet") as tmp,
+            pq.ParquetWriter(tmp, table_schema(key)) as writer,
+        ):
+            # Each pass takes the entities of one hash bucket, so a pass's deltas fit in memory.
             for i in range(passes):
                 subset = f"(SELECT * FROM {events_sql} WHERE hash({key}) % {passes} = {i})"
-                query = _stats_sql(key, subset, interval, origin)
-                con.execute(
-                    f"COPY ({query}) TO {sql_path(parts / f'{i}.parquet')} (FORMAT parquet)"
-                )
-            merged = f"SELECT * FROM read_parquet({sql_path(parts / '*.parquet')})"
-            con.execute(f"COPY ({merged}) TO {sql_path(tmp)} (FORMAT parquet)")
-            rows[name] = _rows(con, tmp)
+                table = snapshot_table(con, key, subset, interval, origin)
+                writer.write_table(table)
+                rows[name] += table.num_rows
     with atomic_path(data_dir / f"{ITEM_ATTRIBUTES_VIEW}.parquet") as tmp:
         attributes = f"""
             SELECT item_id, arg_min(category_id, ts) AS category_id,
@@ -321,13 +272,17 @@ def build_features(events: Path, exposures: Path, repo: Path, out: Path, params:
         now = time.perf_counter()
         seconds[name], clock = round(now - clock, 1), now
 
-    rows = write_feature_tables(events, repo, params)
-    store = apply_repo(repo)
-    lap("tables_and_apply")
-    n = training_set(store, exposures, out, params)
-    lap("training_set")
-    end = materialize_online(store, events, params)
-    lap("online_store")
+    # At the 1 s grain the tables hold about three rows per event and entity, which the join
+    # sorts: 50M events spilled over 49 GB there.
+    hint = "; a coarser features.snapshot_interval_s makes smaller tables"
+    with resource_errors(params.data, "features", hint):
+        rows = write_feature_tables(events, repo, params)
+        store = apply_repo(repo)
+        lap("tables_and_apply")
+        n = training_set(store, exposures, out, params)
+        lap("training_set")
+        end = materialize_online(store, events, params)
+        lap("online_store")
     return {
         "feature_rows": rows,
         "training_rows": n,
