@@ -129,7 +129,8 @@ class Encoder(nn.Module):
         self.register_buffer("sizes", torch.tensor(self.buckets), persistent=False)
         self.register_buffer("dense_mean", torch.tensor(config.dense_mean, dtype=torch.float32))
         self.register_buffer("dense_std", torch.tensor(config.dense_std, dtype=torch.float32))
-        self.out_dim = config.id_width() + len(config.dense_features)
+        self.id_width = config.id_width()
+        self.out_dim = self.id_width + len(config.dense_features)
 
     def rows(self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         """(batch, 3) rows of the fused table that the user, item and category ids hash to."""
@@ -141,6 +142,10 @@ class Encoder(nn.Module):
     ) -> torch.Tensor:
         dense = (torch.log1p(dense.clamp_min(0)) - self.dense_mean) / self.dense_std
         return torch.cat([self.embedding(self.rows(user, item, category)).flatten(1), dense], dim=1)
+
+    def split(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A `forward` output as (id embeddings, standardised dense features)."""
+        return block[:, : self.id_width], block[:, self.id_width :]
 
 
 class OutputLayer(nn.Module):
@@ -156,7 +161,6 @@ class OutputLayer(nn.Module):
         """`rates`: the positive rate each binary head's own output starts at."""
         super().__init__()
         widths = config.head_widths()
-        self.offset = config.id_width()
         self.dense = (
             nn.Linear(len(config.dense_features), sum(widths), bias=False) if config.wide else None
         )
@@ -166,12 +170,11 @@ class OutputLayer(nn.Module):
         bias = [log_odds(r) for r in rates] + aux
         self.bias = nn.Parameter(torch.tensor(bias, dtype=torch.float32))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, heads) to add to the logits; `x` is `encode`'s output, whose first block
-        holds the dense features after the id embeddings."""
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        """(batch, heads) to add to the logits, from the standardised dense features."""
         if self.dense is None:
             return self.bias
-        return self.bias + self.dense(x[:, self.offset : self.offset + self.dense.in_features])
+        return self.bias + self.dense(dense)
 
 
 class MultiTaskModel(nn.Module):
@@ -200,6 +203,10 @@ class MultiTaskModel(nn.Module):
         more than one)."""
         return torch.cat([e(user, item, category, dense) for e in self.encoders], dim=1)
 
+    def blocks(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`encode`'s output `x` as (id embeddings, dense features), one pair per encoder."""
+        return [e.split(b) for e, b in zip(self.encoders, x.split(self.in_dim, dim=1), strict=True)]
+
     def task_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The towers' outputs side by side, (batch, sum of `config.head_widths()`)."""
         raise NotImplementedError
@@ -212,7 +219,7 @@ class MultiTaskModel(nn.Module):
         """Every head's outputs side by side, (batch, sum of `config.head_widths()`)."""
         logits = self.task_logits(x)
         if self.output is not None:
-            logits = logits + self.output(x)
+            logits = logits + self.output(self.blocks(x)[0][1])
         return self.combine(logits)
 
     def forward(
@@ -245,11 +252,10 @@ class MultiTaskModel(nn.Module):
                 m.embedding.sparse = sparse
 
     def embedding_square_sum(self, representation: torch.Tensor) -> torch.Tensor:
-        """Sum of squares of the embedding rows a batch looked up (the first 3 * dim columns
-        of each encoder's block of `representation`): the L2 term that keeps the tables'
-        gradients sparse, unlike a penalty on whole tables."""
-        width = self.config.id_width()
-        return sum(b[:, :width].pow(2).sum() for b in representation.split(self.in_dim, dim=1))
+        """Sum of squares of the embedding rows a batch looked up (`representation` is
+        `encode`'s output): the L2 term that keeps the tables' gradients sparse, unlike a
+        penalty on whole tables."""
+        return sum(ids.pow(2).sum() for ids, _ in self.blocks(representation))
 
     def penalty(self, logits: torch.Tensor) -> torch.Tensor:
         """A model's own regulariser added to the task losses (zero unless a model needs one);
