@@ -74,7 +74,7 @@ def write_feature_tables(events: Path, repo: Path, params: Params) -> dict[str, 
             atomic_path(data_dir / f"{name}.parquet") as tmp,
             pq.ParquetWriter(tmp, table_schema(key)) as writer,
         ):
-            # Each pass takes the entities of one hash bucket, so a pass's deltas fit in memory.
+            # Each pass takes the entities of one hash bucket, so a pass's rows fit in memory.
             for i in range(passes):
                 subset = f"(SELECT * FROM {events_sql} WHERE hash({key}) % {passes} = {i})"
                 table = snapshot_table(con, key, subset, interval, origin)

@@ -75,14 +75,13 @@ def snapshot_table(con, key: str, events_sql: str, interval: int, origin: int) -
         views = values[f"pv_{window}"] + 1.0
         for t in RATE_TASKS:
             values[f"{t}_rate_{window}"] = values[f"{t}_{window}"] / views
-    first = np.flatnonzero(start)
+    schema = table_schema(key)
     arrays = [
-        pa.array(keys[first][points >> _TIME_BITS]),
+        pa.array(keys[np.flatnonzero(start)][points >> _TIME_BITS]),
         pa.array(((points - point_base) + origin) * 1_000_000, TIMESTAMP),
     ]
-    names = count_features() + rate_features()
-    arrays += [pa.array(values[n].astype(np.float32)) for n in names]
-    return pa.Table.from_arrays(arrays, schema=table_schema(key))
+    arrays += [pa.array(values[n].astype(np.float32)) for n in schema.names[2:]]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def table_schema(key: str) -> pa.Schema:
