@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from shopguide.config import load_params
 from shopguide.feature_spec import model_feature_columns
-from shopguide.features import apply_repo, training_set, write_feature_tables
+from shopguide.features import apply_repo, fresh_repo, training_set, write_feature_tables
 from shopguide.io import write_json
 from shopguide.logs import setup_logging
 
@@ -44,12 +43,7 @@ def build(events: Path, exposures: Path, grain: dict, params, workdir: Path) -> 
     p = params.model_copy(
         update={"features": params.features.model_copy(update={"snapshot_interval_s": grain})}
     )
-    repo = workdir / "repo"
-    shutil.rmtree(repo, ignore_errors=True)
-    repo.mkdir(parents=True)
-    for source in (ROOT / "feature_repo").glob("*.py"):
-        shutil.copy(source, repo)
-    shutil.copy(ROOT / "feature_repo/feature_store.yaml", repo)
+    repo = fresh_repo(ROOT / "feature_repo", workdir / "repo")
     write_feature_tables(events, repo, p)
     out = workdir / "training_set.parquet"
     training_set(apply_repo(repo), exposures, out, p)

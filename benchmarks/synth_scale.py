@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from shopguide.features import fresh_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "shopguide.cli"]
@@ -76,10 +77,7 @@ def main() -> None:
     raw["features"]["offline_join"] = a.offline_join
     params = out / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
-    repo = out / "feature_repo"
-    repo.mkdir(exist_ok=True)
-    for f in (ROOT / "feature_repo").glob("*.py"):
-        shutil.copy(f, repo)
+    repo = fresh_repo(ROOT / "feature_repo", out / "feature_repo")
     store = yaml.safe_load((ROOT / "feature_repo/feature_store.yaml").read_text())
     store["offline_store"] = {"type": a.offline_store}
     (repo / "feature_store.yaml").write_text(yaml.safe_dump(store))

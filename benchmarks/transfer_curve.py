@@ -26,7 +26,6 @@ import argparse
 import copy
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +41,7 @@ from sklearn.metrics import roc_auc_score
 
 from shopguide.config import Params, load_params
 from shopguide.exposures import build_exposures
-from shopguide.features import build_features
+from shopguide.features import build_features, fresh_repo
 from shopguide.ingest import ingest_taobao
 from shopguide.io import atomic_path, write_json
 from shopguide.logs import setup_logging
@@ -82,11 +81,7 @@ def prepare(dataset: str, workdir: Path, params: Params) -> Path:
     if dataset == "synthetic":
         raw = workdir / "events.csv"
         generate(raw, workdir / "truth.parquet", params)
-    repo = workdir / "feature_repo"
-    repo.mkdir(exist_ok=True)
-    for source in (ROOT / "feature_repo").iterdir():
-        if source.is_file():
-            shutil.copy(source, repo / source.name)
+    repo = fresh_repo(ROOT / "feature_repo", workdir / "feature_repo")
     ingest_taobao(raw, workdir / "events.parquet", params.data)
     build_exposures(
         workdir / "events.parquet", workdir / "exposures.parquet", params.protocol, params.data

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from shopguide.config import Params, load_params
+from shopguide.features import fresh_repo
 
 # Tests run servers, clients and pipeline tasks side by side on few cores, where OpenMP threads
 # that spin while waiting cost several times their work. Set before any test imports torch;
@@ -24,13 +24,6 @@ SAMPLE = Path(
     )
 )
 FIXTURES = Path(os.environ.get("SHOPGUIDE_FIXTURES", ROOT.parent / "shared/data/fixtures"))
-FEATURE_REPO_FILES = (
-    "feature_store.yaml",
-    "entities.py",
-    "data_sources.py",
-    "feature_views.py",
-    "feature_services.py",
-)
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +34,8 @@ def sample() -> Path:
 
 
 def copy_feature_repo(dest: Path) -> Path:
-    """A fresh Feast repo (definitions only, no data) at `dest`."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in FEATURE_REPO_FILES:
-        shutil.copy(ROOT / "feature_repo" / name, dest / name)
-    return dest
+    """A fresh Feast repo (the project's definitions, no data) at `dest`."""
+    return fresh_repo(ROOT / "feature_repo", dest)
 
 
 def write_params(workdir: Path, raw_path: Path, **overrides: dict) -> Path:

@@ -13,7 +13,8 @@ from shopguide.config import DataParams, load_params
 from shopguide.duck import connect
 from shopguide.errors import ShopguideError
 from shopguide.feature_spec import FEATURE_SERVICE, model_feature_columns, stat_features
-from shopguide.features import asof_training_set, build_features, open_store, training_set
+from shopguide.features import build_features, open_store, training_set
+from shopguide.training_join import asof_training_set
 from tests.conftest import PipelineRun, copy_feature_repo, write_params
 
 

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from shopguide.config import BEHAVIOURS, DataParams
 from shopguide.duck import connect
 from shopguide.feature_spec import WINDOW_HOURS, count_features, rate_features
-from shopguide.snapshots import snapshot_table, table_schema
+from shopguide.snapshots import pass_metadata, pass_row_groups, snapshot_table, table_schema
 
 ORIGIN = 1511481600  # midnight UTC before the protocol window
 
@@ -96,3 +98,17 @@ def test_no_events_give_an_empty_table(events: pd.DataFrame) -> None:
     rows = _build(events.iloc[:0], 1)
     assert rows.empty
     assert list(rows.columns) == ["user_id", "event_timestamp", *count_features(), *rate_features()]
+
+
+def test_pass_row_groups_follow_the_recorded_passes(tmp_path: Path) -> None:
+    """Each pass's rows are found in its own row groups; an empty pass has none; a file
+    without the record (written by another tool) is one pass."""
+    schema = pa.schema([("user_id", pa.int64())])
+    path = tmp_path / "t.parquet"
+    with pq.ParquetWriter(path, schema) as writer:
+        for rows in (25, 7):
+            writer.write_table(pa.table({"user_id": range(rows)}), row_group_size=10)
+        writer.add_key_value_metadata(pass_metadata([25, 0, 7]))
+    assert pass_row_groups(pq.ParquetFile(path)) == [[0, 1, 2], [], [3]]
+    pq.write_table(pa.table({"user_id": range(25)}), path, row_group_size=10)
+    assert pass_row_groups(pq.ParquetFile(path)) == [[0, 1, 2]]

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from shopguide.features import apply_repo, asof_training_set, feast_training_set
+from shopguide.features import apply_repo, feast_training_set
+from shopguide.training_join import asof_training_set
 from tests.conftest import PipelineRun, copy_feature_repo
 
 pytestmark = pytest.mark.skipif(

@@ -7,9 +7,10 @@ or leaves a trailing window), so Feast's point-in-time join (latest row at or be
 never sees an event at or after an exposure's t0.
 
 Feast holds the definitions (registry) and serves the online store. The training set is that
-point-in-time join, by default run as a streaming DuckDB ASOF JOIN on the same Parquet sources
-(`features.offline_join: duckdb_asof`; tested equal to Feast's get_historical_features, which
-`feast` selects), because Feast's file and DuckDB offline stores build it in memory.
+point-in-time join, by default run as DuckDB ASOF JOINs on the same Parquet sources, one hash
+pass at a time (`shopguide.training_join`, `features.offline_join: duckdb_asof`; tested equal to
+Feast's get_historical_features, which `feast` selects), because Feast's file and DuckDB offline
+stores build it in memory.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -41,7 +43,8 @@ from shopguide.feature_spec import (
 from shopguide.io import atomic_path
 from shopguide.logs import track
 from shopguide.online_write import online_writer
-from shopguide.snapshots import snapshot_table, table_schema
+from shopguide.snapshots import pass_filter, pass_metadata, snapshot_table, table_schema
+from shopguide.training_join import asof_training_set
 
 log = logging.getLogger(__name__)
 # Events per pass of the snapshot-table build: bounds the snapshot rows held in memory at once.
@@ -69,17 +72,20 @@ def write_feature_tables(events: Path, repo: Path, params: Params) -> dict[str, 
         name = stats_view(entity)
         interval = params.features.snapshot_interval_s[entity]
         origin = params.protocol.window_start // interval * interval
-        rows[name] = 0
+        per_pass = []
         with (
             atomic_path(data_dir / f"{name}.parquet") as tmp,
             pq.ParquetWriter(tmp, table_schema(key)) as writer,
         ):
             # Each pass takes the entities of one hash bucket, so a pass's rows fit in memory.
             for i in range(passes):
-                subset = f"(SELECT * FROM {events_sql} WHERE hash({key}) % {passes} = {i})"
+                subset = f"(SELECT * FROM {events_sql} WHERE {pass_filter(key, passes, i)})"
                 table = snapshot_table(con, key, subset, interval, origin)
-                writer.write_table(table)
-                rows[name] += table.num_rows
+                if table.num_rows:
+                    writer.write_table(table)
+                per_pass.append(table.num_rows)
+            writer.add_key_value_metadata(pass_metadata(per_pass))
+        rows[name] = sum(per_pass)
     with atomic_path(data_dir / f"{ITEM_ATTRIBUTES_VIEW}.parquet") as tmp:
         attributes = f"""
             SELECT item_id, arg_min(category_id, ts) AS category_id,
@@ -109,6 +115,19 @@ def _inside(repo: Path):
         sys.path.remove(str(repo))
 
 
+def fresh_repo(template: Path, dest: Path) -> Path:
+    """A Feast repo at `dest` with `template`'s definitions (its Python files and
+    feature_store.yaml) and none of its data or registry: for runs that must not share them."""
+    template = Path(template)
+    if not (template / "feature_store.yaml").is_file():
+        raise ShopguideError(f"{template}: not a Feast repo (no feature_store.yaml)")
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for source in [template / "feature_store.yaml", *template.glob("*.py")]:
+        shutil.copy(source, dest / source.name)
+    return dest
+
+
 def open_store(repo: Path) -> FeatureStore:
     repo = Path(repo).resolve()
     if not (repo / "feature_store.yaml").is_file():
@@ -135,54 +154,6 @@ def apply_repo(repo: Path) -> FeatureStore:
     store.apply(objects)
     log.info("feast apply: %d objects registered in %s", len(objects), repo)
     return store
-
-
-def _asof_join_sql(store: FeatureStore, exposures: Path) -> str:
-    """SQL for the training set: each exposure LEFT ASOF JOINed with every view of the feature
-    service on its join key, taking the latest row with event_timestamp <= t0 inside the
-    view's TTL, exactly as Feast's point-in-time join does. Snapshot rows at T count events
-    before T only, so a row at T == t0 holds nothing at or after t0. No row: all zeros."""
-    repo = Path(store.repo_path)
-    t0 = "to_timestamp(e.t0)"
-    columns, joins = [], []
-    for n, projection in enumerate(
-        store.get_feature_service(FEATURE_SERVICE).feature_view_projections
-    ):
-        view = store.get_feature_view(projection.name)
-        (key,) = view.join_keys
-        source = repo / view.batch_source.path
-        alias = f"v{n}"
-        ttl = int(view.ttl.total_seconds()) if view.ttl else None  # Feast: 0 is no limit
-        in_ttl = f"{alias}.event_timestamp >= {t0} - INTERVAL {ttl} SECOND" if ttl else "true"
-        columns += [
-            f'coalesce(CASE WHEN {in_ttl} THEN {alias}."{f.name}" END, 0)::FLOAT '
-            f'AS "{projection.name}__{f.name}"'
-            for f in projection.features
-        ]
-        joins.append(
-            f"ASOF LEFT JOIN read_parquet({sql_path(source)}) {alias} "
-            f"ON e.{key} = {alias}.{key} AND {t0} >= {alias}.event_timestamp"
-        )
-    return f"""
-        SELECT e.*, {t0} AS event_timestamp, {", ".join(columns)}
-        FROM read_parquet({sql_path(exposures)}) e
-        {" ".join(joins)}
-        ORDER BY e.t0, e.user_id, e.item_id"""
-
-
-def asof_training_set(store: FeatureStore, exposures: Path, out: Path, params: Params) -> int:
-    """The training set of `feast_training_set`, streamed by DuckDB within its memory limit
-    (Feast's file and DuckDB offline stores build the whole join in memory)."""
-    con = connect(params.data)
-    (count,) = con.execute(f"SELECT count(*) FROM read_parquet({sql_path(exposures)})").fetchone()
-    if count == 0:
-        raise ShopguideError(f"{exposures}: no exposures to build a training set from")
-    with atomic_path(out) as tmp:
-        con.execute(
-            f"COPY ({_asof_join_sql(store, exposures)}) TO {sql_path(tmp)} (FORMAT parquet)"
-        )
-    log.info("training set (DuckDB ASOF JOIN): %d exposures -> %s", count, out)
-    return count
 
 
 def feast_training_set(store: FeatureStore, exposures: Path, out: Path) -> int:

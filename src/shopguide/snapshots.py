@@ -11,12 +11,19 @@ their own t0).
 DuckDB counts the buckets; numpy evaluates every count as a difference of cumulative sums
 found by binary search over (entity, T) codes. At the 1 s grain this is several times faster
 than DuckDB's window operator with one RANGE frame per feature.
+
+A table is built in hash passes of its key, each pass written as its own row groups; the file's
+metadata records the rows of each pass (`PASSES_KEY`), so the training-set join can read one
+pass at a time and never holds or sorts a whole table.
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from shopguide.config import BEHAVIOURS
 from shopguide.feature_spec import (
@@ -29,6 +36,7 @@ from shopguide.feature_spec import (
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 _TIME_BITS = 34  # seconds after `origin` per entity code: over 500 years
+PASSES_KEY = "shopguide.hash_passes"
 
 
 def buckets_sql(key: str, events_sql: str, interval: int) -> str:
@@ -88,3 +96,26 @@ def table_schema(key: str) -> pa.Schema:
     """The Parquet schema of the snapshot rows keyed by `key`."""
     fields = [(key, pa.int64()), ("event_timestamp", TIMESTAMP)]
     return pa.schema(fields + [(n, pa.float32()) for n in count_features() + rate_features()])
+
+
+def pass_filter(key: str, passes: int, i: int) -> str:
+    """SQL condition for the entities of hash pass `i` of `passes` (the same for any int width)."""
+    return f"hash({key}::BIGINT) % {passes} = {i}"
+
+
+def pass_metadata(rows_per_pass: list[int]) -> dict[str, str]:
+    """Parquet key-value metadata recording the rows written by each hash pass, in order."""
+    return {PASSES_KEY: json.dumps(rows_per_pass)}
+
+
+def pass_row_groups(parquet: pq.ParquetFile) -> list[list[int]]:
+    """The row groups of each hash pass; one pass of every row group for a file without the
+    metadata (written by other tools). Each pass starts a row group of its own."""
+    raw = (parquet.metadata.metadata or {}).get(PASSES_KEY.encode())
+    groups = range(parquet.metadata.num_row_groups)
+    if raw is None:
+        return [list(groups)]
+    ends = np.cumsum(json.loads(raw))
+    starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows for g in groups])[:-1]
+    owner = np.searchsorted(ends, starts, side="right")
+    return [[g for g in groups if owner[g] == i] for i in range(len(ends))]
