@@ -144,8 +144,8 @@ class FeatureParams(Strict):
     snapshot_interval_s: dict[FeatureEntity, PositiveInt] = Field(
         default_factory=lambda: {"user": 1, "item": 1, "category": 1}
     )
-    # Engine of the point-in-time training-set join: a streaming DuckDB ASOF JOIN on the
-    # feature views' Parquet sources (bounded memory), or Feast's get_historical_features,
+    # Engine of the point-in-time training-set join: DuckDB ASOF JOINs on the feature views'
+    # Parquet sources, pass by pass (bounded memory and spill), or Feast's get_historical_features,
     # which holds every exposure x entity row pair in memory (over 20 GB on the Taobao sample
     # at the 1 s grain).
     offline_join: Literal["duckdb_asof", "feast"] = "duckdb_asof"
