@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def _pass_sql(view: _View, ordered: Path, passes: int, i: int) -> str:
 
 
 def _join_view(con, view: _View, ordered: Path, chunk_starts: np.ndarray, work: Path) -> list[Path]:
-    """Join one view pass by pass; write its values per output chunk, sorted by row."""
+    """Join one view pass by pass; append its values to one file per output chunk."""
     source = pq.ParquetFile(view.source)
     passes = pass_row_groups(source)
     paths = [work / f"{view.name}-{k}.parquet" for k in range(len(chunk_starts))]
@@ -94,8 +95,9 @@ def _join_view(con, view: _View, ordered: Path, chunk_starts: np.ndarray, work: 
             reader = con.sql(_pass_sql(view, ordered, len(passes), i)).to_arrow_reader(CHUNK_ROWS)
             for batch in reader:
                 rows = batch.column("row_id").to_numpy()
-                batch = batch.take(pa.array(np.argsort(rows, kind="stable")))
-                chunk = np.searchsorted(chunk_starts, np.sort(rows), side="right") - 1
+                order = np.argsort(rows)
+                batch = batch.take(pa.array(order))
+                chunk = np.searchsorted(chunk_starts, rows[order], side="right") - 1
                 bounds = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1], True])
                 for a, b in itertools.pairwise(bounds):
                     k = int(chunk[a])
@@ -109,13 +111,28 @@ def _join_view(con, view: _View, ordered: Path, chunk_starts: np.ndarray, work: 
     return paths
 
 
-def _chunk_values(path: Path, view: _View, start: int, size: int) -> list[pa.Array]:
-    """A view's values for output rows [start, start + size): every row has exactly one."""
-    table = pq.read_table(path) if path.exists() else None
-    if table is None or table.num_rows != size:
-        raise RuntimeError(f"{view.name}: {0 if table is None else table.num_rows} of {size} rows")
-    order = np.argsort(table.column("row_id").to_numpy() - start)
-    return [table.column(c).take(pa.array(order)).combine_chunks() for c in view.columns]
+def _chunk_values(path: Path, view: _View, size: int) -> list[pa.Array]:
+    """A view's values for the `size` rows of one output chunk, in output order."""
+    table = pq.read_table(path)
+    if table.num_rows != size:  # a LEFT ASOF JOIN gives every exposure exactly one row
+        raise RuntimeError(f"{path}: {table.num_rows} rows for {size} exposures")
+    order = pa.array(np.argsort(table.column("row_id").to_numpy()))
+    return [table.column(c).take(order).combine_chunks() for c in view.columns]
+
+
+def _assembled(
+    source: pq.ParquetFile, group_bounds: np.ndarray, views: list[_View], files: dict
+) -> Iterator[pa.Table]:
+    """The training set chunk by chunk: the ordered exposures, event_timestamp, features."""
+    for k, (g0, g1) in enumerate(itertools.pairwise(group_bounds)):
+        part = source.read_row_groups(range(g0, g1))
+        t0 = part.column("t0").to_numpy().astype(np.int64)
+        part = part.append_column("event_timestamp", pa.array(t0 * 1_000_000, TIMESTAMP))
+        for v in views:
+            values = _chunk_values(files[v.name][k], v, part.num_rows)
+            for name, array in zip(v.columns, values, strict=True):
+                part = part.append_column(name, array)
+        yield part
 
 
 def asof_training_set(store: FeatureStore, exposures: Path, out: Path, params: Params) -> int:
@@ -151,20 +168,11 @@ def asof_training_set(store: FeatureStore, exposures: Path, out: Path, params: P
             v.name: _join_view(con, v, ordered, chunk_starts, work)
             for v in track(views, "training-set join", total=len(views))
         }
-        with atomic_path(out) as staged:
-            writer = None
-            for k, (g0, g1) in enumerate(itertools.pairwise(group_bounds)):
-                part = source.read_row_groups(range(g0, g1))
-                t0 = part.column("t0").to_numpy().astype(np.int64)
-                part = part.append_column("event_timestamp", pa.array(t0 * 1_000_000, TIMESTAMP))
-                start, size = int(chunk_starts[k]), part.num_rows
-                for v in views:
-                    values = _chunk_values(chunk_files[v.name][k], v, start, size)
-                    for name, array in zip(v.columns, values, strict=True):
-                        part = part.append_column(name, array)
-                if writer is None:
-                    writer = pq.ParquetWriter(staged, part.schema)
+        parts = _assembled(source, group_bounds, views, chunk_files)
+        first = next(parts)
+        with atomic_path(out) as staged, pq.ParquetWriter(staged, first.schema) as writer:
+            writer.write_table(first)
+            for part in parts:
                 writer.write_table(part)
-            writer.close()
     log.info("training set (DuckDB ASOF JOIN by pass): %d exposures -> %s", count, out)
     return count
