@@ -115,12 +115,18 @@ def _inside(repo: Path):
         sys.path.remove(str(repo))
 
 
+def _feast_repo(path: Path) -> Path:
+    """`path`, resolved, if it is a Feast repo; else a clear error."""
+    repo = Path(path).resolve()
+    if not (repo / "feature_store.yaml").is_file():
+        raise ShopguideError(f"{repo}: not a Feast repo (no feature_store.yaml)")
+    return repo
+
+
 def fresh_repo(template: Path, dest: Path) -> Path:
     """A Feast repo at `dest` with `template`'s definitions (its Python files and
     feature_store.yaml) and none of its data or registry: for runs that must not share them."""
-    template = Path(template)
-    if not (template / "feature_store.yaml").is_file():
-        raise ShopguideError(f"{template}: not a Feast repo (no feature_store.yaml)")
+    template = _feast_repo(template)
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     for source in [template / "feature_store.yaml", *template.glob("*.py")]:
@@ -129,10 +135,7 @@ def fresh_repo(template: Path, dest: Path) -> Path:
 
 
 def open_store(repo: Path) -> FeatureStore:
-    repo = Path(repo).resolve()
-    if not (repo / "feature_store.yaml").is_file():
-        raise ShopguideError(f"{repo}: not a Feast repo (no feature_store.yaml)")
-    return FeatureStore(repo_path=str(repo))
+    return FeatureStore(repo_path=str(_feast_repo(repo)))
 
 
 def apply_repo(repo: Path) -> FeatureStore:

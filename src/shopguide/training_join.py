@@ -60,7 +60,7 @@ def _views(store: FeatureStore) -> list[_View]:
         ttl = int(view.ttl.total_seconds()) if view.ttl else None
         source = Path(store.repo_path) / view.batch_source.path
         features = [f.name for f in projection.features]
-        views.append(_View(projection.name, key, source, features, ttl or None))
+        views.append(_View(projection.name, key, source, features, ttl))
     return views
 
 
