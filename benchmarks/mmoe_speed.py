@@ -2,19 +2,18 @@
 same data (protocol taobao-mtl-v1 train exposures), the same model size and the same threads,
 measured in one run. torch-rechub runs its own data path and `MTLTrainer.train_one_epoch`.
 
-    nice python benchmarks/mmoe_speed.py --training-set artifacts/data/training_set.parquet
+Both run under the OpenMP runtime's default (idle threads spin a while, then sleep), as
+`shopguide train` does; `OMP_WAIT_POLICY=PASSIVE` in the environment (idle threads sleep at
+once, kinder to a shared CPU) measures the other setting. The results record which.
+
+    python benchmarks/mmoe_speed.py --training-set artifacts/data/training_set.parquet
 """
 
 from __future__ import annotations
 
-import os
-
-# Idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning threads multiply a
-# step's CPU time several-fold (measured: 1.1 s vs 0.07 s of CPU per MMoE step on 2 busy cores).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import logging
+import os
 import statistics
 import time
 from dataclasses import replace
@@ -135,6 +134,7 @@ def main() -> None:
         "rows_per_epoch": len(frame),
         "epochs": args.epochs,
         "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "batch_size": params.train.batch_size,
         "shopguide_samples_per_s": ours,
         "torch_rechub_samples_per_s": theirs,
