@@ -1,8 +1,11 @@
 """Synthetic events with a known optimum (protocol synth-scale).
 
-Planted structure: user and item latent factors; category effects drawn from a shared
-low-dimensional space (so what is learned on some categories transfers to new ones); Zipf item
-popularity; per-task base rates set so the mean probability matches `synth.positive_rate`.
+Planted structure: user and item latent factors, the same users in every category, and task
+weights shared by all of them; per-category task effects drawn from a space of
+`synth.category_factor_dim` dimensions (fewer than the tasks ties a category's effects on the
+tasks together; as many, the default, leaves each category's effects free, so a new category's
+offsets must be learned from its own events); Zipf item popularity; per-task base rates set so
+the mean probability matches `synth.positive_rate`.
 Events are written in the Taobao UserBehavior format, so the taobao adapter reads them, and every
 exposure's true task probabilities go to a Parquet file: the Bayes-optimal AUC on the test
 exposures follows from them. Vectorised numpy in chunks; the same seed gives the same bytes.
