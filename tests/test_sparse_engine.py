@@ -15,7 +15,7 @@ import torch
 from shopguide.metrics import task_metrics
 from shopguide.model.base import _HASH, PooledDropout
 from shopguide.model.fit import fit, predict, settings_from_params
-from shopguide.model.optim import row_sparse
+from shopguide.model.optim import EngineOptimizer, one_thread, row_sparse
 from shopguide.model.tensors import time_split, to_tensors
 from shopguide.train import build_model
 from tests.conftest import PipelineRun
@@ -108,3 +108,35 @@ def test_row_sparse_is_to_sparse_by_rows() -> None:
     assert torch.equal(fast.values(), reference.values())
     assert fast.indices().shape[1] == 100
     assert torch.equal(row_sparse(torch.zeros(4, 2)).to_dense(), torch.zeros(4, 2))
+
+
+def test_optimizer_steps_on_one_thread_and_gives_the_threads_back() -> None:
+    """The optimizers' kernels run on one thread (cheaper for many small tensors) and the
+    caller's thread count comes back, after an error too; the update is the one AdamW makes
+    on all threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), one_thread():
+            raise RuntimeError("step failed")
+        assert torch.get_num_threads() == 2
+        torch.manual_seed(0)
+        weights = [torch.nn.Parameter(torch.randn(300, 70)) for _ in range(3)]
+        twins = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+        start = weights[0].detach().clone()
+        ours = EngineOptimizer(weights, [], 1e-2, 1e-4)
+        reference = torch.optim.AdamW(twins, lr=1e-2, weight_decay=1e-4, fused=True)
+        for _ in range(3):
+            for w, t in zip(weights, twins, strict=True):
+                w.grad = torch.sin(w.detach() * 7)
+                t.grad = w.grad.clone()
+            ours.step()
+            reference.step()
+            assert torch.get_num_threads() == 2
+        assert all(torch.equal(w, t) for w, t in zip(weights, twins, strict=True))
+        assert not torch.equal(weights[0], start)
+    finally:
+        torch.set_num_threads(threads)
