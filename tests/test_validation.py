@@ -21,15 +21,15 @@ from shopguide.validation import (
     validate_training_set,
 )
 
-SAMPLE = Path(__file__).resolve().parents[1] / "../shared/data/taobao/UserBehavior_sample.csv"
 PARAMS = Params()
 WINDOW_START = PARAMS.protocol.window_start
 
 
 @pytest.fixture(scope="module")
-def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def events(tmp_path_factory: pytest.TempPathFactory, sample: Path) -> Path:
+    """The real sample's event table (the sample's location: tests/conftest.py)."""
     out = tmp_path_factory.mktemp("ingest") / "events.parquet"
-    ingest_taobao(SAMPLE, out, PARAMS.data)
+    ingest_taobao(sample, out, PARAMS.data)
     return out
 
 
