@@ -11,13 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 
 from shopguide.config import load_params
 from shopguide.io import read_json
-from shopguide.model.fit import CHECKPOINT
+from shopguide.model.fit import CHECKPOINT, resolve_device
 from shopguide.model.store import load_model
 from shopguide.train import train_step
 from tests.conftest import PipelineRun
@@ -97,7 +98,8 @@ def test_killed_run_resumes_to_the_same_result(pipeline_run: PipelineRun, tmp_pa
 def test_torchrun_trains_data_parallel_on_two_cpu_processes(
     pipeline_run: PipelineRun, tmp_path: Path
 ) -> None:
-    params_path = small_params_file(pipeline_run, tmp_path, max_epochs=2)
+    # `device: cpu` keeps this on gloo on a GPU machine too (NCCL only trains on GPUs)
+    params_path = small_params_file(pipeline_run, tmp_path, max_epochs=2, device="cpu")
     cmd = shopguide_train(
         pipeline_run,
         tmp_path,
@@ -115,3 +117,44 @@ def test_torchrun_trains_data_parallel_on_two_cpu_processes(
     aucs = [m["auc"] for m in metrics["validation"].values()]
     assert sum(aucs) / len(aucs) > 0.55, metrics["validation"]
     assert load_model(tmp_path / "model").config.tasks == ("cart", "fav", "buy")
+
+
+def test_auto_device_is_the_gpu_only_where_one_is_visible() -> None:
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("cuda") == "cuda"
+
+
+def test_throughput_benchmark_times_every_training_row(
+    pipeline_run: PipelineRun, tmp_path: Path
+) -> None:
+    """benchmarks/train_throughput.py end to end on the CPU: the rate covers the split's train
+    rows, and GPU memory is reported only for a GPU."""
+    out = tmp_path / "throughput.json"
+    command = [
+        sys.executable,
+        "benchmarks/train_throughput.py",
+        "--training-set",
+        str(pipeline_run.training_set),
+        "--params",
+        str(small_params_file(pipeline_run, tmp_path)),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = read_json(out)
+    train_rows = int(
+        pd.read_parquet(pipeline_run.training_set, columns=["split"])["split"].eq("train").sum()
+    )
+    assert result["rows_per_epoch"] == train_rows
+    assert result["device"] == "cpu" and "peak_gpu_allocated_gib" not in result
+    assert result["median_samples_per_s"] > 1000

@@ -19,7 +19,14 @@ from shopguide.errors import ShopguideError
 from shopguide.feature_spec import model_feature_columns
 from shopguide.io import atomic_path, write_json
 from shopguide.model.base import MultiTaskModel
-from shopguide.model.fit import aux_metrics, fit, init_distributed, settings_from_params, world
+from shopguide.model.fit import (
+    aux_metrics,
+    fit,
+    init_distributed,
+    resolve_device,
+    settings_from_params,
+    world,
+)
 from shopguide.model.store import save_model
 from shopguide.model.tasks import AuxTask
 from shopguide.model.tensors import is_new_category, read_training_set, time_split, to_tensors
@@ -72,7 +79,7 @@ def train_step(
 ) -> dict:
     """Train and write the model; with `checkpoint_dir`, checkpoint every epoch and resume
     from the last checkpoint of an interrupted run with the same settings."""
-    init_distributed()
+    init_distributed(resolve_device(params.train.device))
     frame = read_training_set(training_set)
     old = frame[
         (frame["split"] == "train") & ~is_new_category(frame["category_id"], params.finetune)

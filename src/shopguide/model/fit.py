@@ -69,10 +69,22 @@ class FitResult:
     resumed_from: int | None = None
 
 
-def init_distributed() -> None:
-    """Join the process group `torchrun` describes in the environment (gloo on CPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+def resolve_device(device: str) -> str:
+    """`train.device` as torch names it: `auto` is `cuda` when a GPU is visible."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def init_distributed(device: str) -> None:
+    """Join the process group `torchrun` describes in the environment: NCCL when training on
+    GPUs, each process on the GPU of its `LOCAL_RANK` (else every process of a node would
+    share GPU 0), gloo on CPU (also on a GPU machine told `train.device: cpu`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
 
 
 def settings_from_params(train: TrainParams, tasks: tuple[str, ...]) -> FitSettings:
@@ -82,9 +94,6 @@ def settings_from_params(train: TrainParams, tasks: tuple[str, ...]) -> FitSetti
             f"train.task_weights / train.warmup_task name tasks {sorted(unknown)} "
             f"or {train.warmup_task!r} that are not among {list(tasks)}"
         )
-    device = train.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     return FitSettings(
         learning_rate=train.learning_rate,
         weight_decay=train.weight_decay,
@@ -99,7 +108,7 @@ def settings_from_params(train: TrainParams, tasks: tuple[str, ...]) -> FitSetti
         warmup_epochs=train.warmup_epochs,
         warmup_task=tasks.index(train.warmup_task),
         compile=train.compile,
-        device=device,
+        device=resolve_device(train.device),
         sparse_embeddings=train.sparse_embeddings,
     )
 
@@ -269,7 +278,8 @@ def fit(
             mask = torch.ones(heads_count, device=device)
             if epoch < settings.warmup_epochs:
                 mask = F.one_hot(torch.tensor(settings.warmup_task), heads_count).float().to(device)
-            total, batches = 0.0, 0
+            # summed on the device: a host read per step would stall the GPU every batch
+            total, batches = torch.zeros((), dtype=torch.float64, device=device), 0
             shuffled = train.take(order)  # one gather per epoch; batches are views of it
             for begin in range(0, len(train), settings.batch_size):
                 if min(settings.batch_size, len(train) - begin) < size:
@@ -295,13 +305,17 @@ def fit(
                     _all_reduce_grads([*params, *balancer.parameters()], size)
                 optimizer.step()
                 balancer.after_step()
-                total += float(losses.detach().sum())
+                total += losses.detach().sum()
                 batches += 1
             metrics = task_metrics(
                 valid.labels[:, : len(tasks)].numpy(), predict(model, valid), tasks
             )
             score = mean_auc(metrics)
-            row = {"epoch": epoch, "train_loss": total / max(batches, 1), "val_mean_auc": score}
+            row = {
+                "epoch": epoch,
+                "train_loss": float(total) / max(batches, 1),
+                "val_mean_auc": score,
+            }
             row |= {f"val_{t}_auc": metrics[t]["auc"] for t in tasks}
             row |= {
                 f"weight_{t}": w
