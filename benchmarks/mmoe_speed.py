@@ -16,7 +16,6 @@ import logging
 import os
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,11 +23,11 @@ from torch_rechub.basic.features import DenseFeature, SparseFeature
 from torch_rechub.models.multi_task import MMOE
 from torch_rechub.trainers import MTLTrainer
 from torch_rechub.utils.data import DataGenerator
+from train_throughput import fit_seconds, with_overrides
 
 from shopguide.config import load_params
 from shopguide.io import write_json
 from shopguide.logs import setup_logging
-from shopguide.model.fit import fit, settings_from_params
 from shopguide.model.tensors import read_training_set, to_tensors
 from shopguide.train import build_model
 
@@ -76,20 +75,6 @@ def rechub_epoch_seconds(data, params, epochs: int) -> float:
     return time.perf_counter() - start
 
 
-def shopguide_epoch_seconds(frame, params, epochs: int) -> float:
-    """Seconds for `epochs` epochs of `fit` (its per-epoch validation on 1,024 rows included)."""
-    tasks = params.protocol.tasks
-    model = build_model(frame, params)
-    data = to_tensors(frame, tasks, model.config.dense_features)
-    valid = data.take(torch.arange(1024))
-    settings = replace(
-        settings_from_params(params.train, tasks), max_epochs=epochs, patience=epochs
-    )
-    start = time.perf_counter()
-    fit(model, data, valid, settings, description="shopguide MMoE")
-    return time.perf_counter() - start
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -105,14 +90,7 @@ def main() -> None:
     setup_logging()
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
-    params = params.model_copy(
-        update={
-            "model": params.model.model_copy(update={"name": "mmoe"}),
-            "train": params.train.model_copy(
-                update={"batch_size": args.batch_size or params.train.batch_size}
-            ),
-        }
-    )
+    params = with_overrides(params, "mmoe", args.batch_size, params.train.device)
     frame = read_training_set(args.training_set)
     frame = frame[frame["split"] == "train"]
     data = to_tensors(
@@ -126,7 +104,7 @@ def main() -> None:
     ours, theirs = [], []
     for _ in range(args.repeats):
         torch.manual_seed(0)
-        ours.append(rows / shopguide_epoch_seconds(frame, params, args.epochs))
+        ours.append(rows / fit_seconds(frame, params, args.epochs))
         torch.manual_seed(0)
         theirs.append(rows / rechub_epoch_seconds(data, params, args.epochs))
         log.info("samples/s: shopguide %.0f, torch-rechub %.0f", ours[-1], theirs[-1])
