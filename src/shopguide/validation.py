@@ -105,8 +105,9 @@ def _events_suite(params: Params) -> gx.ExpectationSuite:
 
 def _events_check(events: Path, params: Params) -> Check:
     """The events suite on the whole table, or, past `validation.in_memory_rows`, on a sample
-    that keeps up to 50 offending rows of every row-level expectation, with each verdict and
-    count computed by DuckDB over every row (no pandas copy of a large table)."""
+    that keeps the first 50 offending rows of every row-level expectation (file order, so every
+    run reports the same rows), with each verdict and count computed by DuckDB over every row
+    (no pandas copy of a large table)."""
     path = Path(events)
     if not path.is_file():
         raise ShopguideError(f"{path}: Parquet file to validate not found")
@@ -137,14 +138,21 @@ def _events_check(events: Path, params: Params) -> Check:
         for (expectation, column), (predicate, mostly) in predicates.items():
             unexpected, considered = counts[expectation, column]
             exact[expectation, column] = _verdict(unexpected, considered, rows, mostly)
-            offenders.append(f"(SELECT file_row_number FROM src WHERE {predicate} LIMIT 50)")
+            offenders.append(
+                f"(SELECT file_row_number FROM src WHERE {predicate} "
+                "ORDER BY file_row_number LIMIT 50)"
+            )
         exact["expect_compound_columns_to_be_unique", None] = _verdict(
             int(duplicate_rows), rows, rows, None
         )
+        first_duplicates = (
+            f"SELECT {cols} FROM src GROUP BY {cols} HAVING count(*) > 1 "
+            "ORDER BY min(file_row_number) LIMIT 25"
+        )
         match = " AND ".join(f"s.{c} IS NOT DISTINCT FROM d.{c}" for c in EVENT_COLUMNS)
         offenders.append(
-            f"(SELECT s.file_row_number FROM src s SEMI JOIN (SELECT * FROM ({duplicated}) "
-            f"LIMIT 25) d ON {match} LIMIT 50)"
+            f"(SELECT s.file_row_number FROM src s SEMI JOIN ({first_duplicates}) d ON {match} "
+            "ORDER BY s.file_row_number LIMIT 50)"
         )
     picked = " UNION ALL ".join(
         [
