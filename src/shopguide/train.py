@@ -36,8 +36,14 @@ log = logging.getLogger(__name__)
 
 
 def _dense_stats(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[list, list]:
-    logged = np.log1p(frame[list(columns)].to_numpy(np.float64).clip(min=0))
-    return logged.mean(axis=0).tolist(), np.maximum(logged.std(axis=0), 1e-3).tolist()
+    """Mean and std of log1p of each dense column, one column at a time: a float64 copy of the
+    whole table would cost gigabytes on a 10M-row training set."""
+    mean, std = [], []
+    for column in columns:
+        logged = np.log1p(frame[column].to_numpy(np.float64).clip(min=0))
+        mean.append(float(logged.mean()))
+        std.append(max(float(logged.std()), 1e-3))
+    return mean, std
 
 
 def build_model(frame: pd.DataFrame, params: Params) -> MultiTaskModel:
