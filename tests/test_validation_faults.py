@@ -16,7 +16,12 @@ from shopguide.drift import PROFILE_FILE
 from shopguide.errors import ShopguideError
 from shopguide.ingest import ingest_taobao
 from shopguide.io import read_json
-from shopguide.validation import ValidationReport, raise_on_failure, validate_events
+from shopguide.validation import (
+    MAX_EXAMPLES,
+    ValidationReport,
+    raise_on_failure,
+    validate_events,
+)
 from tests.conftest import write_params
 from tests.test_cli import shopguide
 
@@ -218,7 +223,8 @@ def test_large_tables_are_checked_on_a_sample_with_exact_verdicts(
     """Past `validation.in_memory_rows`, GX sees a sample that keeps offending rows, and every
     verdict and count is the one the whole table gives."""
     path = tmp_path / "events.parquet"
-    mutate(sample_events.copy()).to_parquet(path)
+    events = mutate(sample_events.copy())
+    events.to_parquet(path)
     whole = validate_events(path, PARAMS, tmp_path / "whole")
     sampled_params = PARAMS.model_copy(
         update={
@@ -250,3 +256,10 @@ def test_large_tables_are_checked_on_a_sample_with_exact_verdicts(
         for needle in ("'click'", str(PARAMS.protocol.window_start - 3600), "3 of 84478 values"):
             assert needle in text
         assert f"'user_id': {sample_events['user_id'].iloc[10]}" in text  # a duplicated row
+        # The examples are the file's first offenders, the same on every run.
+        ts, window = events["ts"], PARAMS.protocol
+        first = ts[(ts < window.window_start) | (ts > window.window_end - 1)].head(MAX_EXAMPLES)
+        (reported,) = [
+            r for r in sampled.results if r["column"] == "ts" and "between" in r["expectation"]
+        ]
+        assert [e["ts"] for e in reported["unexpected_examples"]] == first.tolist()
