@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 import yaml
 from sklearn.metrics import roc_auc_score
-from synth_scale import CLI, ROOT, run_step
+from synth_scale import CLI, ROOT, density_suffix, run_step, world_size
 from torch import nn
 
 from shopguide.config import Params
@@ -155,11 +155,7 @@ def main() -> None:
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["synth"].update(
-        events=a.events,
-        users=a.users or max(20_000, a.events // 50),
-        items=a.items or max(100_000, a.events // 10),
-    )
+    raw["synth"].update(world_size(a.events, a.users, a.items))
     params_path = out / "params.yaml"
     params_path.write_text(yaml.safe_dump(raw))
     p = Params.model_validate(raw)
@@ -218,7 +214,7 @@ def main() -> None:
         "gap_to_bayes": {t: round(bayes[t] - fits[chosen]["test_auc"][t], 4) for t in TASKS},
     }
     write_json(out / "synth_ceiling.json", report)
-    density = f"-{p.synth.users}u" if a.users or a.items else ""
+    density = density_suffix(raw["synth"])
     write_json(a.results / f"synth-ceiling-{a.events}{density}.json", report)
     log.info("ceiling %s, Bayes %s", report["ceiling_auc"], bayes)
 

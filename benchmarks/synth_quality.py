@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 from sklearn.metrics import roc_auc_score
-from synth_scale import CLI, ROOT, run_step
+from synth_scale import CLI, ROOT, density_suffix, run_step
 
 from shopguide.config import load_params
 from shopguide.duck import connect, sql_path
@@ -149,8 +149,8 @@ def main() -> None:
         "max_gap": max(v["gap"] for v in auc.values()),
     }
     write_json(out / "synth_quality.json", report)
-    events = yaml.safe_load((run / "params.yaml").read_text())["synth"]["events"]
-    name = f"synth-quality-{events}-seed{raw['train']['seed']}.json"
+    synth = raw["synth"]
+    name = f"synth-quality-{synth['events']}{density_suffix(synth)}-seed{raw['train']['seed']}.json"
     write_json(ROOT / "benchmarks/results" / name, report)
     print(json.dumps({"auc": auc, "max_gap": report["max_gap"]}))
 

@@ -7,6 +7,8 @@ Usage: nice python benchmarks/synth_scale.py --events 1000000 --out /tmp/synth1m
 DuckDB ASOF JOIN. Feast's stores ran out of memory at 1M events: benchmarks/offline_store.py)
 [--snapshot-interval-s user=3600,item=3600,category=3600] (feature grain per entity over the
 params' 1 s; the hourly grain of the figures before exact features)
+[--users 20000 --items 100000] (a denser world than the default events / 50 and events / 10;
+benchmarks/synth_quality.py and synth_ceiling.py then name their results with -<users>u)
 Prints one JSON line per step and writes <out>/synth_scale.json.
 """
 
@@ -26,6 +28,22 @@ from shopguide.features import fresh_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "shopguide.cli"]
+
+
+def world_size(events: int, users: int | None, items: int | None) -> dict[str, int]:
+    """`synth.events/users/items` of a run: ids grow with events (a user has about 38
+    exposures at any size) unless a denser world is asked for."""
+    return {
+        "events": events,
+        "users": users or max(20_000, events // 50),
+        "items": items or max(100_000, events // 10),
+    }
+
+
+def density_suffix(synth: dict) -> str:
+    """A results file name's mark of a run whose world is not the default for its events."""
+    default = world_size(synth["events"], None, None)
+    return "" if all(synth[k] == default[k] for k in ("users", "items")) else f"-{synth['users']}u"
 
 
 def run_step(name: str, args: list[str], rows: int) -> dict:
@@ -59,6 +77,8 @@ def main() -> None:
         default="",
         help="ENTITY=SECONDS[,...] over the params' features.snapshot_interval_s (default: as is)",
     )
+    parser.add_argument("--users", type=int, help="default: events / 50, at least 20,000")
+    parser.add_argument("--items", type=int, help="default: events / 10, at least 100,000")
     a = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -69,9 +89,7 @@ def main() -> None:
         raw["features"]["snapshot_interval_s"][entity] = int(seconds)
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    raw["synth"]["events"] = a.events
-    raw["synth"]["users"] = max(20_000, a.events // 50)
-    raw["synth"]["items"] = max(100_000, a.events // 10)
+    raw["synth"].update(world_size(a.events, a.users, a.items))
     raw["validation"]["report_dir"] = str(out / "validation")
     raw["features"]["repo"] = str(out / "feature_repo")
     raw["features"]["offline_join"] = a.offline_join
@@ -144,6 +162,8 @@ def main() -> None:
     report = {
         "protocol": "synth-scale",
         "events": a.events,
+        "users": raw["synth"]["users"],
+        "items": raw["synth"]["items"],
         "offline_join": a.offline_join,
         "offline_store": a.offline_store if a.offline_join == "feast" else None,
         "steps": steps,

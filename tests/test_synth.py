@@ -3,6 +3,7 @@ read back through the real Taobao adapter."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -106,3 +107,18 @@ def test_ceiling_benchmark_form_reproduces_bayes_and_fit_learns(tmp_path: Path) 
     for task, auc in report["ceiling_auc"].items():
         assert 0.55 < auc <= report["bayes_auc"][task], (task, auc)
     assert report["chosen_l2"] == "0.001"
+
+
+def test_a_denser_world_gets_results_of_its_own() -> None:
+    """The synth-scale scripts' world sizes: ids grow with events by default, `--users` /
+    `--items` ask for a denser world, and its results files must not overwrite the default's."""
+    spec = importlib.util.spec_from_file_location("synth_scale", ROOT / "benchmarks/synth_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    default = module.world_size(10_000_000, None, None)
+    assert default == {"events": 10_000_000, "users": 200_000, "items": 1_000_000}
+    assert module.world_size(1_000_000, None, None)["users"] == 20_000  # the floor
+    assert module.density_suffix(default) == ""
+    dense = module.world_size(10_000_000, 20_000, None)
+    assert dense == {"events": 10_000_000, "users": 20_000, "items": 1_000_000}
+    assert module.density_suffix(dense) == "-20000u"
