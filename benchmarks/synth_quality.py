@@ -8,7 +8,7 @@ Usage: nice python benchmarks/synth_quality.py --run /tmp/synth10m --out /tmp/sy
 [--epochs 3 --batch-size 4096 --set model.item_buckets=1000003 ...]
 (epochs bound the wall time; early stopping still applies; --set overrides any params key)
 Writes <out>/synth_quality.json and benchmarks/results/synth-quality-<events>-seed<seed>.json
-(<events>-<users>u for a run of a denser world than the default, synth_scale.py --users).
+(<events>-<users>u[-<items>i] for a world other than the default, synth_scale.py --users/--items).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ DuckDB ASOF JOIN. Feast's stores ran out of memory at 1M events: benchmarks/offl
 [--snapshot-interval-s user=3600,item=3600,category=3600] (feature grain per entity over the
 params' 1 s; the hourly grain of the figures before exact features)
 [--users 20000 --items 100000] (a denser world than the default events / 50 and events / 10;
-benchmarks/synth_quality.py and synth_ceiling.py then name their results with -<users>u)
+benchmarks/synth_quality.py and synth_ceiling.py then name their results with -<users>u, or
+-<users>u-<items>i where items are not five per user)
 Prints one JSON line per step and writes <out>/synth_scale.json.
 """
 
@@ -41,9 +42,13 @@ def world_size(events: int, users: int | None, items: int | None) -> dict[str, i
 
 
 def density_suffix(synth: dict) -> str:
-    """A results file name's mark of a run whose world is not the default for its events."""
-    default = world_size(synth["events"], None, None)
-    return "" if all(synth[k] == default[k] for k in ("users", "items")) else f"-{synth['users']}u"
+    """A results file name's mark of a run whose world is not the default for its events:
+    `-<users>u` while it keeps the default five items per user, else `-<users>u-<items>i`, so
+    that no two worlds of the same size share a name."""
+    events, users, items = synth["events"], synth["users"], synth["items"]
+    if world_size(events, users, items) == world_size(events, None, None):
+        return ""
+    return f"-{users}u" if items == 5 * users else f"-{users}u-{items}i"
 
 
 def run_step(name: str, args: list[str], rows: int) -> dict:

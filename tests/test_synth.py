@@ -111,7 +111,7 @@ def test_ceiling_benchmark_form_reproduces_bayes_and_fit_learns(tmp_path: Path) 
 
 def test_a_denser_world_gets_results_of_its_own() -> None:
     """The synth-scale scripts' world sizes: ids grow with events by default, `--users` /
-    `--items` ask for a denser world, and its results files must not overwrite the default's."""
+    `--items` ask for another world, and no two worlds of one size share a results file name."""
     spec = importlib.util.spec_from_file_location("synth_scale", ROOT / "benchmarks/synth_scale.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -121,4 +121,6 @@ def test_a_denser_world_gets_results_of_its_own() -> None:
     assert module.density_suffix(default) == ""
     dense = module.world_size(10_000_000, 20_000, None)
     assert dense == {"events": 10_000_000, "users": 20_000, "items": 1_000_000}
-    assert module.density_suffix(dense) == "-20000u"
+    assert module.density_suffix(dense) == "-20000u-1000000i"
+    assert module.density_suffix(module.world_size(10_000_000, 20_000, 100_000)) == "-20000u"
+    assert module.density_suffix(module.world_size(10_000_000, None, 50_000)) == "-200000u-50000i"
