@@ -31,24 +31,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "shopguide.cli"]
 
 
+EVENTS_PER_USER, EVENTS_PER_ITEM = 50, 10  # the default world's id growth with events
+
+
 def world_size(events: int, users: int | None, items: int | None) -> dict[str, int]:
     """`synth.events/users/items` of a run: ids grow with events (a user has about 38
     exposures at any size) unless a denser world is asked for."""
     return {
         "events": events,
-        "users": users or max(20_000, events // 50),
-        "items": items or max(100_000, events // 10),
+        "users": users or max(20_000, events // EVENTS_PER_USER),
+        "items": items or max(100_000, events // EVENTS_PER_ITEM),
     }
 
 
 def density_suffix(synth: dict) -> str:
     """A results file name's mark of a run whose world is not the default for its events:
-    `-<users>u` while it keeps the default five items per user, else `-<users>u-<items>i`, so
+    `-<users>u` while it keeps the default items per user, else `-<users>u-<items>i`, so
     that no two worlds of the same size share a name."""
     events, users, items = synth["events"], synth["users"], synth["items"]
     if world_size(events, users, items) == world_size(events, None, None):
         return ""
-    return f"-{users}u" if items == 5 * users else f"-{users}u-{items}i"
+    default_ratio = items * EVENTS_PER_ITEM == users * EVENTS_PER_USER
+    return f"-{users}u" if default_ratio else f"-{users}u-{items}i"
 
 
 def run_step(name: str, args: list[str], rows: int) -> dict:
