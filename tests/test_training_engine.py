@@ -95,6 +95,28 @@ def test_killed_run_resumes_to_the_same_result(pipeline_run: PipelineRun, tmp_pa
         assert torch.equal(x, y)
 
 
+def test_warmup_epochs_do_not_count_toward_patience(
+    pipeline_run: PipelineRun, tmp_path: Path
+) -> None:
+    """Staged training with patience 1: the kept model is a joint-training epoch's, and at
+    least one joint epoch runs however the warm-up went."""
+    params = load_params(
+        small_params_file(
+            pipeline_run, tmp_path, warmup_epochs=2, warmup_task="buy", patience=1, max_epochs=4
+        )
+    )
+    metrics = train_step(
+        pipeline_run.training_set,
+        tmp_path / "model",
+        tmp_path / "train.json",
+        tmp_path / "history.csv",
+        params,
+    )
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert metrics["best_epoch"] >= 2
+    assert len(history) >= 3
+
+
 def test_torchrun_trains_data_parallel_on_two_cpu_processes(
     pipeline_run: PipelineRun, tmp_path: Path
 ) -> None:

@@ -207,6 +207,15 @@ class TrainParams(Strict):
     sparse_embeddings: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available (bf16 autocast)
 
+    @model_validator(mode="after")
+    def _joint_epochs(self) -> TrainParams:
+        if self.warmup_epochs >= self.max_epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be below max_epochs "
+                f"({self.max_epochs}): the model kept is the best joint-training epoch"
+            )
+        return self
+
 
 TransferStrategy = Literal["frozen", "l2sp", "adversarial", "coldstart"]
 
@@ -239,7 +248,7 @@ class FinetuneParams(Strict):
     l2sp_lambda: Annotated[float, Field(ge=0)] = 0.01  # pull toward the pre-trained weights
     adversarial_weight: Annotated[float, Field(ge=0)] = 0.1  # domain loss through the GRL
     # Old categories' train exposures replayed per new-category exposure while adapting.
-    replay_ratio: Annotated[float, Field(ge=0)] = 0.0
+    replay_ratio: Annotated[float, Field(ge=0)] = 2.0  # as params.yaml: what keeps forgetting low
 
 
 class EvaluationParams(Strict):
@@ -411,6 +420,8 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ShopguideError(f"{path}: not valid YAML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, binary, unreadable
+        raise ShopguideError(f"{path}: cannot read the parameters file: {exc}") from exc
     if not isinstance(raw, dict):
         raise ShopguideError(f"{path}: expected a mapping at the top level")
     try:

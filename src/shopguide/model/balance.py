@@ -96,8 +96,11 @@ class GradNorm(Balancer):
 
 
 class PCGrad(Balancer):
-    """Projecting conflicting gradients: each task's gradient loses its component along any
-    other task's gradient it points against (visited in random order), then they are summed."""
+    """Projecting conflicting gradients: on the parameters more than one task's loss moves
+    (the shared ones), each task's gradient loses its component along any other task's
+    gradient it points against (visited in random order), then they are summed. A parameter
+    only one task reaches (its tower) gets that task's gradient unchanged, as in the paper:
+    projecting whole-model vectors would copy one task's tower gradient into another's."""
 
     def backward(
         self,
@@ -106,17 +109,28 @@ class PCGrad(Balancer):
         representation: torch.Tensor,
         params: list[nn.Parameter],
     ) -> None:
-        grads = []
-        for loss, w in zip(losses, self.task_weights, strict=True):
-            parts = torch.autograd.grad(w * loss, params, retain_graph=True, allow_unused=True)
-            grads.append(
-                torch.cat(
-                    [
-                        (g if g is not None else torch.zeros_like(p)).flatten()
-                        for g, p in zip(parts, params, strict=True)
-                    ]
-                )
+        per_task = [
+            torch.autograd.grad(w * loss, params, retain_graph=True, allow_unused=True)
+            for loss, w in zip(losses, self.task_weights, strict=True)
+        ]
+        # A task reaches a parameter when its gradient there is not all zero (the stacked
+        # losses give every task a zero gradient on the other towers, not None). Leaving out a
+        # parameter only one task reaches changes no projection: the others are zero there.
+        reached = [
+            [g[k] is not None and bool(g[k].any()) for g in per_task] for k in range(len(params))
+        ]
+        shared = [k for k, r in enumerate(reached) if sum(r) > 1]
+        grads = [
+            torch.cat(
+                [
+                    (g[k] if g[k] is not None else torch.zeros_like(params[k])).flatten()
+                    for k in shared
+                ]
             )
+            if shared
+            else torch.zeros(0)
+            for g in per_task
+        ]
         projected = []
         for i, g in enumerate(grads):
             g = g.clone()
@@ -127,12 +141,19 @@ class PCGrad(Balancer):
         total = torch.stack(projected).sum(dim=0)
         if extra.requires_grad:
             extra.backward()
+        steps: dict[int, torch.Tensor] = {}
         offset = 0
-        for p in params:
-            n = p.numel()
-            step = total[offset : offset + n].view_as(p)
-            p.grad = step if p.grad is None else p.grad + step
+        for k in shared:
+            n = params[k].numel()
+            steps[k] = total[offset : offset + n].view_as(params[k])
             offset += n
+        for k, p in enumerate(params):
+            if k not in steps:
+                own = [g[k] for g, r in zip(per_task, reached[k], strict=True) if r]
+                if not own:
+                    continue
+                steps[k] = torch.stack(own).sum(dim=0)
+            p.grad = steps[k] if p.grad is None else p.grad + steps[k]
 
 
 def make_balancer(name: str, weights: list[float], gradnorm_alpha: float) -> Balancer:

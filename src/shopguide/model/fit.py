@@ -7,8 +7,10 @@ Id tables get sparse gradients and a lazy Adam (`shopguide.model.optim`) unless 
 them dense; heads may add auxiliary tasks of other types (`shopguide.model.tasks`).
 
 Every epoch reseeds from (seed, epoch), so a run resumed from a checkpoint reproduces the
-uninterrupted run exactly. Data parallelism all-reduces the gradients by hand after the
-balancer has set them (DDP's hooks cannot see PCGrad's and GradNorm's per-task gradients)."""
+uninterrupted run exactly on CPU (on CUDA up to its non-deterministic embedding backward).
+Data parallelism all-reduces the gradients by hand after the balancer has set them (DDP's
+hooks cannot see PCGrad's and GradNorm's per-task gradients; so under `torchrun` those two
+balance each process's own batch, and the balanced gradients are averaged)."""
 
 from __future__ import annotations
 
@@ -73,6 +75,11 @@ def resolve_device(device: str) -> str:
     """`train.device` as torch names it: `auto` is `cuda` when a GPU is visible."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ShopguideError(
+            "train.device is cuda but torch sees no GPU (a CPU build of torch, or no device); "
+            "set train.device: auto or cpu, or install the CUDA build (README)"
+        )
     return device
 
 
@@ -89,7 +96,7 @@ def init_distributed(device: str) -> None:
 
 def settings_from_params(train: TrainParams, tasks: tuple[str, ...]) -> FitSettings:
     unknown = set(train.task_weights) - set(tasks)
-    if unknown or train.warmup_task not in tasks:
+    if unknown or (train.warmup_epochs and train.warmup_task not in tasks):
         raise ShopguideError(
             f"train.task_weights / train.warmup_task name tasks {sorted(unknown)} "
             f"or {train.warmup_task!r} that are not among {list(tasks)}"
@@ -106,7 +113,7 @@ def settings_from_params(train: TrainParams, tasks: tuple[str, ...]) -> FitSetti
         task_weights=tuple(train.task_weights.get(t, 1.0) for t in tasks),
         gradnorm_alpha=train.gradnorm_alpha,
         warmup_epochs=train.warmup_epochs,
-        warmup_task=tasks.index(train.warmup_task),
+        warmup_task=tasks.index(train.warmup_task) if train.warmup_epochs else 0,
         compile=train.compile,
         device=resolve_device(train.device),
         sparse_embeddings=train.sparse_embeddings,
@@ -177,12 +184,12 @@ def _fingerprint(model: MultiTaskModel, train: Tensors, settings: FitSettings) -
 
 def _all_reduce_grads(params: list[nn.Parameter], size: int) -> None:
     """Average gradients over processes; sparse ones are averaged dense and handed back sparse
-    (row-sparse, as SparseAdam expects)."""
-    sparse = [p.grad is not None and p.grad.is_sparse for p in params]
-    grads = [
-        torch.zeros_like(p) if p.grad is None else p.grad.to_dense() if s else p.grad
-        for p, s in zip(params, sparse, strict=True)
-    ]
+    (row-sparse, as SparseAdam expects). A parameter without a gradient is left without one,
+    as in a single process (so AdamW neither decays nor moves it): every process runs the same
+    graph, so they agree on which those are."""
+    params = [p for p in params if p.grad is not None]
+    sparse = [p.grad.is_sparse for p in params]
+    grads = [p.grad.to_dense() if s else p.grad for p, s in zip(params, sparse, strict=True)]
     flat = torch.cat([g.flatten() for g in grads])
     dist.all_reduce(flat)
     flat /= size
@@ -208,8 +215,32 @@ def fit(
     checkpoint_dir: Path | None = None,
     extra_loss: ExtraLoss | None = None,
 ) -> FitResult:
-    """Train in place; on return the model holds the weights of its best validation epoch.
-    `trainable` may include parameters outside the model that `extra_loss` uses."""
+    """Train in place; on return the model holds the weights of its best joint-training epoch
+    (warm-up epochs are a stage, not a candidate, and do not count toward patience).
+    `trainable` may include parameters outside the model that `extra_loss` uses; the model's
+    other parameters are frozen for the run, so no gradient is computed or kept for them."""
+    params = trainable if trainable is not None else list(model.parameters())
+    own = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in own]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        return _fit(model, train, valid, settings, params, description, checkpoint_dir, extra_loss)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _fit(
+    model: MultiTaskModel,
+    train: Tensors,
+    valid: Tensors,
+    settings: FitSettings,
+    params: list[nn.Parameter],
+    description: str,
+    checkpoint_dir: Path | None,
+    extra_loss: ExtraLoss | None,
+) -> FitResult:
     rank, size = world()
     device = torch.device(settings.device)
     torch.manual_seed(settings.seed)
@@ -223,7 +254,6 @@ def fit(
             )
     weights = list(settings.task_weights) or [1.0] * heads_count
     balancer = make_balancer(settings.loss_balancing, weights, settings.gradnorm_alpha).to(device)
-    params = trainable if trainable is not None else list(model.parameters())
     embeddings = [p for p in model.embedding_parameters() if p.requires_grad]
     # PCGrad flattens every task's gradient into one dense vector, so it keeps dense tables.
     sparse = settings.sparse_embeddings and settings.loss_balancing != "pcgrad"
@@ -263,14 +293,15 @@ def fit(
             start = best.resumed_from = saved["epoch"] + 1
             log.info("%s: resumed from the checkpoint of epoch %d", description, saved["epoch"])
         else:
-            log.warning("%s: ignoring %s (another model, data or settings)", path, description)
+            log.warning("%s: ignoring %s (another model, data or settings)", description, path)
 
     with progress() as bar:
         job = bar.add_task(description, total=settings.max_epochs, completed=start)
         for epoch in range(start, settings.max_epochs):
             if stale >= settings.patience:
                 break
-            torch.manual_seed(settings.seed * 100_003 + epoch)
+            # each process its own dropout masks; process 0 those of a single-process run
+            torch.manual_seed(settings.seed * 100_003 + epoch + rank * 1_000_003)
             model.train()
             order = torch.randperm(
                 len(train), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
@@ -287,13 +318,17 @@ def fit(
                 batch = shuffled.rows(slice(begin + rank, begin + settings.batch_size, size))
                 with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
                     representation = model.encode(*batch.inputs())
+                    if not representation.requires_grad:  # frozen encoders; GradNorm needs it
+                        representation.requires_grad_()
                     logits = heads(representation).float()
                 losses = task_losses(logits, batch.labels, len(tasks), model.config.aux_tasks)
                 extra = model.penalty(logits)
                 if extra_loss is not None:
                     extra = extra + extra_loss(model, batch, representation)
                 if settings.embedding_l2 and embeddings:
-                    extra = extra + settings.embedding_l2 * model.embedding_square_sum(
+                    # summed over this process's rows: times `size`, so that averaging the
+                    # processes' gradients gives the single-process penalty of the whole batch
+                    extra = extra + settings.embedding_l2 * size * model.embedding_square_sum(
                         representation
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -330,11 +365,12 @@ def fit(
                 score,
             )
             bar.advance(job)
-            if score > best_score:
+            joint = epoch >= settings.warmup_epochs
+            if joint and score > best_score:
                 best_score, stale = score, 0
                 best_state = copy.deepcopy(model.state_dict())
                 best.best_epoch, best.best_metrics = epoch, metrics
-            else:
+            elif joint:
                 stale += 1
             if path is not None and rank == 0:
                 state = {

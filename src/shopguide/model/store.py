@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from pydantic import ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from shopguide.errors import ShopguideError
@@ -34,7 +35,11 @@ def load_model(directory: Path) -> MultiTaskModel:
         raise ShopguideError(f"{directory / CONFIG}: invalid model config: {exc}") from exc
     model = build(config)
     try:
-        model.load_state_dict(load_file(str(directory / WEIGHTS)))
+        state = load_file(str(directory / WEIGHTS))
+    except (SafetensorError, OSError) as exc:  # truncated or not safetensors
+        raise ShopguideError(f"{directory / WEIGHTS}: unreadable weights: {exc}") from exc
+    try:
+        model.load_state_dict(state)
     except RuntimeError as exc:  # weights of another architecture or an older format
         raise ShopguideError(f"{directory / WEIGHTS}: does not match {CONFIG}: {exc}") from exc
     model.eval()

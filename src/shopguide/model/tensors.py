@@ -48,14 +48,10 @@ def read_training_set(path: Path) -> pd.DataFrame:
 
 
 def to_tensors(frame: pd.DataFrame, tasks: tuple[str, ...], dense: tuple[str, ...]) -> Tensors:
-    missing = [c for c in (*KEYS, *dense) if c not in frame.columns]
-    if missing:
+    missing = [c for c in (*KEYS, *dense, *tasks) if c not in frame.columns]
+    if missing:  # a label column filled in would score (and gate) against nothing
         raise ShopguideError(f"training set lacks columns {missing}")
-    labels = (
-        frame[list(tasks)].to_numpy(np.float32)
-        if set(tasks) <= set(frame.columns)
-        else np.zeros((len(frame), len(tasks)), np.float32)
-    )
+    labels = frame[list(tasks)].to_numpy(np.float32)
     return Tensors(
         user=torch.from_numpy(frame["user_id"].to_numpy(np.int64)),
         item=torch.from_numpy(frame["item_id"].to_numpy(np.int64)),

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, ValidationError
 
 from shopguide.config import ModelParams
+from shopguide.errors import ShopguideError
 from shopguide.model.aitm import AITM, AITMConfig
 from shopguide.model.base import ModelConfig, MultiTaskModel
 from shopguide.model.cross_stitch import CrossStitch, CrossStitchConfig
@@ -53,7 +54,11 @@ def make_config(params: ModelParams, **inputs: object) -> ModelConfig:
     plus the fields of `params` that this model declares."""
     config_class = MODELS[params.name][0]
     wanted = set(config_class.model_fields) & set(type(params).model_fields) - set(inputs)
-    return config_class(**inputs, **{k: getattr(params, k) for k in wanted})
+    try:
+        return config_class(**inputs, **{k: getattr(params, k) for k in wanted})
+    except ValidationError as exc:  # a combination only the model can judge (ESMM's chain)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ShopguideError(f"model ({params.name}): invalid settings: {problems}") from exc
 
 
 def build(config: ModelConfig) -> MultiTaskModel:

@@ -1,7 +1,8 @@
 """Adversarial domain adaptation (DANN, Ganin & Lempitsky, ICML 2015): a domain classifier
 tells old-category exposures from new-category ones by the model's shared representation; a
-gradient-reversal layer between them turns the classifier's gradient around, so every shared
-layer learns a representation on which the two domains look alike. The new categories' side
+gradient-reversal layer between them turns the classifier's gradient around, so the layers
+below the model's `shared_representation` (MMoE: embeddings and experts; other models: the
+encoder) learn a representation on which the two domains look alike. The new categories' side
 uses all their train exposures, labelled or not; the task loss uses the labelled ones only."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ their random initialisation, and only those rows (with the task gates and towers
   distinct users exposed to both categories (all old categories by exposures when it shares
   no user with any);
 * a new item's row = the mean of the rows of the old items its users were exposed to, each
-  weighted by the number of those users (unchanged when its users saw no old item).
+  weighted by the number of those users (its own row when its users saw no old item).
 
 A row that an old-category exposure also hashes to is left alone, so old categories keep
 exactly their pre-trained embeddings."""
@@ -92,7 +92,9 @@ def initial_rows(
             counts = old[key].value_counts().reindex(old_keys).to_numpy(np.float64)
             fallback = counts @ table[old_rows] / counts.sum()
             mean = np.where(np.isnan(mean), fallback, mean)
-        keep = ~np.isin(new_rows, taken) & ~np.isnan(mean).any(axis=1)
+        # A new item none of whose users saw an old item keeps its row, but still adapts.
+        mean = np.where(np.isnan(mean), table[new_rows], mean)
+        keep = ~np.isin(new_rows, taken)
         index.append(new_rows[keep])
         values.append(mean[keep])
     rows, first = np.unique(np.concatenate(index), return_index=True)

@@ -34,11 +34,13 @@ def frame_metrics(model: MultiTaskModel, frame: pd.DataFrame) -> dict:
 
 
 def fit_rows(data: TransferData, params: Params) -> pd.DataFrame:
-    """The labelled new-category rows plus `replay_ratio` times as many old-category rows."""
-    replay = min(int(len(data.fit) * params.finetune.replay_ratio), len(data.old))
+    """The labelled new-category rows plus `replay_ratio` times as many old-category rows,
+    drawn from outside `old_valid`: the forgetting check must score rows it did not train on."""
+    pool = data.old.drop(index=data.old_valid.index)
+    replay = min(int(len(data.fit) * params.finetune.replay_ratio), len(pool))
     if replay == 0:
         return data.fit
-    return pd.concat([data.fit, data.old.sample(replay, random_state=params.train.seed)])
+    return pd.concat([data.fit, pool.sample(replay, random_state=params.train.seed)])
 
 
 def fine_tune(

@@ -24,9 +24,9 @@ class L2SP:
 
     def distance(self) -> torch.Tensor:
         """||theta - theta_pretrained||^2 over every parameter."""
-        return sum(
-            ((p - a.to(p.device)) ** 2).sum() for p, a in zip(self.params, self.anchor, strict=True)
-        )
+        if self.anchor[0].device != self.params[0].device:  # once, where training moved them
+            self.anchor = [a.to(p.device) for p, a in zip(self.params, self.anchor, strict=True)]
+        return sum(((p - a) ** 2).sum() for p, a in zip(self.params, self.anchor, strict=True))
 
     def __call__(self, model: MultiTaskModel, batch: Tensors, rep: torch.Tensor) -> torch.Tensor:
         return self.weight * self.distance()
