@@ -32,7 +32,6 @@ def promote(
 
     setup_logging()
     from shopguide.config import params_from_json
-    from shopguide.io import fingerprint
     from shopguide.promote import promote_step
 
     p = params_from_json(params_json)
@@ -50,7 +49,7 @@ def promote(
         Path(training_set.path),
         Path(promotion.path),
         p,
-        fingerprint(Path(pretrained.path)),
+        Path(pretrained.path),
     )
     return f"promoted {record['version']}"
 

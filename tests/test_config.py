@@ -31,6 +31,7 @@ def test_project_params_load() -> None:
         ("features:\n  snapshot_interval_s: {user: 7, item: 1, category: 1}\n", "user=7"),
         ("features:\n  snapshot_interval_s: {user: 1}\n", "no entry for ['category', 'item']"),
         ("train: [1, 2\n", "not valid YAML"),
+        ("train:\n  warmup_epochs: 20\n", "warmup_epochs (20) must be below max_epochs"),
     ],
 )
 def test_bad_params_name_the_field(tmp_path: Path, text: str, fragment: str) -> None:
@@ -45,6 +46,38 @@ def test_bad_params_name_the_field(tmp_path: Path, text: str, fragment: str) -> 
 def test_missing_params_file(tmp_path: Path) -> None:
     with pytest.raises(ShopguideError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_unreadable_params_file(tmp_path: Path) -> None:
+    (tmp_path / "dir.yaml").mkdir()
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    for name in ("dir.yaml", "binary.yaml"):
+        with pytest.raises(ShopguideError, match="cannot read the parameters file"):
+            load_params(tmp_path / name)
+
+
+def test_settings_only_the_model_can_judge_are_clear_errors() -> None:
+    from shopguide.model.zoo import make_config
+
+    params = Params().model.model_copy(update={"name": "esmm", "chain": {"buy": "nope"}})
+    with pytest.raises(ShopguideError, match=r"model \(esmm\): invalid settings"):
+        make_config(params, tasks=("cart", "fav", "buy"))
+
+
+def test_json_artifacts_and_directories_are_never_clobbered(tmp_path: Path) -> None:
+    """A corrupt JSON artifact names its file; an output path that is a directory is refused
+    and the directory kept."""
+    from shopguide.io import read_json, write_json
+
+    (tmp_path / "bad.json").write_text("{bad")
+    with pytest.raises(ShopguideError, match=r"bad\.json: not a readable JSON file"):
+        read_json(tmp_path / "bad.json")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("x")
+    with pytest.raises(ShopguideError, match="is a directory"):
+        write_json(victim, {"a": 1})
+    assert (victim / "keep.txt").read_text() == "x"
 
 
 def test_feature_entities_are_those_with_feature_views() -> None:

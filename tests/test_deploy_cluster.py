@@ -20,7 +20,7 @@ from components.promote import deploy_champion, promote
 from shopguide.config import Params
 from shopguide.deploy import apply_inference_service, inference_service, inference_service_model
 from shopguide.errors import ShopguideError
-from shopguide.registry import champion
+from shopguide.registry import champion, model_fingerprint
 from tests.conftest import PipelineRun
 from tests.fake_api import Request, fake_api
 from tests.test_kfp_pipeline import _artifact
@@ -115,7 +115,18 @@ def test_promoted_champion_is_deployed(
     registry = tmp_path / "registry"
     # A passing decision of our own: what is tested is promotion and deployment, not the gate.
     decision = tmp_path / "decision.json"
-    decision.write_text(json.dumps({"passed": True, "reasons": [], "checks": [], "champion": None}))
+    decision.write_text(
+        json.dumps(
+            {
+                "passed": True,
+                "reasons": [],
+                "checks": [],
+                "champion": None,
+                "candidate_fingerprint": model_fingerprint(pipeline_run.candidate),
+                "registry": str(registry),
+            }
+        )
+    )
     promotion = _artifact(tmp_path / "promotion.json")
     outcome = promote.python_func(
         model=_artifact(pipeline_run.candidate),

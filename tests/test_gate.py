@@ -75,6 +75,17 @@ def test_regression_needs_confidence_not_just_a_lower_point_estimate(synthetic) 
     assert not regression_checks(cand, base, strict)[0]["passed"]
 
 
+def test_a_task_the_candidate_drops_is_refused(synthetic) -> None:
+    """The champion predicts buy and fav, the candidate only buy: fav would be lost."""
+    labels, champ, users, slices = synthetic
+    both = Scored(
+        ("buy", "fav"), np.hstack([labels, labels]), np.hstack([champ, champ]), users, slices
+    )
+    checks = regression_checks(_scored(labels, champ, users, slices), both, GateParams())
+    lost = [c for c in checks if not c["passed"]]
+    assert [c["task"] for c in lost] == ["fav"] and "the candidate does not" in lost[0]["reason"]
+
+
 def test_decision_without_a_candidate_model_judges_the_floors_only(tmp_path: Path) -> None:
     """An evaluation that names no model (as older runs wrote) can only be judged on its
     floors, and the decision says what was not checked."""

@@ -72,8 +72,18 @@ def _good_rows(n: int = 50) -> list[str]:
             "column 'ts'",
         ),
         ("\n".join(_good_rows(40) + ["1,2,3,pv,notanumber"] * 5) + "\n", "5 of 45 rows"),
+        # a line bad in four fields is one malformed row
+        ("\n".join(_good_rows(40) + ["a,b,c,pv,d"] * 5) + "\n", "5 of 45 rows"),
+        (bytes(range(256)).decode("latin-1") * 40, "not a plain-text CSV"),
     ],
-    ids=["empty", "missing-column", "non-numeric-timestamp", "too-many-bad-rows"],
+    ids=[
+        "empty",
+        "missing-column",
+        "non-numeric-timestamp",
+        "too-many-bad-rows",
+        "rows-bad-in-every-field",
+        "binary",
+    ],
 )
 def test_bad_csv_is_a_clear_error_and_writes_nothing(
     tmp_path: Path, content: str, expected: str

@@ -197,3 +197,27 @@ def test_base_inference_service_is_the_rendered_one() -> None:
     params = Params()
     base = yaml.safe_load((ROOT / "k8s" / "base" / "inferenceservice.yaml").read_text())
     assert base == inference_service("v0001", params.deploy, params.serving)
+
+
+def test_pipeline_pods_get_a_profile_editors_rights(overlay: tuple[str, list[dict]]) -> None:
+    _, docs = overlay
+    bound = {
+        d["roleRef"]["name"]
+        for d in docs
+        if d["kind"] == "RoleBinding"
+        for s in d["subjects"]
+        if s["name"] == "shopguide-pipeline"
+    }
+    assert bound == {"shopguide-promoter", "kubeflow-edit"}
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+def test_overlay_feature_stores_load_in_feast(name: str) -> None:
+    """Feast parses each overlay's feature_store.yaml, the online store's module included
+    (prod's Redis needs feast[redis])."""
+    from feast.repo_config import load_repo_config
+
+    directory = ROOT / "k8s" / "overlays" / name
+    config = load_repo_config(directory, directory / "feature_store.yaml")
+    expected = {"dev": "SqliteOnlineStoreConfig", "prod": "RedisOnlineStoreConfig"}[name]
+    assert type(config.online_store).__name__ == expected

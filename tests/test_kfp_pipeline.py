@@ -14,7 +14,7 @@ from kfp.dsl import Artifact
 from components.champion import with_new_categories
 from components.gate import gate
 from components.promote import report_refusal
-from components.settings import DEFAULT_IMAGE, IMAGE
+from components.settings import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, GPU_IMAGE, IMAGE
 from pipelines import finetune_pipeline as finetune_module
 from pipelines import training_pipeline as training_module
 from pipelines.cluster import compile_pipeline
@@ -41,8 +41,8 @@ pytestmark = [
     ids=["train", "finetune"],
 )
 def test_compiled_pipeline_is_current(tmp_path: Path, module, pipeline) -> None:
-    if IMAGE != DEFAULT_IMAGE:
-        pytest.skip("SHOPGUIDE_IMAGE is set; the committed YAML uses the default image")
+    if (IMAGE, GPU_IMAGE) != (DEFAULT_IMAGE, DEFAULT_GPU_IMAGE):
+        pytest.skip("SHOPGUIDE_(GPU_)IMAGE is set; the committed YAML uses the default images")
     fresh = compile_pipeline(pipeline, tmp_path / module.COMPILED.name).read_text()
     assert fresh == module.COMPILED.read_text(), (
         f"{module.COMPILED} is stale; regenerate it with `python -m {module.__name__}`"
@@ -241,3 +241,15 @@ def test_local_runs_promote_then_refuse_a_finetune(
     assert not (ft_dir / "promote").exists()
     assert champion(registry) == first
     assert [v.name for v in versions(registry)][-1] == first.name
+
+
+def test_gpu_steps_run_in_the_cuda_image() -> None:
+    """train and finetune reserve a GPU, so they run in the CUDA build; the rest in the CPU
+    image."""
+    spec = next(yaml.safe_load_all(training_module.COMPILED.read_text()))
+    images = {
+        name.removeprefix("exec-"): e["container"]["image"]
+        for name, e in spec["deploymentSpec"]["executors"].items()
+    }
+    assert images["train"] == images["finetune"] == DEFAULT_GPU_IMAGE
+    assert images["ingest"] == images["gate"] == DEFAULT_IMAGE

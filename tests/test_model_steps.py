@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ from shopguide.evaluate import evaluate_step
 from shopguide.gate import gate_step
 from shopguide.io import read_json
 from shopguide.model.store import load_model, save_model
+from shopguide.model.tensors import to_tensors
 from shopguide.promote import promote_step
 from shopguide.registry import champion, versions
 from shopguide.train import build_model
@@ -244,3 +246,84 @@ def test_promote_without_decision_is_an_error(pipeline_run: PipelineRun, tmp_pat
             tmp_path / "p.json",
             pipeline_run.params,
         )
+
+
+def _copy_registry(pipeline_run: PipelineRun, tmp_path: Path) -> Params:
+    """The session's registry copied, and params pointing at the copy: promotions here must
+    not move the champion other tests compare with."""
+    registry = tmp_path / "registry"
+    shutil.copytree(pipeline_run.registry, registry)
+    p = without_serving_check(pipeline_run.params)
+    return p.model_copy(update={"registry": p.registry.model_copy(update={"path": registry})})
+
+
+def _promote(pipeline_run: PipelineRun, model: Path, decision: Path, tmp_path: Path, p: Params):
+    return promote_step(
+        model,
+        decision,
+        pipeline_run.evaluation,
+        pipeline_run.training_set,
+        tmp_path / "promotion.json",
+        p,
+        parent_dir=champion(p.registry.path).path,
+    )
+
+
+def test_promote_registers_only_what_the_gate_approved(
+    pipeline_run: PipelineRun, untrained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A passed decision binds the candidate's weights, the registry and the champion it was
+    compared with: another model, another registry or a champion changed since are refused
+    with nothing registered; the approved model is registered, its parent version named."""
+    p = _copy_registry(pipeline_run, tmp_path)
+    registry = p.registry.path
+    decision = tmp_path / "decision.json"
+    assert gate_step(pipeline_run.evaluation, pipeline_run.training_set, registry, decision, p)[
+        "passed"
+    ]
+    before = [v.name for v in versions(registry)]
+    with pytest.raises(ShopguideError, match="not the model the gate approved"):
+        _promote(pipeline_run, untrained[0], decision, tmp_path, p)
+    elsewhere = p.model_copy(update={"registry": p.registry.model_copy(update={"path": tmp_path})})
+    with pytest.raises(ShopguideError, match="the gate compared against registry"):
+        promote_step(
+            pipeline_run.candidate,
+            decision,
+            pipeline_run.evaluation,
+            pipeline_run.training_set,
+            tmp_path / "promotion.json",
+            elsewhere,
+        )
+    assert [v.name for v in versions(registry)] == before
+
+    parent = champion(registry)
+    record = _promote(pipeline_run, pipeline_run.candidate, decision, tmp_path, p)
+    assert record["promoted"]
+    # the champion was the fine-tuning base: lineage names its version
+    assert champion(registry).metadata["parent_version"] == parent.name
+    with pytest.raises(ShopguideError, match="the champion is now"):  # the decision is stale
+        _promote(pipeline_run, pipeline_run.candidate, decision, tmp_path, p)
+    assert len(versions(registry)) == len(before) + 1
+
+
+def test_a_model_that_predicts_nan_is_an_error(pipeline_run: PipelineRun, tmp_path: Path) -> None:
+    model = load_model(pipeline_run.candidate)
+    with torch.no_grad():
+        next(model.towers.parameters()).fill_(float("nan"))
+    save_model(model, tmp_path / "model")
+    with pytest.raises(ShopguideError, match="non-finite probabilities"):
+        evaluate_step(
+            pipeline_run.training_set,
+            tmp_path / "model",
+            tmp_path / "evaluate.json",
+            tmp_path / "roc.csv",
+            tmp_path / "report.html",
+            pipeline_run.params,
+        )
+    assert not (tmp_path / "evaluate.json").exists()
+
+
+def test_scoring_without_a_label_column_is_an_error(pipeline_run: PipelineRun) -> None:
+    frame = pd.read_parquet(pipeline_run.training_set).drop(columns=["buy"])
+    with pytest.raises(ShopguideError, match=r"lacks columns \['buy'\]"):
+        to_tensors(frame, ("cart", "fav", "buy"), ())

@@ -312,6 +312,8 @@ def test_history_skips_a_torn_last_line(tmp_path: Path, model_dir: Path) -> None
     with (root / HISTORY).open("a") as fh:
         fh.write('{"at": "2026-01-01", "action": "prom')
     assert [e["version"] for e in history(root)] == ["v0001"]
+    register(root, model_dir, {})  # the next change is not glued onto the torn line
+    assert [e["version"] for e in history(root)] == ["v0001", "v0002"]
 
 
 MIXED_WORKER = textwrap.dedent("""
@@ -437,3 +439,20 @@ def test_models_commands(tmp_path: Path, model_dir: Path) -> None:
     assert "Traceback" not in again.stderr
     forward = shopguide_cli("models", "rollback", "--to", "v0002", "--registry", str(root))
     assert forward.returncode == 0 and champion(root).name == "v0002"
+
+
+def test_damaged_versions_and_artifacts_are_clear_errors(tmp_path: Path, model_dir: Path) -> None:
+    """A truncated weights file is named, never loaded; rollback refuses a damaged version and
+    keeps the champion; corrupt metadata names its file."""
+    root = tmp_path / "registry"
+    first, second = register(root, model_dir, {}), register(root, model_dir, {})
+    weights = first.path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ShopguideError, match="unreadable weights"):
+        load_model(first.path)
+    with pytest.raises(ShopguideError, match="unreadable weights"):
+        rollback(root, to=first.name)
+    assert champion(root).name == second.name
+    (second.path / "metadata.json").write_text("{bad")
+    with pytest.raises(ShopguideError, match=r"metadata.json: not a readable JSON file"):
+        _ = second.metadata

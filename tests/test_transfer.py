@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from shopguide.config import Params
+from shopguide.evaluate import evaluate_step
 from shopguide.finetune import finetune_base, finetune_step
 from shopguide.gate import gate_step
 from shopguide.io import read_json
@@ -89,6 +90,9 @@ def test_frozen_keeps_shared_layers(runs: dict[str, Adapted], pipeline_run: Pipe
     assert runs["frozen"].outcome.trainable == sum(
         p.numel() for k, p in base.named_parameters() if k not in shared
     )
+    # Frozen for the run (no gradient computed or kept for them), trainable again after it.
+    adapted = runs["frozen"].model
+    assert all(p.grad is None and p.requires_grad for p in adapted.shared_parameters())
 
 
 def test_full_strategies_move_the_shared_layers(
@@ -184,6 +188,8 @@ def test_replay_mixes_old_exposures(pipeline_run: PipelineRun, frame: pd.DataFra
     rows = fit_rows(data, params)
     new = is_new_category(rows["category_id"], params.finetune)
     assert int(new.sum()) == len(data.fit) and int((~new).sum()) == len(data.fit) // 2
+    # never the rows the forgetting check scores
+    assert not rows.index.isin(data.old_valid.index).any()
 
 
 def test_auto_keeps_the_best_validation_score(
@@ -234,8 +240,18 @@ def _gate(
         infra=pipeline_run.params.gate.infra.model_copy(update={"enabled": False}),
         bootstrap_samples=100,
     )
+    params = _with(params, "evaluation", bootstrap_samples=20)
+    evaluation = tmp_path / f"{name}-evaluate.json"
+    evaluate_step(
+        pipeline_run.training_set,
+        directory,
+        evaluation,
+        tmp_path / f"{name}-roc.csv",
+        tmp_path / f"{name}-report.html",
+        params,
+    )
     return gate_step(
-        pipeline_run.evaluation,
+        evaluation,
         pipeline_run.training_set,
         registry,
         tmp_path / f"{name}.json",

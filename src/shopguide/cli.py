@@ -256,15 +256,14 @@ def promote(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Register a gate-approved model as champion and render its InferenceService."""
-    from shopguide.io import fingerprint, read_json
+    from shopguide.io import read_json
     from shopguide.promote import promote_step
 
     p = load_params(params)
     if parent is None:
         recorded = read_json(finetune_metrics) if finetune_metrics.is_file() else {}
         parent = Path(recorded.get("base_model", PRETRAINED))
-    parent_id = fingerprint(parent) if parent.is_dir() else None
-    record = promote_step(model_dir, decision, evaluation, training_set, out, p, parent_id)
+    record = promote_step(model_dir, decision, evaluation, training_set, out, p, parent)
     if record["promoted"]:
         log.info(
             "champion is %s. Report: reports/evaluation.html. Start the endpoint with "

@@ -16,7 +16,12 @@ from shopguide.errors import ShopguideError
 
 def connect(params: DataParams) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{params.duckdb_memory_limit}'")
+    try:
+        con.execute(f"SET memory_limit = '{params.duckdb_memory_limit}'")
+    except duckdb.Error as exc:
+        raise ShopguideError(
+            f"data.duckdb_memory_limit={params.duckdb_memory_limit!r}: {exc} (e.g. '4GB')"
+        ) from exc
     con.execute(f"SET threads = {params.duckdb_threads}")
     con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET temp_directory = {sql_path(spill_directory(params))}")

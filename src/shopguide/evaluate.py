@@ -41,15 +41,12 @@ from shopguide.model.base import MultiTaskModel
 from shopguide.model.fit import aux_metrics, predict
 from shopguide.model.store import load_model
 from shopguide.model.tensors import is_new_category, read_training_set, to_tensors
+from shopguide.registry import model_fingerprint
 
 log = logging.getLogger(__name__)
 
 METRICS = ("auc", "logloss", "ece", "gauc")
 GROUPS = ("head", "torso", "tail")
-
-
-def test_split(training_set: Path) -> pd.DataFrame:
-    return split_frames(training_set)[1]
 
 
 def split_frames(training_set: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -94,10 +91,17 @@ class Scored:
 def score_model(model: MultiTaskModel, test: pd.DataFrame, slices: dict[str, np.ndarray]) -> Scored:
     tasks = model.config.tasks
     data = to_tensors(test, tasks, model.config.dense_features)
+    probs = predict(model, data).astype(np.float64)
+    bad = int((~np.isfinite(probs)).any(axis=1).sum())
+    if bad:  # NaN sorts as a score in an AUC and compares False in every check
+        raise ShopguideError(
+            f"the model predicts non-finite probabilities for {bad} of {len(probs)} test "
+            "exposures (diverged weights?)"
+        )
     return Scored(
         tasks,
         data.labels.numpy().astype(np.float64),
-        predict(model, data).astype(np.float64),
+        probs,
         test["user_id"].to_numpy(np.int64),
         slices,
     )
@@ -264,6 +268,7 @@ def evaluate_step(
     if model.config.aux_tasks:
         metrics["aux"] = test_aux_metrics(model, test, training_set)
     metrics["model_dir"] = str(Path(model_dir).resolve())
+    metrics["model_fingerprint"] = model_fingerprint(model_dir)
     roc = pd.DataFrame(roc_points(scored.labels, scored.probs, scored.tasks))
     curve = pd.DataFrame(
         [

@@ -38,7 +38,7 @@ from shopguide.evaluate import Scored, score_model, slice_masks, split_frames
 from shopguide.io import read_json, write_json
 from shopguide.metrics import bootstrap_weights, interval, weighted_auc
 from shopguide.model.store import load_model
-from shopguide.registry import champion
+from shopguide.registry import champion, model_fingerprint
 from shopguide.serving.process import log_tail, running_server
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,22 @@ def regression_checks(candidate: Scored, champ: Scored, gate: GateParams) -> lis
                     y, champ.probs[mask, column[task]], w
                 )
                 deltas.setdefault((name, j), []).append(delta)
-    checks = []
+    # A task the champion predicts and the candidate does not would be lost: refused.
+    checks = [
+        {
+            "rule": "no_regression_vs_champion",
+            "task": task,
+            "slice": "overall",
+            "value": None,
+            "threshold": -gate.max_auc_regression,
+            "passed": False,
+            "judged": True,
+            "reason": f"no_regression_vs_champion {task}: the champion predicts it, "
+            f"the candidate does not (tasks {list(candidate.tasks)})",
+        }
+        for task in champ.tasks
+        if task not in candidate.tasks
+    ]
     tol = gate.max_auc_regression
     for (name, j), chunks in deltas.items():
         task, mask = candidate.tasks[j], parts[name]
@@ -136,8 +151,8 @@ def regression_checks(candidate: Scored, champ: Scored, gate: GateParams) -> lis
 
 def forgetting_checks(candidate: Scored, champ: Scored, gate: GateParams) -> list[dict]:
     """No forgetting: on the old categories' test exposures, every task's AUC may fall below the
-    champion's (the fine-tuning parent) by at most `max_old_category_drop`. A point comparison
-    on the same exposures: what changed is the model, not the sample."""
+    champion's (what serves those categories now) by at most `max_old_category_drop`. A point
+    comparison on the same exposures: what changed is the model, not the sample."""
     mask = candidate.slices["old_categories"]
     checks = []
     for j, task in enumerate(candidate.tasks):
@@ -190,6 +205,23 @@ def infra_requests(test: pd.DataFrame, requests: int, candidates: int) -> list[d
                 seen.add(int(extra))
         out.append({"user_id": user, "item_ids": items})
     return out
+
+
+def _serving_refusal(exc: Exception, details: dict) -> tuple[list[dict], dict]:
+    """Not started, crashed, hung or answered nonsense: a refusal, never a gate crash."""
+    details["error"] = f"{type(exc).__name__}: {exc}"
+    return [
+        {
+            "rule": "serving_starts_and_answers",
+            "task": None,
+            "slice": None,
+            "value": None,
+            "threshold": None,
+            "passed": False,
+            "reason": f"serving_starts_and_answers: {exc}".splitlines()[0][:300]
+            + " (see infra.error in the decision)",
+        }
+    ], details
 
 
 def infra_checks(
@@ -247,32 +279,24 @@ def infra_checks(
             if v2.status_code != 200:
                 raise ShopguideError(f"v2 infer answered {v2.status_code}: {v2.text[:500]}")
     except (ShopguideError, httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
-        # Not started, crashed, hung or answered nonsense: a refusal, never a gate crash.
-        details["error"] = f"{type(exc).__name__}: {exc}"
-        return [
-            {
-                "rule": "serving_starts_and_answers",
-                "task": None,
-                "slice": None,
-                "value": None,
-                "threshold": None,
-                "passed": False,
-                "reason": f"serving_starts_and_answers: {exc}".splitlines()[0][:300]
-                + " (see infra.error in the decision)",
-            }
-        ], details
+        return _serving_refusal(exc, details)
     model = load_model(model_dir)
     tasks = model.config.tasks
     users = np.concatenate([np.full(len(i["item_ids"]), i["user_id"]) for i in instances])
     items = np.concatenate([i["item_ids"] for i in instances]).astype(np.int64)
     offline = reference_probabilities(model, open_store(feature_repo), users, items)
-    got = np.array([[item["scores"][t] for t in tasks] for p in served for item in p["items"]])
-    v2_outputs = {o["name"]: np.asarray(o["data"]) for o in v2.json()["outputs"]}
     n0 = len(instances[0]["item_ids"])
-    v2_got = np.stack([v2_outputs[t] for t in tasks], axis=1)
-    diff = float(
-        max(np.abs(got - offline).max(initial=0), np.abs(v2_got - offline[:n0]).max(initial=0))
-    )
+    try:
+        got = np.array(
+            [[item["scores"][t] for t in tasks] for p in served for item in p["items"]], float
+        )
+        v2_outputs = {o["name"]: np.asarray(o["data"], float) for o in v2.json()["outputs"]}
+        v2_got = np.stack([v2_outputs[t] for t in tasks], axis=1)
+        diff = float(
+            max(np.abs(got - offline).max(initial=0), np.abs(v2_got - offline[:n0]).max(initial=0))
+        )
+    except (ValueError, KeyError, IndexError, TypeError) as exc:  # answers of the wrong shape
+        return _serving_refusal(exc, details)
     p99 = float(np.percentile(latencies, 99))
     details |= {
         "max_abs_diff": diff,
@@ -340,6 +364,13 @@ def gate_step(
     candidate_auc = {t: m.get("auc") for t, m in report["overall"].items()}
     checks = _floor_checks(candidate_auc, params.gate)
     candidate_dir = _candidate_model(report, model_dir)
+    candidate_fingerprint = model_fingerprint(candidate_dir) if candidate_dir else None
+    evaluated = report.get("model_fingerprint")
+    if candidate_fingerprint and evaluated and evaluated != candidate_fingerprint:
+        raise ShopguideError(
+            f"{evaluation} evaluates another model than {candidate_dir} (weights differ); "
+            "evaluate the candidate first"
+        )
     current = champion(registry)
     champion_auc, infra, skipped = None, None, []
     if candidate_dir is not None or current is not None:
@@ -379,6 +410,8 @@ def gate_step(
         "champion_auc": champion_auc,
         "candidate_auc": candidate_auc,
         "candidate": str(candidate_dir) if candidate_dir else None,
+        "candidate_fingerprint": candidate_fingerprint,
+        "registry": str(registry),
         "infra": infra,
         "not_checked": skipped,
         "decided_at": datetime.now(UTC).isoformat(),

@@ -12,6 +12,8 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import duckdb
+
 from shopguide.config import DataParams
 from shopguide.duck import connect, sql_path
 from shopguide.errors import ShopguideError
@@ -40,7 +42,8 @@ class IngestSummary:
 
 
 def _describe_rejects(con) -> tuple[int, list[str]]:
-    (count,) = con.execute("SELECT count(*) FROM reject_errors").fetchone()
+    # one line can fail on several fields: count lines, not errors
+    (count,) = con.execute("SELECT count(DISTINCT (file_id, line)) FROM reject_errors").fetchone()
     rows = con.execute(
         f"""SELECT line, column_name, error_type, csv_line, error_message
             FROM reject_errors ORDER BY line LIMIT {MAX_EXAMPLES}"""
@@ -89,18 +92,24 @@ def ingest_taobao(source: Path, out: Path, params: DataParams) -> IngestSummary:
     source = require_file(source, "Taobao UserBehavior rows")
     con = connect(params)
     columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in EVENT_COLUMNS.items()) + "}"
+    expected = "5 columns user_id,item_id,category_id,behavior_type,timestamp"
     with atomic_path(out) as tmp:
-        con.execute(
-            f"""COPY (
-                    SELECT * FROM read_csv({sql_path(source)}, header = false, delim = ',',
-                        auto_detect = false, columns = {columns}, store_rejects = true,
-                        null_padding = false)
-                ) TO {sql_path(tmp)} (FORMAT parquet, COMPRESSION zstd)"""
-        )
+        try:
+            con.execute(
+                f"""COPY (
+                        SELECT * FROM read_csv({sql_path(source)}, header = false, delim = ',',
+                            auto_detect = false, columns = {columns}, store_rejects = true,
+                            null_padding = false)
+                    ) TO {sql_path(tmp)} (FORMAT parquet, COMPRESSION zstd)"""
+            )
+        except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+            raise ShopguideError(
+                f"{source}: not a plain-text CSV of {expected} (compressed or binary?): "
+                f"{str(exc).splitlines()[0]}"
+            ) from exc
         rows, min_ts, max_ts = con.execute(
             f"SELECT count(*), min(ts), max(ts) FROM read_parquet({sql_path(tmp)})"
         ).fetchone()
-        expected = "5 columns user_id,item_id,category_id,behavior_type,timestamp"
         bad, examples = check_rejects(con, source, rows, expected, params)
     summary = IngestSummary(str(source), rows, bad, examples, min_ts, max_ts)
     log.info("ingested %d events from %s into %s", rows, source, out)

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from shopguide.errors import ShopguideError
+
 
 @contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
@@ -29,6 +31,8 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         if not staged.exists():
             raise FileNotFoundError(f"{staged} was not written")
         if target.is_dir() and not target.is_symlink():
+            if not staged.is_dir():
+                raise ShopguideError(f"{target}: is a directory; not replacing it with a file")
             old = tmp / "old"
             os.replace(target, old)
         os.replace(staged, target)
@@ -42,7 +46,14 @@ def write_json(path: Path | str, payload: Any) -> None:
 
 
 def read_json(path: Path | str) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON artifact; a missing, unreadable or corrupt one is an error that names it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ShopguideError(f"{path}: not found") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ShopguideError(f"{path}: not a readable JSON file: {exc}") from exc
 
 
 def fingerprint(path: Path | str) -> str:

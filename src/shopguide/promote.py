@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from shopguide.config import Params
 from shopguide.deploy import render_inference_service
 from shopguide.errors import ShopguideError
 from shopguide.io import fingerprint, read_json, write_json
-from shopguide.registry import model_fingerprint, register, versions
+from shopguide.model.store import CONFIG, WEIGHTS
+from shopguide.registry import Version, model_fingerprint, register, versions
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,43 @@ def parent_version(registry: Path, parent: str | None) -> str | None:
     return None
 
 
+def _approved(decision: dict, decision_path: Path, model_dir: Path, registry: Path) -> None:
+    """Refuse a passed decision about another model or another registry: only the weights the
+    gate judged, against the registry it judged in, may be promoted."""
+    judged = decision.get("candidate_fingerprint")
+    if not judged:
+        raise ShopguideError(
+            f"{decision_path}: the gate judged no candidate model (floors only); "
+            "re-run gate with the candidate (--model-dir)"
+        )
+    if model_fingerprint(model_dir) != judged:
+        raise ShopguideError(
+            f"{model_dir}: not the model the gate approved ({decision_path} judged "
+            f"{decision.get('candidate')}); re-run gate on it"
+        )
+    gated_in = decision.get("registry")
+    if gated_in is None or Path(gated_in).resolve() != Path(registry).resolve():
+        raise ShopguideError(
+            f"{decision_path}: the gate compared against registry {gated_in}, "
+            f"promotion would register in {registry}; re-run gate against {registry}"
+        )
+
+
+def _same_champion(decision: dict, decision_path: Path) -> Callable[[Version | None], None]:
+    """The registry check run under its lock: the champion is still the one the candidate
+    was compared with (another promotion in between makes the decision stale)."""
+
+    def check(current: Version | None) -> None:
+        name = current.name if current else None
+        if name != decision.get("champion"):
+            raise ShopguideError(
+                f"{decision_path}: the gate compared the candidate with champion "
+                f"{decision.get('champion')}, the champion is now {name}; re-run gate"
+            )
+
+    return check
+
+
 def promote_step(
     model_dir: Path,
     decision_path: Path,
@@ -47,8 +86,10 @@ def promote_step(
     training_set: Path,
     out: Path,
     params: Params,
-    parent: str | None = None,
+    parent_dir: Path | None = None,
 ) -> dict:
+    """Register the gate-approved `model_dir`; `parent_dir` is the model it was fine-tuned
+    from (its weights identify the registered parent version, if any)."""
     if not Path(decision_path).is_file():
         raise ShopguideError(f"{decision_path}: no gate decision (run gate first)")
     decision = read_json(decision_path)
@@ -57,6 +98,12 @@ def promote_step(
         write_json(out, record)
         log.warning("not promoted: the gate refused the candidate; champion unchanged")
         return record
+    _approved(decision, Path(decision_path), Path(model_dir), params.registry.path)
+    if Path(params.deploy.output).is_dir():  # found out before the champion moves, not after
+        raise ShopguideError(f"{params.deploy.output}: deploy.output is a directory, not a file")
+    parent = None
+    if parent_dir is not None and all((Path(parent_dir) / f).is_file() for f in (WEIGHTS, CONFIG)):
+        parent = model_fingerprint(parent_dir)
     metadata = {
         "params": params.model_dump(mode="json"),
         "metrics": read_json(evaluation),
@@ -72,7 +119,12 @@ def promote_step(
         "parent_version": parent_version(params.registry.path, parent),
         "model": read_json(Path(model_dir) / "config.json").get("kind"),
     }
-    version = register(params.registry.path, model_dir, metadata)
+    version = register(
+        params.registry.path,
+        model_dir,
+        metadata,
+        guard=_same_champion(decision, Path(decision_path)),
+    )
     manifest = render_inference_service(
         version.name, params.deploy, params.serving, params.deploy.output
     )

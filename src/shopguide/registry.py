@@ -28,14 +28,14 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from shopguide.errors import ShopguideError
-from shopguide.io import write_json
-from shopguide.model.store import CONFIG, WEIGHTS
+from shopguide.io import read_json, write_json
+from shopguide.model.store import CONFIG, WEIGHTS, load_model
 from shopguide.model_card import render_model_card
 
 CHAMPION = "champion.json"
@@ -52,7 +52,7 @@ class Version:
 
     @property
     def metadata(self) -> dict:
-        return json.loads((self.path / METADATA).read_text())
+        return read_json(self.path / METADATA)
 
 
 @contextlib.contextmanager
@@ -104,9 +104,16 @@ def champion(root: Path) -> Version | None:
     return Version(name, path)
 
 
+def _require_model(model_dir: Path) -> None:
+    missing = [f for f in (WEIGHTS, CONFIG) if not (Path(model_dir) / f).is_file()]
+    if missing:
+        raise ShopguideError(f"{model_dir}: not a shopguide model (missing {', '.join(missing)})")
+
+
 def model_fingerprint(model_dir: Path) -> str:
     """sha256 of a model's weights and config only, in `io.fingerprint`'s layout: a copy of
     just those two files (a fine-tuning parent) has `fingerprint(copy) == this`."""
+    _require_model(model_dir)
     digest = hashlib.sha256()
     for name in sorted((WEIGHTS, CONFIG)):
         digest.update(name.encode())
@@ -146,8 +153,12 @@ def history(root: Path) -> list[dict]:
 
 
 def _append_history(root: Path, entry: dict) -> None:
-    with open(root / HISTORY, "a") as fh:
-        fh.write(json.dumps(entry, default=str) + "\n")
+    with open(root / HISTORY, "a+b") as fh:
+        if fh.seek(0, os.SEEK_END):
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":  # a torn line (a crash mid-append) ends here, not this one
+                fh.write(b"\n")
+        fh.write((json.dumps(entry, default=str) + "\n").encode())
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -162,20 +173,28 @@ def _set_pointer(root: Path, name: str, previous: str | None, action: str, **ext
     )
 
 
-def register(root: Path, model_dir: Path, metadata: dict, make_champion: bool = True) -> Version:
+def register(
+    root: Path,
+    model_dir: Path,
+    metadata: dict,
+    make_champion: bool = True,
+    guard: Callable[[Version | None], None] | None = None,
+) -> Version:
     """Copy `model_dir` into a new version (with its metadata and model card) and, by default,
-    make it the champion."""
+    make it the champion. `guard`, called with the current champion under the registry's
+    lock, may raise to refuse (the champion must still be the one a gate compared with)."""
     root = Path(root)
-    missing = [f for f in (WEIGHTS, CONFIG) if not (Path(model_dir) / f).is_file()]
-    if missing:
-        raise ShopguideError(f"{model_dir}: not a shopguide model (missing {', '.join(missing)})")
+    _require_model(model_dir)
     with _locked(root):
         base = root / "versions"
         base.mkdir(parents=True, exist_ok=True)
         existing = [int(p.name[1:]) for p in base.iterdir() if VERSION_NAME.fullmatch(p.name)]
         name = f"v{max(existing, default=0) + 1:04d}"
         # Read the old pointer first: a corrupt one fails before a version is added.
-        previous = champion(root) if make_champion else None
+        current = champion(root)
+        if guard is not None:
+            guard(current)
+        previous = current if make_champion else None
         stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=root))
         try:
             shutil.copytree(model_dir, stage / name)
@@ -224,6 +243,7 @@ def rollback(root: Path, to: str | None = None, reason: str | None = None) -> tu
         restored = find_version(root, target)
         if restored.name == current.name:
             raise ShopguideError(f"{root}: {restored.name} is already the champion")
+        load_model(restored.path)  # a version whose files were damaged is never made champion
         extra = {"reason": reason} if reason else {}
         _set_pointer(root, restored.name, previous, "rollback", replaced=current.name, **extra)
         return current.name, restored.name
