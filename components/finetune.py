@@ -3,10 +3,10 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.settings import IMAGE
+from components.settings import GPU_IMAGE
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def finetune(
     training_set: Input[Dataset],
     pretrained: Input[Model],

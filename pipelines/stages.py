@@ -30,6 +30,9 @@ def training_set(
     Returns the training set and its validation task, which training must run after.
     """
     ingested = on_cluster(ingest(raw_path=raw_path, params_json=params_json), retry=True)
+    # The raw file's path is the cache key, not its contents: a scheduled run on a file
+    # replaced at the same path must read it again.
+    ingested.set_caching_options(False)
     events_checked = on_cluster(
         validate(suite="events", table=ingested.outputs["events"], params_json=params_json)
     ).set_display_name("validate-events")
