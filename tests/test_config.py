@@ -32,6 +32,8 @@ def test_project_params_load() -> None:
         ("features:\n  snapshot_interval_s: {user: 1}\n", "no entry for ['category', 'item']"),
         ("train: [1, 2\n", "not valid YAML"),
         ("train:\n  warmup_epochs: 20\n", "warmup_epochs (20) must be below max_epochs"),
+        ("train:\n  learning_rate: .inf\n", "train.learning_rate"),
+        ("protocol:\n  tasks: []\n", "protocol.tasks"),
     ],
 )
 def test_bad_params_name_the_field(tmp_path: Path, text: str, fragment: str) -> None:

@@ -23,6 +23,7 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 # The entities with behaviour features (shopguide.feature_spec.ENTITIES, which imports this).
 FeatureEntity = Literal["user", "item", "category"]
+LearningRate = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # inf passes gt=0 alone
 
 
 class Strict(BaseModel):
@@ -63,7 +64,7 @@ class ProtocolParams(Strict):
     window_start: int = 1511539200
     window_end: int = 1512316800
     test_start: int = 1512144000
-    tasks: tuple[str, ...] = TASKS
+    tasks: Annotated[tuple[str, ...], Field(min_length=1)] = TASKS
     aux_tasks: tuple[AuxTaskParams, ...] = ()
 
     @model_validator(mode="after")
@@ -190,7 +191,7 @@ class ModelParams(Strict):
 class TrainParams(Strict):
     seed: int = 7
     batch_size: PositiveInt = 1024
-    learning_rate: Annotated[float, Field(gt=0)] = 2e-3
+    learning_rate: LearningRate = 2e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-5
     embedding_l2: Annotated[float, Field(ge=0)] = 1e-6
     max_epochs: PositiveInt = 20
@@ -232,7 +233,7 @@ class FinetuneParams(Strict):
     # as in the KFP training pipeline) or the registry's champion (the new-category branch,
     # as in the KFP fine-tuning pipeline; the pre-trained model while there is no champion).
     base: Literal["pretrained", "champion"] = "pretrained"
-    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    learning_rate: LearningRate = 1e-3
     max_epochs: PositiveInt = 10
     patience: PositiveInt = 2
     # How to adapt (shopguide.transfer): frozen shared layers, L2-SP, adversarial (gradient
@@ -244,7 +245,7 @@ class FinetuneParams(Strict):
         "adversarial",
         "coldstart",
     )
-    full_learning_rate: Annotated[float, Field(gt=0)] = 3e-4  # l2sp / adversarial: every layer
+    full_learning_rate: LearningRate = 3e-4  # l2sp / adversarial: every layer
     l2sp_lambda: Annotated[float, Field(ge=0)] = 0.01  # pull toward the pre-trained weights
     adversarial_weight: Annotated[float, Field(ge=0)] = 0.1  # domain loss through the GRL
     # Old categories' train exposures replayed per new-category exposure while adapting.
