@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from shopguide.config import load_params
+from shopguide.errors import ShopguideError
 from shopguide.io import read_json
 from shopguide.model.fit import CHECKPOINT, resolve_device
 from shopguide.model.store import load_model
@@ -144,7 +145,11 @@ def test_torchrun_trains_data_parallel_on_two_cpu_processes(
 def test_auto_device_is_the_gpu_only_where_one_is_visible() -> None:
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == "cpu"
-    assert resolve_device("cuda") == "cuda"
+    if torch.cuda.is_available():
+        assert resolve_device("cuda") == "cuda"
+    else:  # asked for explicitly where there is none: a clear error, not a torch assertion
+        with pytest.raises(ShopguideError, match=r"train\.device is cuda but torch sees no GPU"):
+            resolve_device("cuda")
 
 
 def test_throughput_benchmark_times_every_training_row(
