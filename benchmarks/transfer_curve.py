@@ -8,7 +8,7 @@ every transfer strategy, and `auto` (what `finetune.strategy: auto` keeps, chose
 runs by shopguide.transfer.choose: best new-category validation AUC without forgetting).
 Old-category test AUC is scored too (forgetting = change against the pre-trained model).
 Bootstrap 95% intervals of the seed-mean AUC over resampled test exposures. Writes the results
-JSON, DVC plot data (plots/transfer_curve_<dataset>.csv), a PNG and the Markdown tables.
+JSON, DVC plot data (<results>/transfer-curve-<dataset>.csv), a PNG and the Markdown tables.
 
 Every run is cached under --workdir, so an interrupted benchmark resumes where it stopped.
 
@@ -296,7 +296,6 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=500)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/shopguide-transfer-curve"))
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks/results")
-    ap.add_argument("--plots", type=Path, default=ROOT / "plots")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     setup_logging()
@@ -344,7 +343,7 @@ def main() -> None:
         csv = pd.DataFrame(rows)[
             ["budget_percent", "method", "task", "auc", "auc_low", "auc_high", "old_auc_change"]
         ]
-        with atomic_path(args.plots / f"transfer_curve_{dataset}.csv") as tmp:
+        with atomic_path(args.results / f"transfer-curve-{dataset}.csv") as tmp:
             csv.to_csv(tmp, index=False)
         plot(rows, dataset, tasks, args.results / f"transfer-curve-{dataset}.png")
         table = markdown(rows, tasks, bayes)
