@@ -34,6 +34,7 @@ def test_project_params_load() -> None:
         ("train:\n  warmup_epochs: 20\n", "warmup_epochs (20) must be below max_epochs"),
         ("train:\n  learning_rate: .inf\n", "train.learning_rate"),
         ("protocol:\n  tasks: []\n", "protocol.tasks"),
+        ("model:\n  expert_hidden: []\n", "model.expert_hidden"),
     ],
 )
 def test_bad_params_name_the_field(tmp_path: Path, text: str, fragment: str) -> None:

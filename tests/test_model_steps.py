@@ -327,3 +327,10 @@ def test_scoring_without_a_label_column_is_an_error(pipeline_run: PipelineRun) -
     frame = pd.read_parquet(pipeline_run.training_set).drop(columns=["buy"])
     with pytest.raises(ShopguideError, match=r"lacks columns \['buy'\]"):
         to_tensors(frame, ("cart", "fav", "buy"), ())
+
+
+def test_training_without_a_feature_column_is_an_error(pipeline_run: PipelineRun) -> None:
+    frame = pd.read_parquet(pipeline_run.training_set)
+    column = load_model(pipeline_run.pretrained).config.dense_features[0]
+    with pytest.raises(ShopguideError, match=f"lacks feature columns \\['{column}'\\]"):
+        build_model(frame.drop(columns=[column]), pipeline_run.params)

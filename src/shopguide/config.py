@@ -179,7 +179,8 @@ class ModelParams(Strict):
     num_experts: PositiveInt = 4  # MMoE experts; PLE shared experts per level
     task_experts: PositiveInt = 1  # PLE experts of each task per level
     levels: PositiveInt = 2  # PLE extraction levels
-    expert_hidden: tuple[PositiveInt, ...] = (128, 64)  # every expert, bottom and column
+    # every expert, bottom and column
+    expert_hidden: Annotated[tuple[PositiveInt, ...], Field(min_length=1)] = (128, 64)
     tower_hidden: tuple[PositiveInt, ...] = (32,)
     dropout: Fraction = 0.1
     wide: bool = True  # a linear term on the dense features in every head (Wide & Deep)

@@ -49,6 +49,11 @@ def _dense_stats(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[list, l
 def build_model(frame: pd.DataFrame, params: Params) -> MultiTaskModel:
     """The model `params.model.name`, with dense statistics and base rates from `frame`."""
     dense = tuple(model_feature_columns())
+    missing = [c for c in dense if c not in frame.columns]
+    if missing:
+        raise ShopguideError(
+            f"the training set lacks feature columns {missing}; rebuild it (`shopguide features`)"
+        )
     mean, std = _dense_stats(frame, dense)
     aux = params.protocol.aux_tasks
     missing = [a.name for a in aux if a.name not in frame.columns]
