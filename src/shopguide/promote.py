@@ -13,7 +13,7 @@ from shopguide.config import Params
 from shopguide.deploy import render_inference_service
 from shopguide.errors import ShopguideError
 from shopguide.io import fingerprint, read_json, write_json
-from shopguide.model.store import CONFIG, WEIGHTS
+from shopguide.model.store import missing_files
 from shopguide.registry import Version, model_fingerprint, register, versions
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def promote_step(
     if Path(params.deploy.output).is_dir():  # found out before the champion moves, not after
         raise ShopguideError(f"{params.deploy.output}: deploy.output is a directory, not a file")
     parent = None
-    if parent_dir is not None and all((Path(parent_dir) / f).is_file() for f in (WEIGHTS, CONFIG)):
+    if parent_dir is not None and not missing_files(parent_dir):
         parent = model_fingerprint(parent_dir)
     metadata = {
         "params": params.model_dump(mode="json"),

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from shopguide.errors import ShopguideError
 from shopguide.io import read_json, write_json
-from shopguide.model.store import CONFIG, WEIGHTS, load_model
+from shopguide.model.store import CONFIG, WEIGHTS, load_model, missing_files, require_model
 from shopguide.model_card import render_model_card
 
 CHAMPION = "champion.json"
@@ -104,16 +104,10 @@ def champion(root: Path) -> Version | None:
     return Version(name, path)
 
 
-def _require_model(model_dir: Path) -> None:
-    missing = [f for f in (WEIGHTS, CONFIG) if not (Path(model_dir) / f).is_file()]
-    if missing:
-        raise ShopguideError(f"{model_dir}: not a shopguide model (missing {', '.join(missing)})")
-
-
 def model_fingerprint(model_dir: Path) -> str:
     """sha256 of a model's weights and config only, in `io.fingerprint`'s layout: a copy of
     just those two files (a fine-tuning parent) has `fingerprint(copy) == this`."""
-    _require_model(model_dir)
+    require_model(model_dir)
     digest = hashlib.sha256()
     for name in sorted((WEIGHTS, CONFIG)):
         digest.update(name.encode())
@@ -130,7 +124,7 @@ def find_version(root: Path, name: str) -> Version:
     known = versions(root)
     for v in known:
         if v.name == name:
-            missing = [f for f in (WEIGHTS, CONFIG) if not (v.path / f).is_file()]
+            missing = missing_files(v.path)
             if missing:
                 raise ShopguideError(f"{v.path}: incomplete version (missing {missing})")
             return v
@@ -184,7 +178,7 @@ def register(
     make it the champion. `guard`, called with the current champion under the registry's
     lock, may raise to refuse (the champion must still be the one a gate compared with)."""
     root = Path(root)
-    _require_model(model_dir)
+    require_model(model_dir)
     with _locked(root):
         base = root / "versions"
         base.mkdir(parents=True, exist_ok=True)

@@ -24,11 +24,20 @@ def save_model(model: MultiTaskModel, directory: Path) -> None:
     (directory / CONFIG).write_text(model.config.model_dump_json(indent=2) + "\n")
 
 
+def missing_files(directory: Path) -> list[str]:
+    """The model files `directory` lacks (none: it holds a model)."""
+    return [f for f in (WEIGHTS, CONFIG) if not (Path(directory) / f).is_file()]
+
+
+def require_model(directory: Path) -> None:
+    missing = missing_files(directory)
+    if missing:
+        raise ShopguideError(f"{directory}: not a shopguide model (missing {', '.join(missing)})")
+
+
 def load_model(directory: Path) -> MultiTaskModel:
     directory = Path(directory)
-    for name in (WEIGHTS, CONFIG):
-        if not (directory / name).is_file():
-            raise ShopguideError(f"{directory}: not a shopguide model (missing {name})")
+    require_model(directory)
     try:
         config = parse_config(json.loads((directory / CONFIG).read_text()))
     except (ValidationError, json.JSONDecodeError) as exc:
