@@ -6,7 +6,9 @@ Per dataset and seed: pre-train on the old categories' train exposures; then for
 categories' test exposures: the pre-trained model as is, a model from scratch on the budget,
 every transfer strategy, and `auto` (what `finetune.strategy: auto` keeps, chosen among those
 runs by shopguide.transfer.choose: best new-category validation AUC without forgetting).
-Old-category test AUC is scored too (forgetting = change against the pre-trained model).
+Old-category test AUC is scored too (forgetting = change against the pre-trained model), for
+the candidate as `finetune.isolate` saves it and for the tuned network alone (its old-category
+scores are what `isolate: false` would serve: one model adapted in place).
 Bootstrap 95% intervals of the seed-mean AUC over resampled test exposures. Writes the results
 JSON, DVC plot data (<results>/transfer-curve-<dataset>.csv), a PNG and the Markdown tables.
 
@@ -48,6 +50,7 @@ from shopguide.logs import setup_logging
 from shopguide.metrics import bootstrap_weights, interval, weighted_auc
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.fit import fit, predict, settings_from_params
+from shopguide.model.routed import AnyModel
 from shopguide.model.store import load_model
 from shopguide.model.tensors import is_new_category, read_training_set
 from shopguide.synth import generate
@@ -129,18 +132,31 @@ def run_seed(
     old_valid = transfer_data(frame, p).old_valid
     base_old_valid = frame_metrics(base, old_valid)
 
-    def score(model: MultiTaskModel, started: float, validation: float | None = None) -> dict:
+    def old_auc(model: AnyModel) -> list[float]:
         probs = predict(model, tensors(model, test))
-        return {
+        return [
+            float(roc_auc_score(labels, probs[~new, j]))
+            for j, labels in enumerate(test.loc[~new, list(p.protocol.tasks)].to_numpy().T)
+        ]
+
+    def score(
+        model: AnyModel,
+        started: float,
+        validation: float | None = None,
+        tuned: MultiTaskModel | None = None,
+    ) -> dict:
+        seconds = time.monotonic() - started
+        probs = predict(model, tensors(model, test))
+        result = {
             "old_validation_drop": largest_drop(base_old_valid, frame_metrics(model, old_valid)),
             "new_probs": probs[new].tolist(),
-            "old_auc": [
-                float(roc_auc_score(labels, probs[~new, j]))
-                for j, labels in enumerate(test.loc[~new, list(p.protocol.tasks)].to_numpy().T)
-            ],
+            "old_auc": old_auc(model),
             "validation": validation,
-            "seconds": time.monotonic() - started,
+            "seconds": seconds,
         }
+        if tuned is not None:  # the strategy's network alone: `isolate: false`
+            result["old_auc_shared"] = old_auc(tuned)
+        return result
 
     for budget in BUDGETS:
         key = f"{seed}/{budget:g}"
@@ -158,7 +174,7 @@ def run_seed(
                 continue
             started = time.monotonic()
             adapted = adapt(copy.deepcopy(base), data, p, name)
-            got[name] = score(adapted.model, started, adapted.validation[name])
+            got[name] = score(adapted.model, started, adapted.validation[name], adapted.tuned)
             save()
 
 
@@ -192,6 +208,11 @@ def summarise(
                 )
                 low, high = interval(draws, 0.95)
                 old = [r[method]["old_auc"][j] - r["pretrained"]["old_auc"][j] for r in per_seed]
+                shared = [
+                    r[method]["old_auc_shared"][j] - r["pretrained"]["old_auc"][j]
+                    for r in per_seed
+                    if "old_auc_shared" in r[method]
+                ]
                 rows.append(
                     {
                         "budget_percent": round(budget * 100),
@@ -203,6 +224,7 @@ def summarise(
                         "auc_low": low,
                         "auc_high": high,
                         "old_auc_change": None if method == "scratch" else float(np.mean(old)),
+                        "old_auc_change_shared": float(np.mean(shared)) if shared else None,
                         "seconds": float(np.mean([r[method]["seconds"] for r in per_seed])),
                         "auto_choices": [r["auto_choice"] for r in per_seed]
                         if method == "auto"
@@ -257,8 +279,9 @@ def markdown(rows: list[dict], tasks: tuple[str, ...], bayes: dict | None) -> st
     frame = pd.DataFrame(rows)
     head = " | ".join(f"{t} AUC [95% CI]" for t in tasks)
     lines = [
-        f"| budget (rows) | method | {head} | old-category AUC change {'/'.join(tasks)} | s/run |",
-        "|---" * (len(tasks) + 4) + "|",
+        f"| budget (rows) | method | {head} | old-category AUC change {'/'.join(tasks)} | "
+        "same, tuned network alone (`isolate: false`) | s/run |",
+        "|---" * (len(tasks) + 5) + "|",
     ]
     for (budget, method), part in frame.groupby(["budget_percent", "method"], sort=False):
         part = part.set_index("task")
@@ -272,12 +295,17 @@ def markdown(rows: list[dict], tasks: tuple[str, ...], bayes: dict | None) -> st
             if method == "scratch"
             else "/".join(f"{part.at[t, 'old_auc_change']:+.4f}" for t in tasks)
         )
+        shared = (
+            "/".join(f"{part.at[t, 'old_auc_change_shared']:+.4f}" for t in tasks)
+            if part["old_auc_change_shared"].notna().all()
+            else "n/a"
+        )
         name = method
         if method == "auto":
             name += f" ({', '.join(part['auto_choices'].iloc[0])})"
         lines.append(
             f"| {budget}% ({part['labelled_rows'].iloc[0]}) | {name} | {' | '.join(cells)} | "
-            f"{old} | {part['seconds'].iloc[0]:.0f} |"
+            f"{old} | {shared} | {part['seconds'].iloc[0]:.0f} |"
         )
     if bayes:
         lines.append("")
@@ -341,7 +369,16 @@ def main() -> None:
             },
         )
         csv = pd.DataFrame(rows)[
-            ["budget_percent", "method", "task", "auc", "auc_low", "auc_high", "old_auc_change"]
+            [
+                "budget_percent",
+                "method",
+                "task",
+                "auc",
+                "auc_low",
+                "auc_high",
+                "old_auc_change",
+                "old_auc_change_shared",
+            ]
         ]
         with atomic_path(args.results / f"transfer-curve-{dataset}.csv") as tmp:
             csv.to_csv(tmp, index=False)

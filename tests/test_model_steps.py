@@ -17,6 +17,7 @@ from shopguide.errors import ShopguideError
 from shopguide.evaluate import evaluate_step
 from shopguide.gate import gate_step
 from shopguide.io import read_json
+from shopguide.model.routed import Routed
 from shopguide.model.store import load_model, save_model
 from shopguide.model.tensors import to_tensors
 from shopguide.promote import promote_step
@@ -52,7 +53,11 @@ def test_finetune_adapts_with_the_default_strategy_and_reports_before_after(
     the shared ones included, and the step says which strategy made the candidate. Each
     strategy's own promise is tested in test_transfer.py."""
     assert pipeline_run.params.finetune.strategy == "l2sp"
-    base, tuned = load_model(pipeline_run.pretrained), load_model(pipeline_run.candidate)
+    candidate = load_model(pipeline_run.candidate)
+    assert isinstance(candidate, Routed)  # finetune.isolate: base and fine-tuned copy
+    base, tuned = load_model(pipeline_run.pretrained), candidate.routed[0]
+    kept = zip(base.parameters(), candidate.base.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in kept)
     moved = {
         name.split(".")[0]
         for (name, a), b in zip(base.state_dict().items(), tuned.state_dict().values(), strict=True)
@@ -61,6 +66,8 @@ def test_finetune_adapts_with_the_default_strategy_and_reports_before_after(
     assert {"encoders", "experts", "towers"} <= moved
     report = read_json(pipeline_run.art("metrics/finetune.json"))
     assert report["strategy"] == report["chosen_strategy"] == "l2sp"
+    assert report["routes"] == 1
+    assert all(c == 0.0 for c in report["old_category_auc_change"].values()), report
     for task in ("cart", "fav", "buy"):
         assert report["new_category_test_before"][task]["auc"] is not None
         assert report["new_category_test_after"][task]["auc"] > 0.5
@@ -307,7 +314,7 @@ def test_promote_registers_only_what_the_gate_approved(
 
 
 def test_a_model_that_predicts_nan_is_an_error(pipeline_run: PipelineRun, tmp_path: Path) -> None:
-    model = load_model(pipeline_run.candidate)
+    model = load_model(pipeline_run.pretrained)
     with torch.no_grad():
         next(model.towers.parameters()).fill_(float("nan"))
     save_model(model, tmp_path / "model")

@@ -21,13 +21,15 @@ from shopguide.gate import gate_step
 from shopguide.io import read_json
 from shopguide.metrics import mean_auc
 from shopguide.model.base import MultiTaskModel
+from shopguide.model.fit import predict
+from shopguide.model.routed import CategoryRule, Routed, split_routes
 from shopguide.model.store import load_model, save_model
 from shopguide.model.tensors import is_new_category, read_training_set
 from shopguide.registry import champion, register
 from shopguide.transfer import STRATEGIES, Adapted, adapt, choose, transfer_data
 from shopguide.transfer.adversarial import reverse_gradient
 from shopguide.transfer.coldstart import initial_rows
-from shopguide.transfer.common import fit_rows, frame_metrics
+from shopguide.transfer.common import fit_rows, frame_metrics, tensors
 from shopguide.transfer.l2sp import L2SP
 from tests.conftest import PipelineRun
 
@@ -81,7 +83,7 @@ def _changed(a: MultiTaskModel, b: MultiTaskModel) -> dict[str, bool]:
 
 def test_frozen_keeps_shared_layers(runs: dict[str, Adapted], pipeline_run: PipelineRun) -> None:
     base = load_model(pipeline_run.pretrained)
-    changed = _changed(runs["frozen"].model, base)
+    changed = _changed(runs["frozen"].tuned, base)
     shared = {
         k for k, p in base.named_parameters() if any(p is q for q in base.shared_parameters())
     }
@@ -91,7 +93,7 @@ def test_frozen_keeps_shared_layers(runs: dict[str, Adapted], pipeline_run: Pipe
         p.numel() for k, p in base.named_parameters() if k not in shared
     )
     # Frozen for the run (no gradient computed or kept for them), trainable again after it.
-    adapted = runs["frozen"].model
+    adapted = runs["frozen"].tuned
     assert all(p.grad is None and p.requires_grad for p in adapted.shared_parameters())
 
 
@@ -100,7 +102,7 @@ def test_full_strategies_move_the_shared_layers(
 ) -> None:
     base = load_model(pipeline_run.pretrained)
     for name in ("l2sp", "adversarial"):
-        changed = _changed(runs[name].model, base)
+        changed = _changed(runs[name].tuned, base)
         assert changed["experts.0.0.weight"] and changed["encoders.0.embedding.weight"], name
 
 
@@ -108,7 +110,9 @@ def test_l2sp_pulls_toward_the_pretrained_weights(
     pipeline_run: PipelineRun, frame: pd.DataFrame
 ) -> None:
     """Same run with lambda = 0 and lambda > 0: the penalty keeps the weights closer."""
-    params = _with(pipeline_run.params, "finetune", max_epochs=2, full_learning_rate=1e-3)
+    params = _with(
+        pipeline_run.params, "finetune", max_epochs=2, full_learning_rate=1e-3, isolate=False
+    )
     data = transfer_data(frame, params)
     distance = {}
     for lam in (0.0, 1.0):
@@ -117,6 +121,47 @@ def test_l2sp_pulls_toward_the_pretrained_weights(
         adapt(base, data, _with(params, "finetune", l2sp_lambda=lam), "l2sp")
         distance[lam] = float(anchor.distance().detach())
     assert 0 < distance[1.0] < 0.5 * distance[0.0], distance
+
+
+def test_isolation_keeps_the_old_categories_scores(
+    runs: dict[str, Adapted], pipeline_run: PipelineRun, frame: pd.DataFrame
+) -> None:
+    """`finetune.isolate` (the default): each strategy's candidate scores the old categories
+    exactly as the pre-trained model, and the new ones as the network the strategy tuned."""
+    assert pipeline_run.params.finetune.isolate
+    base = load_model(pipeline_run.pretrained)
+    test = frame[frame["split"] == "test"]
+    new = is_new_category(test["category_id"], pipeline_run.params.finetune).to_numpy()
+    data = tensors(base, test)
+    before = predict(base, data)
+    for name, run in runs.items():
+        assert isinstance(run.model, Routed) and run.model.routed[0] is run.tuned, name
+        after = predict(run.model, data)
+        assert np.array_equal(after[~new], before[~new]), name
+        assert np.allclose(after[new], predict(run.tuned, data)[new], rtol=0, atol=1e-6), name
+        assert not np.array_equal(after[new], before[new]), name
+        assert run.old_validation_drop[name] == 0.0, name
+
+
+def test_a_routed_champion_fine_tuned_again_keeps_its_routes(
+    runs: dict[str, Adapted], pipeline_run: PipelineRun, frame: pd.DataFrame
+) -> None:
+    """Fine-tuning a routed model for other categories adds a route: the earlier route's
+    categories and every other old category keep their scores."""
+    routed = runs["frozen"].model
+    train = frame[frame["split"] == "train"]
+    old = train[~is_new_category(train["category_id"], pipeline_run.params.finetune)]
+    busiest = old["category_id"].value_counts().index[:40]
+    params = _with(pipeline_run.params, "finetune", new_category_ids=tuple(map(int, busiest)))
+    again = adapt(copy.deepcopy(routed), transfer_data(frame, params), params, "frozen")
+    assert isinstance(again.model, Routed) and len(again.model.routed) == 2
+    assert again.model.rules[1] == CategoryRule(ids=params.finetune.new_category_ids)
+    test = frame[frame["split"] == "test"]
+    data = tensors(routed, test)
+    moved = test["category_id"].isin(busiest).to_numpy()
+    before, after = predict(routed, data), predict(again.model, data)
+    assert np.array_equal(after[~moved], before[~moved])
+    assert not np.array_equal(after[moved], before[moved])
 
 
 def test_gradient_reversal_flips_the_sign() -> None:
@@ -158,7 +203,7 @@ def test_coldstart_rows_are_the_documented_means(
     assert torch.allclose(torch.from_numpy(values[position]), expected, atol=1e-6)
     assert not torch.allclose(expected, table[row(2, category)], atol=1e-3)  # not the random row
 
-    adapted = runs["coldstart"].model.encoders[0].embedding.weight.detach()
+    adapted = runs["coldstart"].tuned.encoders[0].embedding.weight.detach()
     old_rows = torch.from_numpy(
         np.unique(
             np.concatenate(
@@ -272,8 +317,8 @@ def test_gate_refuses_a_model_that_forgot(
     current = champion(registry)
     forgot = load_model(current.path)
     generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in forgot.experts.parameters():
+    with torch.no_grad():  # the base model: what scores the old categories
+        for p in split_routes(forgot)[0].experts.parameters():
             p.add_(torch.randn(p.shape, generator=generator) * 3 * p.std())
     decision = _gate(pipeline_run, registry, forgot, tmp_path, "forgot")
     checks = _forgetting(decision)
@@ -288,7 +333,7 @@ def test_gate_refuses_a_model_that_forgot(
     kept = load_model(current.path)
     frame = read_training_set(pipeline_run.training_set)
     new = is_new_category(frame["category_id"], pipeline_run.params.finetune)
-    encoder = kept.encoders[0]
+    encoder = split_routes(kept)[0].encoders[0]
 
     def category_rows(part: pd.DataFrame) -> np.ndarray:
         ids = torch.from_numpy(part[["user_id", "item_id", "category_id"]].to_numpy().T.copy())

@@ -251,6 +251,10 @@ class FinetuneParams(Strict):
     adversarial_weight: Annotated[float, Field(ge=0)] = 0.1  # domain loss through the GRL
     # Old categories' train exposures replayed per new-category exposure while adapting.
     replay_ratio: Annotated[float, Field(ge=0)] = 2.0  # as params.yaml: what keeps forgetting low
+    # Parameter isolation (shopguide.model.routed): the fine-tuned copy scores only the new
+    # categories, every other category keeps the base model's scores exactly (no forgetting,
+    # no gain either); the saved model holds both. False: one model, adapted in place.
+    isolate: bool = True
 
 
 class EvaluationParams(Strict):

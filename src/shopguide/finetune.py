@@ -11,6 +11,7 @@ from typing import Literal
 
 from shopguide.config import Params
 from shopguide.io import atomic_path, write_json
+from shopguide.model.routed import split_routes
 from shopguide.model.store import load_model, save_model
 from shopguide.model.tensors import is_new_category, read_training_set
 from shopguide.registry import champion
@@ -59,6 +60,8 @@ def finetune_step(
         "base_model": str(base_model),
         "strategy": params.finetune.strategy,
         "chosen_strategy": adapted.strategy,
+        # finetune.isolate: category routes in the candidate (0: one model, adapted in place)
+        "routes": len(split_routes(model)[1]),
         "validation_mean_auc": adapted.validation,
         "old_category_validation_drop": adapted.old_validation_drop,
         "new_category_test_before": before["new"],

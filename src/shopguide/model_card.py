@@ -46,6 +46,12 @@ def _gate_lines(gate: dict) -> list[str]:
     return [f"- {'PASS' if c.get('passed') else 'FAIL'}: {r}" for r, c in pairs]
 
 
+def _rule(rule: dict) -> str:
+    if rule.get("ids"):
+        return f"category_id in {list(rule['ids'])}"
+    return f"category_id % {_fmt(rule.get('modulo'))} == {_fmt(rule.get('remainder'))}"
+
+
 def render_model_card(meta: dict, config: dict) -> str:
     version = meta.get("version", "?")
     params = meta.get("params") or {}
@@ -55,8 +61,14 @@ def render_model_card(meta: dict, config: dict) -> str:
     protocol = params.get("protocol") or {}
     finetune = params.get("finetune") or {}
     serving = params.get("serving") or {}
+    routes = (config.get("routes") or []) if config.get("kind") == "routed" else []
+    if routes:  # a fine-tuned copy per route beside the base model (shopguide.model.routed)
+        config = config.get("base") or {}
     tasks = config.get("tasks") or protocol.get("tasks") or []
     kind = config.get("kind") or (params.get("model") or {}).get("name") or "multi-task model"
+    if routes:
+        rules = "; ".join(_rule(r.get("rule") or {}) for r in routes)
+        kind += f" with {len(routes)} fine-tuned cop{'y' if len(routes) == 1 else 'ies'} ({rules})"
     boot = metrics.get("bootstrap") or {}
     lines = [
         f"# Model card: shopguide {version}",
@@ -97,13 +109,21 @@ def render_model_card(meta: dict, config: dict) -> str:
         "- Features: counts and rates of the user's, item's and category's past behaviour "
         "(24 h, 72 h, all history), point-in-time correct, from the Feast feature store.",
         "- New categories (taobao-transfer-v1): "
-        + (
-            f"category_id in {finetune.get('new_category_ids')}"
-            if finetune.get("new_category_ids")
-            else f"category_id % {_fmt(finetune.get('new_category_modulo'))} == "
-            f"{_fmt(finetune.get('new_category_remainder'))}"
+        + _rule(
+            {
+                "ids": finetune.get("new_category_ids"),
+                "modulo": finetune.get("new_category_modulo"),
+                "remainder": finetune.get("new_category_remainder"),
+            }
         )
-        + "; pre-trained without them, then fine-tuned on them with the shared layers frozen.",
+        + f"; pre-trained without them, then fine-tuned on them (strategy "
+        f"{_fmt(finetune.get('strategy'))}"
+        + (
+            "; the other categories keep the pre-trained model's scores"
+            if finetune.get("isolate")
+            else ""
+        )
+        + ").",
         "",
         "## Evaluation on the test split",
         "",

@@ -222,12 +222,18 @@ class MultiTaskModel(nn.Module):
             logits = logits + self.output(self.blocks(x)[0][1])
         return self.combine(logits)
 
+    def outputs(
+        self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor, dense: torch.Tensor
+    ) -> torch.Tensor:
+        """Every head's outputs from raw inputs, (batch, sum of `config.head_widths()`)."""
+        return self.heads(self.encode(user, item, category, dense))
+
     def forward(
         self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor, dense: torch.Tensor
     ) -> torch.Tensor:
         """Logits of the binary tasks, (batch, tasks): what evaluation, the gate and serving
         use. Ids are raw int64; dense features are raw counts."""
-        return self.heads(self.encode(user, item, category, dense))[:, : len(self.config.tasks)]
+        return self.outputs(user, item, category, dense)[:, : len(self.config.tasks)]
 
     def shared_modules(self) -> list[nn.Module]:
         """The representation layers (beyond the embeddings) that fine-tuning freezes."""

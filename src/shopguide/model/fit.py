@@ -133,12 +133,10 @@ def head_outputs(model: MultiTaskModel, data: Tensors, batch_size: int = 16384) 
     model.eval()
     device = next(model.parameters()).device
     out = [
-        model.heads(
-            model.encode(
-                *(
-                    t.to(device)
-                    for t in data.take(torch.arange(i, min(i + batch_size, len(data)))).inputs()
-                )
+        model.outputs(
+            *(
+                t.to(device)
+                for t in data.take(torch.arange(i, min(i + batch_size, len(data)))).inputs()
             )
         )
         .float()

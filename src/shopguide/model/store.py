@@ -10,18 +10,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from shopguide.errors import ShopguideError
-from shopguide.model.base import MultiTaskModel
+from shopguide.model.routed import AnyModel, Routed, RoutedConfig, build_routed
 from shopguide.model.zoo import build, parse_config
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-def save_model(model: MultiTaskModel, directory: Path) -> None:
+def save_model(model: AnyModel, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS))
-    (directory / CONFIG).write_text(model.config.model_dump_json(indent=2) + "\n")
+    config = model.routing if isinstance(model, Routed) else model.config
+    (directory / CONFIG).write_text(config.model_dump_json(indent=2) + "\n")
 
 
 def missing_files(directory: Path) -> list[str]:
@@ -35,14 +36,19 @@ def require_model(directory: Path) -> None:
         raise ShopguideError(f"{directory}: not a shopguide model (missing {', '.join(missing)})")
 
 
-def load_model(directory: Path) -> MultiTaskModel:
+def load_model(directory: Path) -> AnyModel:
     directory = Path(directory)
     require_model(directory)
     try:
-        config = parse_config(json.loads((directory / CONFIG).read_text()))
+        raw = json.loads((directory / CONFIG).read_text())
+        if not isinstance(raw, dict):
+            raise ShopguideError(f"{directory / CONFIG}: invalid model config: not an object")
+        if raw.get("kind") == "routed":
+            model: AnyModel = build_routed(RoutedConfig.model_validate(raw))
+        else:
+            model = build(parse_config(raw))
     except (ValidationError, json.JSONDecodeError) as exc:
         raise ShopguideError(f"{directory / CONFIG}: invalid model config: {exc}") from exc
-    model = build(config)
     try:
         state = load_file(str(directory / WEIGHTS))
     except (SafetensorError, OSError) as exc:  # truncated or not safetensors

@@ -4,7 +4,9 @@ and `auto`, which runs each of `finetune.auto_strategies` from the same pre-trai
 keeps the one with the best mean AUC on the validation slice (the latest labelled
 new-category exposures by time) among those whose AUC on the old categories' validation slice
 drops by at most the gate's `max_old_category_drop`, so `auto` never picks what the gate's
-forgetting check would refuse for want of trying."""
+forgetting check would refuse for want of trying. With `finetune.isolate` the strategy adapts a
+copy, routed to the new categories only (shopguide.model.routed): the old categories keep
+their scores exactly."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from shopguide.config import Params
 from shopguide.metrics import mean_auc
 from shopguide.model.base import MultiTaskModel
+from shopguide.model.routed import AnyModel, CategoryRule, Routed, split_routes
 from shopguide.transfer import adversarial, coldstart, frozen, l2sp
 from shopguide.transfer.common import Outcome, frame_metrics
 from shopguide.transfer.data import TransferData, transfer_data, user_budget
@@ -44,8 +47,9 @@ __all__ = [
 
 @dataclass
 class Adapted:
-    model: MultiTaskModel
-    strategy: str  # the strategy that made `model` (auto's winner)
+    model: AnyModel  # what to save and serve
+    tuned: MultiTaskModel  # the network the strategy trained (in `model`, routed or not)
+    strategy: str  # the strategy that made `tuned` (auto's winner)
     outcome: Outcome
     validation: dict[str, float] = field(default_factory=dict)  # strategy -> mean AUC
     # strategy -> largest per-task AUC drop on the old categories' validation slice
@@ -79,17 +83,23 @@ def choose(validation: dict[str, float], drops: dict[str, float], tolerance: flo
 
 
 def adapt(
-    model: MultiTaskModel, data: TransferData, params: Params, strategy: str | None = None
+    model: AnyModel, data: TransferData, params: Params, strategy: str | None = None
 ) -> Adapted:
-    """Adapt `model` with `strategy` (default `finetune.strategy`); `auto` leaves `model`
-    untouched and returns the winner's copy."""
+    """Adapt `model` with `strategy` (default `finetune.strategy`). The strategy trains the
+    model that scores every unrouted category (`model` itself unless a routed champion): in
+    place, or with `finetune.isolate` a copy that gets a route for the new categories. `auto`
+    leaves `model` untouched and returns the winner's copy."""
     strategy = strategy or params.finetune.strategy
     if strategy != "auto":
         before = frame_metrics(model, data.old_valid)
-        outcome = STRATEGIES[strategy](model, data, params)
+        default, routes = split_routes(model)
+        tuned = copy.deepcopy(default) if params.finetune.isolate else default
+        outcome = STRATEGIES[strategy](tuned, data, params)
+        if params.finetune.isolate:
+            model = Routed(default, [*routes, (CategoryRule.of(params.finetune), tuned)])
         score = mean_auc(outcome.result.best_metrics)
         drop = largest_drop(before, frame_metrics(model, data.old_valid))
-        return Adapted(model, strategy, outcome, {strategy: score}, {strategy: drop})
+        return Adapted(model, tuned, strategy, outcome, {strategy: score}, {strategy: drop})
     tried = {
         name: adapt(copy.deepcopy(model), data, params, name)
         for name in params.finetune.auto_strategies
@@ -100,4 +110,6 @@ def adapt(
     log.info(
         "auto: validation mean AUC %s, old-category drop %s; keeping %s", validation, drops, best
     )
-    return Adapted(tried[best].model, best, tried[best].outcome, validation, drops)
+    return Adapted(
+        tried[best].model, tried[best].tuned, best, tried[best].outcome, validation, drops
+    )
