@@ -67,16 +67,12 @@ def deploy_champion(promotion: Input[Artifact], params_json: str) -> str:
     from shopguide.logs import setup_logging
 
     setup_logging()
-    from kserve import KServeClient
-
     from shopguide.config import params_from_json
-    from shopguide.deploy import apply_inference_service, inference_service_model
+    from shopguide.deploy import deploy_version
     from shopguide.io import read_json
 
     p = params_from_json(params_json)
-    isvc = inference_service_model(read_json(Path(promotion.path))["version"], p.deploy, p.serving)
-    action = apply_inference_service(isvc, KServeClient())
-    return f"{action} {p.deploy.namespace}/{isvc.metadata.name}"
+    return deploy_version(read_json(Path(promotion.path))["version"], p.deploy, p.serving)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

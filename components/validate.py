@@ -14,12 +14,15 @@ def validate(
     docs: Output[HTML],
     metrics: Output[Metrics],
     report: Output[Artifact],
+    profile_dir: str = "",
 ) -> None:
     """Great Expectations suite `events` or `training-set` on `table`.
 
     Any failed expectation fails the task, so nothing downstream runs on bad data. `report` is
     the report directory (JSON summary and the whole Data Docs site); `docs` is this run's Data
     Docs page, which is self-contained enough for the KFP UI to render on its own.
+    `profile_dir` (events suite): where the accepted event profile lives between runs, so the
+    drift check compares with the last accepted run (empty: the task's own report, i.e. none).
     """
     import shutil
     from pathlib import Path
@@ -35,7 +38,11 @@ def validate(
     if suite not in suites:
         raise ShopguideError(f"unknown validation suite {suite!r}; known: {sorted(suites)}")
     source, report_dir = Path(table.path), Path(report.path)
-    result = suites[suite](source, params_from_json(params_json), report_dir)
+    params = params_from_json(params_json)
+    if suite == "events":
+        result = validate_events(source, params, report_dir, Path(profile_dir or report_dir))
+    else:
+        result = validate_training_set(source, params, report_dir)
     metrics.log_metric("expectations", len(result.results))
     metrics.log_metric("failed_expectations", sum(not r["success"] for r in result.results))
     pages = sorted((report_dir / "data_docs" / "validations").rglob("*.html"))

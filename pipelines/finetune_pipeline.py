@@ -10,7 +10,14 @@ from kfp import dsl
 from components.champion import champion_model, with_new_categories
 from components.finetune import finetune
 from pipelines.cluster import ROOT, compile_pipeline, on_cluster
-from pipelines.stages import FEATURE_REPO, RAW_PATH, REGISTRY, gate_and_promote, training_set
+from pipelines.stages import (
+    FEATURE_REPO,
+    RAW_PATH,
+    REGISTRY,
+    VALIDATION_DIR,
+    gate_and_promote,
+    training_set,
+)
 from pipelines.training_pipeline import DEFAULT_PARAMS_JSON
 
 COMPILED = ROOT / "pipelines" / "finetune_pipeline.yaml"
@@ -26,6 +33,7 @@ def finetune_pipeline(
     raw_path: str = RAW_PATH,
     feature_repo: str = FEATURE_REPO,
     registry: str = REGISTRY,
+    validation_dir: str = VALIDATION_DIR,
     params_json: str = DEFAULT_PARAMS_JSON,
     deploy: bool = True,
 ) -> str:
@@ -37,7 +45,7 @@ def finetune_pipeline(
     tuned_params = on_cluster(
         with_new_categories(params_json=params_json, new_category_ids=new_category_ids)
     ).outputs["Output"]
-    data, checked = training_set(raw_path, feature_repo, params_json)
+    data, checked = training_set(raw_path, feature_repo, validation_dir, params_json)
     # The champion changes with every promotion, so its copy is never taken from the cache.
     current = on_cluster(champion_model(registry=registry), retry=True).after(checked)
     current.set_caching_options(enable_caching=False)

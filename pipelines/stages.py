@@ -20,12 +20,15 @@ from pipelines.cluster import PARAMS, on_cluster
 RAW_PATH = f"{PARAMS.deploy.data_mount}/raw/UserBehavior.csv"
 FEATURE_REPO = f"{PARAMS.deploy.data_mount}/feature_repo"
 REGISTRY = f"{PARAMS.deploy.data_mount}/registry"
+# The accepted event profile between runs (the drift check's reference).
+VALIDATION_DIR = f"{PARAMS.deploy.data_mount}/validation"
 
 
 def training_set(
-    raw_path: str, feature_repo: str, params_json: str
+    raw_path: str, feature_repo: str, validation_dir: str, params_json: str
 ) -> tuple[PipelineChannel, dsl.PipelineTask]:
-    """Ingest, validate the events, build features (Feast), validate the training set.
+    """Ingest, validate the events (drift against the profile accepted in `validation_dir`),
+    build features (Feast), validate the training set.
 
     Returns the training set and its validation task, which training must run after.
     """
@@ -34,7 +37,12 @@ def training_set(
     # replaced at the same path must read it again.
     ingested.set_caching_options(False)
     events_checked = on_cluster(
-        validate(suite="events", table=ingested.outputs["events"], params_json=params_json)
+        validate(
+            suite="events",
+            table=ingested.outputs["events"],
+            params_json=params_json,
+            profile_dir=validation_dir,
+        )
     ).set_display_name("validate-events")
     featured = on_cluster(
         features(

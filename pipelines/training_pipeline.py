@@ -9,7 +9,14 @@ from kfp import dsl
 from components.finetune import finetune
 from components.train import train
 from pipelines.cluster import PARAMS, ROOT, compile_pipeline, on_cluster
-from pipelines.stages import FEATURE_REPO, RAW_PATH, REGISTRY, gate_and_promote, training_set
+from pipelines.stages import (
+    FEATURE_REPO,
+    RAW_PATH,
+    REGISTRY,
+    VALIDATION_DIR,
+    gate_and_promote,
+    training_set,
+)
 
 COMPILED = ROOT / "pipelines" / "training_pipeline.yaml"
 # The repo's params.yaml as the default settings. Its paths are relative and the path-like
@@ -27,17 +34,19 @@ def training_pipeline(
     raw_path: str = RAW_PATH,
     feature_repo: str = FEATURE_REPO,
     registry: str = REGISTRY,
+    validation_dir: str = VALIDATION_DIR,
     params_json: str = DEFAULT_PARAMS_JSON,
     deploy: bool = True,
 ) -> str:
     """Returns "promoted <version>" or "refused: <failed checks>", whichever branch ran.
 
-    `raw_path`, `feature_repo` and `registry` are paths on the data volume every task mounts:
-    the raw CSV, the Feast repo (serving reads its online store) and the model registry.
+    `raw_path`, `feature_repo`, `registry` and `validation_dir` are paths on the data volume
+    every task mounts: the raw CSV, the Feast repo (serving reads its online store), the model
+    registry and the accepted event profile (the drift check's reference across runs).
     `params_json` holds the model, training and gate settings; `deploy` creates or patches the
     InferenceService on promotion.
     """
-    data, checked = training_set(raw_path, feature_repo, params_json)
+    data, checked = training_set(raw_path, feature_repo, validation_dir, params_json)
     trained = on_cluster(
         train(training_set=data, params_json=params_json).after(checked), gpu=True, retry=True
     )

@@ -33,6 +33,21 @@ class Request:
 Route = Callable[[Request], tuple[int, Any]]
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """Apply a JSON merge patch (RFC 7386) as the API server does for
+    application/merge-patch+json: maps merge key by key, null deletes, anything else (a list
+    included) replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
 @dataclass
 class FakeApi:
     url: str

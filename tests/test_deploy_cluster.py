@@ -6,7 +6,11 @@ answers like the API server; the tests assert the exact requests up to the clust
 
 from __future__ import annotations
 
+import copy
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,19 +24,28 @@ from components.promote import deploy_champion, promote
 from shopguide.config import Params
 from shopguide.deploy import apply_inference_service, inference_service, inference_service_model
 from shopguide.errors import ShopguideError
-from shopguide.registry import champion, model_fingerprint
+from shopguide.model.mmoe import MMoE, MMoEConfig
+from shopguide.model.store import save_model
+from shopguide.registry import champion, model_fingerprint, register
 from tests.conftest import PipelineRun
-from tests.fake_api import Request, fake_api
+from tests.fake_api import Request, fake_api, merge_patch
+from tests.test_k8s_manifests import build
 from tests.test_kfp_pipeline import _artifact
+from tests.test_routed import CONFIG_FIELDS
 
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/shopguide/inferenceservices"
 
 
 class Cluster:
-    """The API server's InferenceService endpoints, holding at most the one object."""
+    """The API server's InferenceService endpoints, holding at most the one object: POST stores
+    the body, PATCH merge-patches the stored object (RFC 7386, as for a custom resource)."""
 
-    def __init__(self, exists: bool = False, fail_get: int | None = None) -> None:
-        self.stored: dict | None = {"metadata": {"name": "shopguide"}} if exists else None
+    def __init__(
+        self, exists: bool = False, stored: dict | None = None, fail_get: int | None = None
+    ) -> None:
+        if exists and stored is None:
+            stored = {"metadata": {"name": "shopguide"}}
+        self.stored = stored
         self.fail_get = fail_get
 
     def __call__(self, request: Request) -> tuple[int, object]:
@@ -42,8 +55,11 @@ class Cluster:
             if self.stored is None:
                 return 404, {"kind": "Status", "reason": "NotFound", "code": 404}
             return 200, self.stored
+        if request.method == "PATCH":
+            self.stored = merge_patch(self.stored, request.json())
+            return 200, self.stored
         self.stored = request.json()
-        return (201 if request.method == "POST" else 200), self.stored
+        return 201, self.stored
 
 
 def kubeconfig(url: str) -> dict:
@@ -83,9 +99,18 @@ def test_apply_creates_or_patches(exists: bool, action: str, method: str, path: 
     assert (get.method, get.path) == ("GET", f"{ISVC_PATH}/shopguide")
     assert (write.method, write.path) == (method, path)
     assert write.headers["authorization"] == "Bearer test-token"
+    rendered = inference_service("v0007", params.deploy, params.serving)
     if method == "PATCH":
         assert write.headers["content-type"] == "application/merge-patch+json"
-    assert write.json() == inference_service("v0007", params.deploy, params.serving)
+        # Only what the version changes: its label and the containers (a list goes whole).
+        assert write.json() == {
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "metadata": {"labels": {"shopguide/model-version": "v0007"}},
+            "spec": {"predictor": {"containers": rendered["spec"]["predictor"]["containers"]}},
+        }
+    else:
+        assert write.json() == rendered
     env = write.json()["spec"]["predictor"]["containers"][0]["env"]
     assert {"name": "STORAGE_URI", "value": "pvc://shopguide-data/registry/versions/v0007"} in env
 
@@ -100,7 +125,45 @@ def test_apply_reports_an_api_error_without_writing() -> None:
     assert [r.method for r in api.requests] == ["GET"]
 
 
+def test_promotion_keeps_the_clusters_replicas_and_canary() -> None:
+    """Prod's overlay sets 2-6 replicas and a 10% canary; promoting a version with `deploy`'s
+    defaults (1-3 replicas, no canary) moves the version and leaves those alone."""
+    (live,) = [d for d in build("prod") if d["kind"] == "InferenceService"]
+    before = copy.deepcopy(live)
+    params = Params()
+    assert (params.deploy.min_replicas, params.deploy.max_replicas) == (1, 3)
+    assert params.deploy.canary_traffic_percent is None
+    cluster = Cluster(stored=live)
+    with fake_api(cluster) as api:
+        client = KServeClient(config_dict=kubeconfig(api.url))
+        isvc = inference_service_model("v0007", params.deploy, params.serving)
+        assert apply_inference_service(isvc, client) == "patched"
+    patch = api.requests[-1].json()
+    for field in ("minReplicas", "maxReplicas", "canaryTrafficPercent"):
+        assert field not in patch["spec"]["predictor"]
+    after = cluster.stored
+    predictor = after["spec"]["predictor"]
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (2, 6)
+    assert predictor["canaryTrafficPercent"] == 10
+    assert after["metadata"]["labels"] == {
+        **before["metadata"]["labels"],
+        "shopguide/model-version": "v0007",
+    }
+    (container,) = predictor["containers"]
+    assert {"name": "STORAGE_URI", "value": "pvc://shopguide-data/registry/versions/v0007"} in (
+        container["env"]
+    )
+    # Nothing else moved: the container is the one there was, with the new version's URI.
+    (old,) = before["spec"]["predictor"]["containers"]
+    uri = next(e for e in old["env"] if e["name"] == "STORAGE_URI")
+    uri["value"] = uri["value"].replace("v0001", "v0007")
+    before["metadata"]["labels"]["shopguide/model-version"] = "v0007"
+    assert after == before
+
+
 def test_canary_percent_goes_into_the_patch() -> None:
+    """With `deploy.canary_traffic_percent` set, each promotion sends it with the new version,
+    which is what starts a KServe canary."""
     params = Params()
     deploy = params.deploy.model_copy(update={"canary_traffic_percent": 10})
     with fake_api(Cluster(exists=True)) as api:
@@ -161,3 +224,43 @@ def test_promoted_champion_is_deployed(
     ]
     assert cluster.stored["metadata"]["labels"]["shopguide/model-version"] == version.name
     assert cluster.stored == yaml.safe_load((tmp_path / "isvc.yaml").read_text())
+
+
+def _rollback(params: Path, kubeconfig_path: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "shopguide.cli", "models", "rollback", "--deploy", *args]
+    return subprocess.run(
+        [*command, "--params", str(params)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig_path)},
+    )
+
+
+def test_rollback_with_deploy_moves_the_cluster_back(tmp_path: Path) -> None:
+    """`shopguide models rollback --deploy` patches the running InferenceService to the version
+    it restored; without a cluster to talk to it says so, after the registry rollback."""
+    model = tmp_path / "model"
+    save_model(MMoE(MMoEConfig(**CONFIG_FIELDS)), model)
+    root = tmp_path / "registry"
+    register(root, model, {})
+    register(root, model, {})
+    params = tmp_path / "params.yaml"
+    params.write_text(f"registry:\n  path: {root}\ndeploy:\n  output: {tmp_path / 'isvc.yaml'}\n")
+    stored = inference_service("v0002", Params().deploy, Params().serving)
+    cluster = Cluster(stored=copy.deepcopy(stored))
+    with fake_api(cluster) as api:
+        config = tmp_path / "kubeconfig"
+        config.write_text(yaml.safe_dump(kubeconfig(api.url)))
+        done = _rollback(params, config)
+    assert done.returncode == 0, done.stderr
+    assert "champion: v0002 -> v0001" in done.stdout
+    assert "patched shopguide/shopguide" in done.stdout
+    assert cluster.stored["metadata"]["labels"]["shopguide/model-version"] == "v0001"
+    env = cluster.stored["spec"]["predictor"]["containers"][0]["env"]
+    assert {"name": "STORAGE_URI", "value": "pvc://shopguide-data/registry/versions/v0001"} in env
+
+    lost = _rollback(params, tmp_path / "missing", "--to", "v0002")
+    assert lost.returncode == 2 and "no Kubernetes cluster to deploy v0002 to" in lost.stderr
+    assert "Traceback" not in lost.stderr
+    assert champion(root).name == "v0002"

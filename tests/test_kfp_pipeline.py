@@ -158,6 +158,7 @@ def _run(root: Path, params: Params, sample: Path, feature_repo: Path, registry:
         raw_path=str(sample),
         feature_repo=str(feature_repo),
         registry=str(registry),
+        validation_dir=str(registry.parent / "validation"),
         params_json=params.model_dump_json(),
         deploy=False,
     )
@@ -204,6 +205,8 @@ def test_local_runs_promote_then_refuse_a_finetune(
     assert first.metadata["parent"] == fingerprint(run_dir / "train" / "model")
     assert not (run_dir / "deploy-champion").exists()  # deploy=False: no cluster here
     assert not (run_dir / "report-refusal").exists()
+    # The accepted event profile outlives the run's own artifacts: the next run checks drift.
+    assert (tmp_path / "validation" / "accepted_profile.json").is_file()
     # The gate scored the candidate artifact it was handed, not a path from another task.
     decision = read_json(run_dir / "gate" / "decision")
     assert decision["candidate"].startswith(str(run_dir / "finetune"))
@@ -225,10 +228,21 @@ def test_local_runs_promote_then_refuse_a_finetune(
         raw_path=str(sample),
         feature_repo=str(feature_repo),
         registry=str(registry),
+        validation_dir=str(tmp_path / "validation"),
         params_json=strict.model_dump_json(),
         deploy=False,
     )
     (ft_dir,) = (kfp_root / "ft").iterdir()
+    # Its events were checked for drift against the first run's accepted profile.
+    reports = [json.loads(f.read_text()) for f in ft_dir.rglob("*.json") if f.stat().st_size]
+    drift = [
+        r
+        for rep in reports
+        if isinstance(rep, dict)
+        for r in rep.get("results") or []
+        if r.get("suite") == "drift"
+    ]
+    assert drift and all(r["success"] for r in drift), drift
     assert read_json(ft_dir / "finetune" / "metrics")["finetune_rows"] > 0
     assert tuned.output.startswith("refused: auc_floor")
     decision = read_json(ft_dir / "gate" / "decision")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from shopguide.errors import ShopguideError
 from shopguide.model.mmoe import MMoE, MMoEConfig
@@ -408,7 +409,8 @@ def shopguide_cli(*args: str) -> subprocess.CompletedProcess:
 def test_models_commands(tmp_path: Path, model_dir: Path) -> None:
     root = tmp_path / "registry"
     params = tmp_path / "params.yaml"
-    params.write_text(f"registry:\n  path: {root}\n")
+    manifest = tmp_path / "isvc.yaml"
+    params.write_text(f"registry:\n  path: {root}\ndeploy:\n  output: {manifest}\n")
     register(root, model_dir, {"metrics": {"mean_auc": 0.6123}, "git_commit": "1234567890abc"})
     register(root, model_dir, {"parent_version": "v0001", "gate": {"passed": True}})
 
@@ -430,15 +432,20 @@ def test_models_commands(tmp_path: Path, model_dir: Path) -> None:
     missing = shopguide_cli("models", "show", "v0042", "--registry", str(root))
     assert missing.returncode == 2 and "no version v0042" in missing.stderr
 
-    back = shopguide_cli("models", "rollback", "--registry", str(root), "--reason", "test")
+    back = shopguide_cli("models", "rollback", "--params", str(params), "--reason", "test")
     assert back.returncode == 0, back.stderr
     assert "champion: v0002 -> v0001" in back.stdout
     assert champion(root).name == "v0001"
-    again = shopguide_cli("models", "rollback", "--registry", str(root))
+    # the manifest follows the champion, as on promotion
+    labels = yaml.safe_load(manifest.read_text())["metadata"]["labels"]
+    assert labels["shopguide/model-version"] == "v0001"
+    again = shopguide_cli("models", "rollback", "--params", str(params))
     assert again.returncode == 2 and "no previous champion" in again.stderr
     assert "Traceback" not in again.stderr
-    forward = shopguide_cli("models", "rollback", "--to", "v0002", "--registry", str(root))
+    forward = shopguide_cli("models", "rollback", "--to", "v0002", "--params", str(params))
     assert forward.returncode == 0 and champion(root).name == "v0002"
+    labels = yaml.safe_load(manifest.read_text())["metadata"]["labels"]
+    assert labels["shopguide/model-version"] == "v0002"
 
 
 def test_damaged_versions_and_artifacts_are_clear_errors(tmp_path: Path, model_dir: Path) -> None:

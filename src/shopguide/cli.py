@@ -405,16 +405,27 @@ def models_show(
 def models_rollback(
     to: Annotated[str | None, typer.Option(help="this version; default: the previous")] = None,
     reason: Annotated[str | None, typer.Option(help="recorded in the history")] = None,
+    deploy: Annotated[
+        bool, typer.Option(help="also make the cluster's InferenceService serve it")
+    ] = False,
     registry: RegistryOpt = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Make an earlier version the champion again.
 
-    Atomic, under the registry lock; servers polling the registry switch to it."""
+    Atomic, under the registry lock; servers polling the registry switch to it. The
+    InferenceService manifest (`deploy.output`) is rendered for it, as on promotion; with
+    `--deploy` it is applied to the cluster too (kubeconfig or in-cluster account)."""
+    from shopguide.deploy import deploy_version, render_inference_service
     from shopguide.registry import rollback
 
+    p = load_params(params)
     old, new = rollback(_registry(registry, params), to, reason)
     typer.echo(f"champion: {old} -> {new}")
+    manifest = render_inference_service(new, p.deploy, p.serving, p.deploy.output)
+    typer.echo(f"InferenceService rendered at {manifest}")
+    if deploy:
+        typer.echo(deploy_version(new, p.deploy, p.serving))
 
 
 pipeline_app = typer.Typer(

@@ -27,6 +27,7 @@ from kubernetes.client import (
     V1Volume,
     V1VolumeMount,
 )
+from kubernetes.config import ConfigException
 
 from shopguide.config import DeployParams, ServingParams
 from shopguide.errors import ShopguideError
@@ -108,10 +109,37 @@ def inference_service(version: str, deploy: DeployParams, serving: ServingParams
     return ApiClient().sanitize_for_serialization(inference_service_model(version, deploy, serving))
 
 
+def promotion_patch(isvc: V1beta1InferenceService) -> V1beta1InferenceService:
+    """What a new version changes on an existing InferenceService: the version label and the
+    predictor's containers (STORAGE_URI names the version), nothing else.
+
+    A JSON merge patch replaces a list whole, so the containers go in as rendered; maps merge,
+    so the cluster's other labels stay. Replicas are left as the cluster has them (the overlays
+    set their own), and so is canaryTrafficPercent unless `deploy.canary_traffic_percent` is
+    set: then each promotion sends it with the new version, which is how KServe starts a canary.
+    """
+    predictor = isvc.spec.predictor
+    return V1beta1InferenceService(
+        api_version=isvc.api_version,
+        kind=isvc.kind,
+        metadata=V1ObjectMeta(
+            labels={"shopguide/model-version": isvc.metadata.labels["shopguide/model-version"]}
+        ),
+        spec=V1beta1InferenceServiceSpec(
+            predictor=V1beta1PredictorSpec(
+                containers=predictor.containers,
+                canary_traffic_percent=predictor.canary_traffic_percent,
+            )
+        ),
+    )
+
+
 def apply_inference_service(isvc: V1beta1InferenceService, client: KServeClient) -> str:
-    """Create the InferenceService, or merge-patch it when it exists, so a promotion rolls the
-    running service to the new version (KServe keeps the old revision serving until the new one
-    is ready, or splits traffic when a canary percent is set). Returns "created" or "patched"."""
+    """Create the InferenceService as rendered, or, when it exists, merge-patch only what the
+    new version changes (`promotion_patch`), so a promotion rolls the running service to the new
+    version and keeps the cluster's replicas and canary setting (KServe keeps the old revision
+    serving until the new one is ready, or splits traffic when a canary percent is set).
+    Returns "created" or "patched"."""
     name, namespace = isvc.metadata.name, isvc.metadata.namespace
     try:
         client.api_instance.get_namespaced_custom_object(
@@ -128,8 +156,24 @@ def apply_inference_service(isvc: V1beta1InferenceService, client: KServeClient)
             ) from exc
         client.create(isvc, namespace=namespace)
         return "created"
-    client.patch(name, isvc, namespace=namespace)
+    client.patch(name, promotion_patch(isvc), namespace=namespace)
     return "patched"
+
+
+def deploy_version(
+    version: str, deploy: DeployParams, serving: ServingParams, client: KServeClient | None = None
+) -> str:
+    """Make the cluster's InferenceService serve `version` (`apply_inference_service`), with
+    the kubeconfig or in-cluster service account by default. Returns "<created|patched>
+    <namespace>/<name>"."""
+    isvc = inference_service_model(version, deploy, serving)
+    if client is None:
+        try:
+            client = KServeClient()
+        except ConfigException as exc:
+            raise ShopguideError(f"no Kubernetes cluster to deploy {version} to: {exc}") from exc
+    action = apply_inference_service(isvc, client)
+    return f"{action} {deploy.namespace}/{isvc.metadata.name}"
 
 
 def render_inference_service(

@@ -50,7 +50,7 @@ def version_name(package: Path) -> str:
 
 def connect(settings: KubeflowParams, host: str | None = None) -> kfp.Client:
     """A client for the endpoint; in a pod, kfp reads the projected token named by
-    KF_PIPELINES_SA_TOKEN_PATH (see k8s/base/cronjob.yaml)."""
+    KF_PIPELINES_SA_TOKEN_PATH (see k8s/jobs/schedule/cronjob.yaml)."""
     return kfp.Client(host=host or settings.host, namespace=settings.namespace)
 
 

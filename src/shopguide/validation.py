@@ -460,13 +460,17 @@ def _run(checks: list[Check], source: Path, report_dir: Path) -> ValidationRepor
     return report
 
 
-def validate_events(events: Path, params: Params, report_dir: Path) -> ValidationReport:
+def validate_events(
+    events: Path, params: Params, report_dir: Path, profile_dir: Path | None = None
+) -> ValidationReport:
     """Check the ingested event table against the protocol before anything is built on it.
 
     Every column is loaded: the suite checks the exact column list, so extras must be seen.
     Besides the column checks: purchases without a view (funnel) and, once a run has been
-    accepted, drift of its profile; a passing run becomes the accepted profile.
+    accepted, drift of its profile; a passing run becomes the accepted profile, kept in
+    `profile_dir` (default `report_dir`; on a cluster a directory that outlives the run).
     """
+    profile_dir = Path(profile_dir or report_dir)
     events_check = _events_check(events, params)
     frame = events_check.frame
     row_ids = [c for c in ("user_id", "item_id", "ts") if c in frame.columns]
@@ -475,12 +479,12 @@ def validate_events(events: Path, params: Params, report_dir: Path) -> Validatio
     if complete:
         checks.append(Check(_funnel_suite(params), _funnel_frame(events, params), row_ids))
         profile = event_profile(events, params)
-        drift = drift_frame(profile, Path(report_dir), params)
+        drift = drift_frame(profile, profile_dir, params)
         if drift is not None:
             checks.append(Check(_drift_suite(drift, params), drift, []))
     report = _run(checks, events, report_dir)
     if report.success and complete:
-        accept_profile(profile, Path(report_dir))
+        accept_profile(profile, profile_dir)
     return report
 
 
