@@ -251,6 +251,16 @@ def test_prod_uses_redis_and_a_canary(overlay: tuple[str, list[dict]]) -> None:
         assert any(
             d["kind"] == "Service" and d["metadata"]["name"] == "shopguide-redis" for d in docs
         )
+        # the features survive a restart: append-only file on a claimed volume
+        (redis,) = [d for d in docs if d["kind"] == "Deployment"]
+        spec = redis["spec"]["template"]["spec"]
+        args = spec["containers"][0]["args"]
+        assert args[args.index("--appendonly") + 1] == "yes"
+        (claim,) = [v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]]
+        assert any(
+            d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim for d in docs
+        )
+        assert redis["spec"]["strategy"]["type"] == "Recreate"
     else:
         assert online["type"] == "sqlite"
         assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]

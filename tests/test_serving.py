@@ -224,10 +224,13 @@ def test_served_scores_equal_the_offline_model(
 TOO_MANY = list(range(1, MAX_CANDIDATES + 2))
 HALF = list(range(1, MAX_CANDIDATES // 2 + 2))
 JSON = {"content-type": "application/json"}
+DEEP = b'{"instances": [{"user_id": 1, "item_ids": ' + b"[" * 5_000 + b"]" * 5_000 + b"}]}"
 MALFORMED = {
     "not-json": (dict(content=b"{not json", headers=JSON), "Unrecognized request format"),
     "empty-body": (dict(content=b"", headers=JSON), "Unrecognized request format"),
     "not-utf8": (dict(content=b"\xff\xfe", headers=JSON), "Unrecognized request format"),
+    "nested-too-deep": (dict(content=DEEP, headers=JSON), "depth limit exceeded"),
+    "nested-too-deep-plain": (dict(content=DEEP), "depth limit exceeded"),
     "json-list": (dict(json=[{"user_id": 1, "item_ids": [2]}]), "must be a JSON object"),
     "json-null": (dict(content=b"null", headers=JSON), "must be a JSON object"),
     "plain-text": (
@@ -391,6 +394,7 @@ def test_v2_metadata_lists_inputs_and_outputs(server: Server) -> None:
 OK_USER, OK_ITEMS = tensor("user_id", [1]), tensor("item_id", [2, 3])
 V2_MALFORMED = {
     "not-json": (dict(content=b"{not json", headers=JSON), "request body is not valid JSON"),
+    "nested-too-deep": (dict(content=DEEP, headers=JSON), "not valid JSON: nested too deeply"),
     "empty-body": (dict(content=b"", headers=JSON), "Field required"),
     "json-list": (dict(json=[]), "Input should be a valid dictionary"),
     "no-inputs": (dict(json={}), "inputs: Field required"),

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import kserve
 import torch
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import ORJSONResponse, Response
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.protocol.rest.server import RESTServer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from shopguide.config import ServingParams
@@ -122,6 +124,17 @@ async def invalid_envelope(_: Request, exc: RequestValidationError) -> ORJSONRes
     )
 
 
+async def unparsable_body(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's answer to a v2 body its JSON decoder gives up on (nested too deeply), in
+    KServe's error shape; every other HTTP error as FastAPI renders it."""
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        return ORJSONResponse(
+            status_code=400,
+            content={"error": "request body is not valid JSON: nested too deeply or unreadable"},
+        )
+    return await http_exception_handler(request, exc)
+
+
 class ShopguideModelServer(kserve.ModelServer):
     """KServe's server with one REST worker on a chosen address (KServe binds 0.0.0.0)."""
 
@@ -135,6 +148,7 @@ class ShopguideModelServer(kserve.ModelServer):
 
         app.add_middleware(LimitAndCount, max_bytes=self.max_request_bytes)
         app.add_exception_handler(RequestValidationError, invalid_envelope)
+        app.add_exception_handler(StarletteHTTPException, unparsable_body)
         self._register_and_check_atleast_one_model_is_ready(models)
         self._rest_server = RESTServer(
             FASTAPI_APP_IMPORT_STRING,
