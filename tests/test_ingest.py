@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from shopguide.adapters import ingest
 from shopguide.config import Params
 from shopguide.errors import ShopguideError
 from shopguide.exposures import build_exposures
@@ -113,3 +114,19 @@ def test_failed_ingest_keeps_previous_artifact(sample: Path, tmp_path: Path) -> 
     with pytest.raises(ShopguideError):
         ingest_taobao(bad, out, PARAMS.data)
     assert out.read_bytes() == before
+
+
+def test_ingest_replaces_events_and_exposures_together(sample: Path, tmp_path: Path) -> None:
+    """Raw data whose events all fall outside the protocol window yields events but no
+    exposures: the step fails and the previous pair stays, both tables, byte for byte."""
+    events, exposures = tmp_path / "events.parquet", tmp_path / "exposures.parquet"
+    ingest(sample, events, exposures, PARAMS)
+    before = events.read_bytes(), exposures.read_bytes()
+    late = tmp_path / "late.csv"
+    late.write_text("".join(f"{u},7,3,pv,{PARAMS.protocol.window_end + u}\n" for u in range(1, 50)))
+    with pytest.raises(ShopguideError, match="no exposures"):
+        ingest(late, events, exposures, PARAMS)
+    assert (events.read_bytes(), exposures.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["events.parquet", "exposures.parquet", "late.csv"]
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from shopguide.adapters import aliccp, aliexpress, rees46, taobao
 from shopguide.config import Params
+from shopguide.io import atomic_path
 
 Ingest = Callable[[Path, Path, Path, Params], dict]
 
@@ -32,5 +33,9 @@ BEHAVIOURS: dict[str, tuple[str, ...]] = {
 
 
 def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
-    """Run the adapter named by `data.adapter`; returns its data card."""
-    return ADAPTERS[params.data.adapter](Path(source), Path(events), Path(exposures), params)
+    """Run the adapter named by `data.adapter`; returns its data card. The two tables are
+    staged and replace the old ones together, only once both are written: raw data that
+    yields events but no exposures leaves the previous pair as it was, never new events
+    beside old exposures."""
+    with atomic_path(events) as staged_events, atomic_path(exposures) as staged_exposures:
+        return ADAPTERS[params.data.adapter](Path(source), staged_events, staged_exposures, params)
