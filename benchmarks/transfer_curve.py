@@ -208,10 +208,12 @@ def summarise(
                 )
                 low, high = interval(draws, 0.95)
                 old = [r[method]["old_auc"][j] - r["pretrained"]["old_auc"][j] for r in per_seed]
+                # auto's pick is made with the candidate's drops; with `isolate: false` it
+                # would filter on the tuned networks' own and may pick another: not shown
                 shared = [
                     r[method]["old_auc_shared"][j] - r["pretrained"]["old_auc"][j]
                     for r in per_seed
-                    if "old_auc_shared" in r[method]
+                    if "old_auc_shared" in r[method] and method != "auto"
                 ]
                 rows.append(
                     {

@@ -246,8 +246,12 @@ def test_rollback_with_deploy_moves_the_cluster_back(tmp_path: Path) -> None:
     register(root, model, {})
     register(root, model, {})
     params = tmp_path / "params.yaml"
-    params.write_text(f"registry:\n  path: {root}\ndeploy:\n  output: {tmp_path / 'isvc.yaml'}\n")
+    params.write_text(
+        f"registry:\n  path: {root}\n"
+        f"deploy:\n  output: {tmp_path / 'isvc.yaml'}\n  canary_traffic_percent: 10\n"
+    )
     stored = inference_service("v0002", Params().deploy, Params().serving)
+    stored["spec"]["predictor"]["canaryTrafficPercent"] = 10  # v0002 was rolled out as a canary
     cluster = Cluster(stored=copy.deepcopy(stored))
     with fake_api(cluster) as api:
         config = tmp_path / "kubeconfig"
@@ -257,6 +261,8 @@ def test_rollback_with_deploy_moves_the_cluster_back(tmp_path: Path) -> None:
     assert "champion: v0002 -> v0001" in done.stdout
     assert "patched shopguide/shopguide" in done.stdout
     assert cluster.stored["metadata"]["labels"]["shopguide/model-version"] == "v0001"
+    # a rollback takes all the traffic at once, whatever canary share promotions get
+    assert cluster.stored["spec"]["predictor"]["canaryTrafficPercent"] == 100
     env = cluster.stored["spec"]["predictor"]["containers"][0]["env"]
     assert {"name": "STORAGE_URI", "value": "pvc://shopguide-data/registry/versions/v0001"} in env
 

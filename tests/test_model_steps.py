@@ -308,6 +308,13 @@ def test_promote_registers_only_what_the_gate_approved(
     assert record["promoted"]
     # the champion was the fine-tuning base: lineage names its version
     assert champion(registry).metadata["parent_version"] == parent.name
+    # the routed candidate is listed by its architecture and its count of fine-tuned copies
+    assert (champion(registry).metadata["model"], champion(registry).metadata["routes"]) == (
+        "mmoe",
+        1,
+    )
+    card = (champion(registry).path / "MODEL_CARD.md").read_text()
+    assert "mmoe with 1 fine-tuned copy (category_id % 3 == 0)" in card
     with pytest.raises(ShopguideError, match="the champion is now"):  # the decision is stale
         _promote(pipeline_run, pipeline_run.candidate, decision, tmp_path, p)
     assert len(versions(registry)) == len(before) + 1

@@ -444,6 +444,12 @@ def test_models_commands(tmp_path: Path, model_dir: Path) -> None:
     assert "Traceback" not in again.stderr
     forward = shopguide_cli("models", "rollback", "--to", "v0002", "--params", str(params))
     assert forward.returncode == 0 and champion(root).name == "v0002"
+    # with the registry named and no params file: the rollback alone
+    bare = shopguide_cli(
+        "models", "rollback", "--registry", str(root), "--params", str(tmp_path / "none.yaml")
+    )
+    assert bare.returncode == 0, bare.stderr
+    assert champion(root).name == "v0001" and "manifest not rendered" in bare.stdout
     labels = yaml.safe_load(manifest.read_text())["metadata"]["labels"]
     assert labels["shopguide/model-version"] == "v0002"
 

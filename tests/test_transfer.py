@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from shopguide.config import Params
+from shopguide.errors import ShopguideError
 from shopguide.evaluate import evaluate_step
 from shopguide.finetune import finetune_base, finetune_step
 from shopguide.gate import gate_step
@@ -162,6 +163,26 @@ def test_a_routed_champion_fine_tuned_again_keeps_its_routes(
     before, after = predict(routed, data), predict(again.model, data)
     assert np.array_equal(after[~moved], before[~moved])
     assert not np.array_equal(after[moved], before[moved])
+
+
+def test_fine_tuning_the_same_categories_again_continues_from_their_copy(
+    runs: dict[str, Adapted], pipeline_run: PipelineRun, frame: pd.DataFrame
+) -> None:
+    """The same rule again replaces its route, starting from its copy (here: the L2-SP copy's
+    moved shared layers, which `frozen` keeps); `isolate: false` on a routed model is refused,
+    as only its base would adapt."""
+    routed = runs["l2sp"].model
+    params = _with(pipeline_run.params, "finetune", max_epochs=1)
+    data = transfer_data(frame, params)
+    again = adapt(copy.deepcopy(routed), data, params, "frozen")
+    assert len(again.model.routed) == 1 and again.model.routed[0] is again.tuned
+    earlier = dict(runs["l2sp"].tuned.named_parameters())
+    shared = {id(p) for p in again.tuned.shared_parameters()}
+    for name, p in again.tuned.named_parameters():
+        if id(p) in shared:
+            assert torch.equal(p, earlier[name]), name
+    with pytest.raises(ShopguideError, match=r"1 fine-tuned copy .*finetune.isolate: true"):
+        adapt(copy.deepcopy(routed), data, _with(params, "finetune", isolate=False), "frozen")
 
 
 def test_gradient_reversal_flips_the_sign() -> None:

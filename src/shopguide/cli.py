@@ -413,19 +413,23 @@ def models_rollback(
 ) -> None:
     """Make an earlier version the champion again.
 
-    Atomic, under the registry lock; servers polling the registry switch to it. The
-    InferenceService manifest (`deploy.output`) is rendered for it, as on promotion; with
-    `--deploy` it is applied to the cluster too (kubeconfig or in-cluster account)."""
+    Atomic, under the registry lock; servers polling the registry switch to it. With a params
+    file, the InferenceService manifest (`deploy.output`) is rendered for it, as on promotion;
+    with `--deploy` the cluster's InferenceService serves it, all traffic at once (kubeconfig
+    or in-cluster account)."""
     from shopguide.deploy import deploy_version, render_inference_service
     from shopguide.registry import rollback
 
-    p = load_params(params)
+    p = load_params(params) if deploy or params.is_file() else None
     old, new = rollback(_registry(registry, params), to, reason)
     typer.echo(f"champion: {old} -> {new}")
+    if p is None:
+        typer.echo(f"no {params}: InferenceService manifest not rendered")
+        return
     manifest = render_inference_service(new, p.deploy, p.serving, p.deploy.output)
     typer.echo(f"InferenceService rendered at {manifest}")
     if deploy:
-        typer.echo(deploy_version(new, p.deploy, p.serving))
+        typer.echo(deploy_version(new, p.deploy, p.serving, full_rollout=True))
 
 
 pipeline_app = typer.Typer(

@@ -161,12 +161,19 @@ def apply_inference_service(isvc: V1beta1InferenceService, client: KServeClient)
 
 
 def deploy_version(
-    version: str, deploy: DeployParams, serving: ServingParams, client: KServeClient | None = None
+    version: str,
+    deploy: DeployParams,
+    serving: ServingParams,
+    client: KServeClient | None = None,
+    full_rollout: bool = False,
 ) -> str:
     """Make the cluster's InferenceService serve `version` (`apply_inference_service`), with
-    the kubeconfig or in-cluster service account by default. Returns "<created|patched>
-    <namespace>/<name>"."""
+    the kubeconfig or in-cluster service account by default. `full_rollout` sends all traffic
+    to it at once (canaryTrafficPercent 100; a rollback must not leave the version it replaces
+    most of the traffic). Returns "<created|patched> <namespace>/<name>"."""
     isvc = inference_service_model(version, deploy, serving)
+    if full_rollout:
+        isvc.spec.predictor.canary_traffic_percent = 100
     if client is None:
         try:
             client = KServeClient()

@@ -116,14 +116,15 @@ def render_model_card(meta: dict, config: dict) -> str:
                 "remainder": finetune.get("new_category_remainder"),
             }
         )
-        + f"; pre-trained without them, then fine-tuned on them (strategy "
-        f"{_fmt(finetune.get('strategy'))}"
+        + f"; pre-trained without them, then fine-tuned on them (`finetune.strategy`: "
+        f"{_fmt(finetune.get('strategy'))})"
         + (
-            "; the other categories keep the pre-trained model's scores"
-            if finetune.get("isolate")
+            "; the fine-tuned copy scores only the routed categories, every other category "
+            "keeps the base model's scores"
+            if routes
             else ""
         )
-        + ").",
+        + ".",
         "",
         "## Evaluation on the test split",
         "",

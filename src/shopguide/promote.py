@@ -79,6 +79,14 @@ def _same_champion(decision: dict, decision_path: Path) -> Callable[[Version | N
     return check
 
 
+def _architecture(config: dict) -> dict:
+    """The model kind for `models list`; a routed model's is its base model's, with its count
+    of fine-tuned copies (shopguide.model.routed)."""
+    if config.get("kind") == "routed":
+        return {"model": (config.get("base") or {}).get("kind"), "routes": len(config["routes"])}
+    return {"model": config.get("kind")}
+
+
 def promote_step(
     model_dir: Path,
     decision_path: Path,
@@ -117,7 +125,7 @@ def promote_step(
         "git_commit": git_commit(),
         "parent": parent,
         "parent_version": parent_version(params.registry.path, parent),
-        "model": read_json(Path(model_dir) / "config.json").get("kind"),
+        **_architecture(read_json(Path(model_dir) / "config.json")),
     }
     version = register(
         params.registry.path,

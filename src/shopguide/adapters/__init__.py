@@ -33,8 +33,8 @@ BEHAVIOURS: dict[str, tuple[str, ...]] = {
 
 
 def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
-    """Run the adapter named by `data.adapter`; returns its data card. The two tables are
-    staged and replace the old ones together, only once both are written: raw data that
+    """Run the adapter named by `data.adapter`; returns its data card. Both tables are staged
+    and renamed into place one right after the other once both are written: raw data that
     yields events but no exposures leaves the previous pair as it was, never new events
     beside old exposures."""
     with atomic_path(events) as staged_events, atomic_path(exposures) as staged_exposures:

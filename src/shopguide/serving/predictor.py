@@ -31,6 +31,7 @@ from shopguide.config import ServingParams
 from shopguide.errors import ShopguideError
 from shopguide.features import open_store
 from shopguide.model.base import MultiTaskModel
+from shopguide.model.routed import Routed
 from shopguide.model.store import load_model
 from shopguide.registry import champion, version_name
 from shopguide.serving import metrics
@@ -56,9 +57,17 @@ def compiled(net: MultiTaskModel) -> tuple[torch.nn.Module, bool]:
     other sizes than the one traced; the eager model otherwise (a model with data-dependent
     control flow would trace wrongly, and this check catches it)."""
 
+    # A routed model's categories (shopguide.model.routed) among the random ones, so the
+    # check runs every route; random ids already cover modulo rules.
+    rules = net.rules if isinstance(net, Routed) else []
+    routed = torch.tensor([i for r in rules for i in r.ids], dtype=torch.int64)
+
     def example(n: int, seed: int) -> tuple[torch.Tensor, ...]:
         g = torch.Generator().manual_seed(seed)
         ids = [torch.randint(0, 2**40, (n,), generator=g) for _ in range(3)]
+        if len(routed):
+            pick = torch.randint(0, len(routed), (n,), generator=g)
+            ids[2] = torch.where(torch.rand(n, generator=g) < 0.5, routed[pick], ids[2])
         dense = torch.rand(n, len(net.config.dense_features), generator=g) * 20
         return (*ids, dense)
 

@@ -15,7 +15,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shopguide.config import Params
+from shopguide.config import FinetuneParams, Params
+from shopguide.errors import ShopguideError
 from shopguide.metrics import mean_auc
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.routed import AnyModel, CategoryRule, Routed, split_routes
@@ -82,21 +83,45 @@ def choose(validation: dict[str, float], drops: dict[str, float], tolerance: flo
     return max(kept, key=validation.__getitem__)
 
 
+def _trainee(
+    model: AnyModel, finetune: FinetuneParams
+) -> tuple[MultiTaskModel, Callable[[MultiTaskModel], AnyModel]]:
+    """The network a strategy trains, and how the candidate is made from it.
+
+    With `finetune.isolate`: a copy of what scores the new categories now (the route with the
+    same rule, so fine-tuning them again continues from it and replaces it; else the base
+    model), routed to them. Without: `model` itself, adapted in place; a routed model cannot
+    be, since its routes would go on scoring their categories."""
+    base, routes = split_routes(model)
+    if not finetune.isolate:
+        if routes:
+            raise ShopguideError(
+                f"the model to fine-tune holds {len(routes)} fine-tuned cop"
+                f"{'y' if len(routes) == 1 else 'ies'} for category routes; with "
+                "finetune.isolate: false only its base model would adapt. Set finetune.isolate: "
+                "true, or retrain one model on all categories (shopguide train)"
+            )
+        return base, lambda tuned: tuned
+    rule = CategoryRule.of(finetune)
+    earlier = [m for r, m in routes if r == rule]
+    others = [(r, m) for r, m in routes if r != rule]
+    return copy.deepcopy(earlier[-1] if earlier else base), lambda tuned: Routed(
+        base, [*others, (rule, tuned)]
+    )
+
+
 def adapt(
     model: AnyModel, data: TransferData, params: Params, strategy: str | None = None
 ) -> Adapted:
-    """Adapt `model` with `strategy` (default `finetune.strategy`). The strategy trains the
-    model that scores every unrouted category (`model` itself unless a routed champion): in
-    place, or with `finetune.isolate` a copy that gets a route for the new categories. `auto`
-    leaves `model` untouched and returns the winner's copy."""
+    """Adapt `model` with `strategy` (default `finetune.strategy`): in place, or with
+    `finetune.isolate` a copy routed to the new categories (`_trainee`). `auto` leaves `model`
+    untouched and returns the winner's copy."""
     strategy = strategy or params.finetune.strategy
     if strategy != "auto":
         before = frame_metrics(model, data.old_valid)
-        default, routes = split_routes(model)
-        tuned = copy.deepcopy(default) if params.finetune.isolate else default
+        tuned, candidate = _trainee(model, params.finetune)
         outcome = STRATEGIES[strategy](tuned, data, params)
-        if params.finetune.isolate:
-            model = Routed(default, [*routes, (CategoryRule.of(params.finetune), tuned)])
+        model = candidate(tuned)
         score = mean_auc(outcome.result.best_metrics)
         drop = largest_drop(before, frame_metrics(model, data.old_valid))
         return Adapted(model, tuned, strategy, outcome, {strategy: score}, {strategy: drop})
