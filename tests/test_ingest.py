@@ -130,3 +130,12 @@ def test_ingest_replaces_events_and_exposures_together(sample: Path, tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["events.parquet", "exposures.parquet", "late.csv"]
     )
+
+
+def test_a_first_ingest_that_fails_leaves_no_tables(tmp_path: Path) -> None:
+    late = tmp_path / "late.csv"
+    late.write_text("".join(f"{u},7,3,pv,{PARAMS.protocol.window_end + u}\n" for u in range(1, 50)))
+    out = tmp_path / "out"
+    with pytest.raises(ShopguideError, match="no exposures"):
+        ingest(late, out / "events.parquet", out / "exposures.parquet", PARAMS)
+    assert list(out.iterdir()) == []

@@ -40,6 +40,37 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def all_or_none(paths: list[Path]) -> Iterator[None]:
+    """Run a block that replaces several files (each atomically); if it fails, put back every
+    one it had already replaced and remove any it created, so a failed step never leaves new
+    files beside old ones. The old files are kept as hard links (a copy where the file system
+    has none) until the block ends."""
+    Path(paths[0]).parent.mkdir(parents=True, exist_ok=True)
+    keep = Path(tempfile.mkdtemp(prefix=".previous-", dir=Path(paths[0]).parent))
+    saved: dict[Path, Path | None] = {}
+    try:
+        for i, path in enumerate(map(Path, paths)):
+            saved[path] = None
+            if path.is_file():
+                saved[path] = keep / f"{i}-{path.name}"
+                try:
+                    os.link(path, saved[path])
+                except OSError:
+                    shutil.copy2(path, saved[path])
+        try:
+            yield
+        except BaseException:
+            for path, old in saved.items():
+                if old is not None:
+                    os.replace(old, path)
+                else:
+                    path.unlink(missing_ok=True)
+            raise
+    finally:
+        shutil.rmtree(keep, ignore_errors=True)
+
+
 def write_json(path: Path | str, payload: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from shopguide.adapters import aliccp, aliexpress, rees46, taobao
 from shopguide.config import Params
-from shopguide.io import atomic_path
+from shopguide.io import all_or_none
 
 Ingest = Callable[[Path, Path, Path, Params], dict]
 
@@ -22,6 +22,10 @@ ADAPTERS: dict[str, Ingest] = {
     "rees46": rees46.ingest,
     "aliexpress": aliexpress.ingest,
     "aliccp": aliccp.ingest,
+}
+# Files an adapter writes besides the two tables, from the events path.
+SIDE_OUTPUTS: dict[str, Callable[[Path], list[Path]]] = {
+    "rees46": lambda events: [rees46.item_features_path(events)],
 }
 # Behaviour types each adapter writes into the canonical event table; anything else is a fault.
 BEHAVIOURS: dict[str, tuple[str, ...]] = {
@@ -33,9 +37,13 @@ BEHAVIOURS: dict[str, tuple[str, ...]] = {
 
 
 def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
-    """Run the adapter named by `data.adapter`; returns its data card. Both tables are staged
-    and renamed into place one right after the other once both are written: raw data that
-    yields events but no exposures leaves the previous pair as it was, never new events
-    beside old exposures."""
-    with atomic_path(events) as staged_events, atomic_path(exposures) as staged_exposures:
-        return ADAPTERS[params.data.adapter](Path(source), staged_events, staged_exposures, params)
+    """Run the adapter named by `data.adapter`; returns its data card. All of the adapter's
+    outputs are replaced or none: raw data that yields events but no exposures leaves the
+    previous tables as they were, never new events beside old exposures."""
+    events, exposures = Path(events), Path(exposures)
+    with all_or_none([events, exposures, *SIDE_OUTPUTS.get(params.data.adapter, _none)(events)]):
+        return ADAPTERS[params.data.adapter](Path(source), events, exposures, params)
+
+
+def _none(_: Path) -> list[Path]:
+    return []
