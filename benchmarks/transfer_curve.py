@@ -132,8 +132,7 @@ def run_seed(
     old_valid = transfer_data(frame, p).old_valid
     base_old_valid = frame_metrics(base, old_valid)
 
-    def old_auc(model: AnyModel) -> list[float]:
-        probs = predict(model, tensors(model, test))
+    def old_auc(probs: np.ndarray) -> list[float]:
         return [
             float(roc_auc_score(labels, probs[~new, j]))
             for j, labels in enumerate(test.loc[~new, list(p.protocol.tasks)].to_numpy().T)
@@ -150,12 +149,12 @@ def run_seed(
         result = {
             "old_validation_drop": largest_drop(base_old_valid, frame_metrics(model, old_valid)),
             "new_probs": probs[new].tolist(),
-            "old_auc": old_auc(model),
+            "old_auc": old_auc(probs),
             "validation": validation,
             "seconds": seconds,
         }
         if tuned is not None:  # the strategy's network alone: `isolate: false`
-            result["old_auc_shared"] = old_auc(tuned)
+            result["old_auc_shared"] = old_auc(predict(tuned, tensors(tuned, test)))
         return result
 
     for budget in BUDGETS:

@@ -34,13 +34,14 @@ def validate(
     from shopguide.errors import ShopguideError
     from shopguide.validation import raise_on_failure, validate_events, validate_training_set
 
-    suites = {"events": validate_events, "training-set": validate_training_set}
+    suites = ("events", "training-set")
     if suite not in suites:
         raise ShopguideError(f"unknown validation suite {suite!r}; known: {sorted(suites)}")
     source, report_dir = Path(table.path), Path(report.path)
     params = params_from_json(params_json)
     if suite == "events":
-        result = validate_events(source, params, report_dir, Path(profile_dir or report_dir))
+        profile = Path(profile_dir) if profile_dir else None
+        result = validate_events(source, params, report_dir, profile)
     else:
         result = validate_training_set(source, params, report_dir)
     metrics.log_metric("expectations", len(result.results))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shopguide.model.tensors import rule_text
+
 
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
@@ -47,9 +49,7 @@ def _gate_lines(gate: dict) -> list[str]:
 
 
 def _rule(rule: dict) -> str:
-    if rule.get("ids"):
-        return f"category_id in {list(rule['ids'])}"
-    return f"category_id % {_fmt(rule.get('modulo'))} == {_fmt(rule.get('remainder'))}"
+    return rule_text(rule.get("ids"), _fmt(rule.get("modulo")), _fmt(rule.get("remainder")))
 
 
 def render_model_card(meta: dict, config: dict) -> str:

@@ -3,6 +3,7 @@ index, so there is no per-row Python anywhere on the data path."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,11 +70,18 @@ def is_new_category(category_id: pd.Series, params: FinetuneParams) -> pd.Series
     return category_id % params.new_category_modulo == params.new_category_remainder
 
 
+def rule_text(ids: Sequence[int] | None, modulo: object, remainder: object) -> str:
+    """A category rule in words (`ids` when given, else id % modulo == remainder)."""
+    if ids:
+        return f"category_id in {list(ids)}"
+    return f"category_id % {modulo} == {remainder}"
+
+
 def new_category_rule(params: FinetuneParams) -> str:
     """`is_new_category`'s rule in words, for messages."""
-    if params.new_category_ids:
-        return f"category_id in {list(params.new_category_ids)}"
-    return f"category_id % {params.new_category_modulo} == {params.new_category_remainder}"
+    return rule_text(
+        params.new_category_ids, params.new_category_modulo, params.new_category_remainder
+    )
 
 
 def time_split(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
