@@ -61,9 +61,17 @@ def test_events_read_by_taobao_adapter_with_planted_rates(synth_run) -> None:
     assert counts.iloc[0] > 50 * counts.median()
 
 
-def test_category_effects_share_a_low_dimensional_space() -> None:
-    world = World(params().synth)
-    assert np.linalg.matrix_rank(world.category_effect) == params().synth.category_factor_dim
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_category_effects_share_a_low_dimensional_space_of_unit_variance(dim: int) -> None:
+    effect = World(params(categories=20_000, category_factor_dim=dim).synth).category_effect
+    assert np.linalg.matrix_rank(effect) == dim
+    assert effect.std(axis=0) == pytest.approx(1.0, abs=0.03)  # the dimension ties, not scales
+    correlation = np.corrcoef(effect.T)[np.triu_indices(3, 1)]
+    if dim == 1:  # one factor: a category's effects on every task move together
+        assert correlation == pytest.approx(1.0)
+    else:
+        assert correlation.min() < 0.99
+    assert (correlation > -0.05).all()  # non-negative loadings: tasks never pull apart
 
 
 def test_bayes_auc_is_the_true_probabilities_auc(synth_run) -> None:

@@ -7,7 +7,10 @@ refuses a model that forgot the old categories."""
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -366,3 +369,64 @@ def test_gate_refuses_a_model_that_forgot(
     decision = _gate(pipeline_run, registry, kept, tmp_path, "kept")
     checks = _forgetting(decision)
     assert all(c["passed"] and c["drop"] == 0 for c in checks.values()), checks
+
+
+def _transfer_benchmark() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "benchmarks/transfer_curve.py"
+    spec = importlib.util.spec_from_file_location("transfer_curve", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_transfer_benchmark_refuses_a_workdir_built_with_other_params(tmp_path: Path) -> None:
+    bench = _transfer_benchmark()
+    params = Params()
+    (tmp_path / "training_set.parquet").write_bytes(b"cached")
+    (tmp_path / "params.json").write_text(json.dumps(params.model_dump(mode="json")))
+    assert bench.prepare("synthetic", tmp_path, params) == tmp_path / "training_set.parquet"
+    other = _with(params, "synth", category_factor_dim=1)
+    with pytest.raises(SystemExit, match="built and cached with other params"):
+        bench.prepare("synthetic", tmp_path, other)
+
+
+def test_transfer_benchmark_targets_are_paired_gaps_to_scratch(
+    frame: pd.DataFrame, new_test: pd.DataFrame, pipeline_run: PipelineRun
+) -> None:
+    """benchmarks/transfer_curve.py's target check on the real test split: a strategy whose
+    scores carry the labels beats scratch's noise, with a paired interval above zero; `auto`
+    is what the choice on validation picked, and a target it misses reads as not met."""
+    bench = _transfer_benchmark()
+    p, tasks = pipeline_run.params, pipeline_run.params.protocol.tasks
+    labels = new_test[list(tasks)].to_numpy(np.float64)
+    rng = np.random.default_rng(0)
+    seeds = [1, 2]
+
+    def run(signal: float, validation: float) -> dict:
+        probs = signal * labels + rng.random(labels.shape)
+        return {"new_probs": probs.tolist(), "validation": validation, "old_validation_drop": 0}
+
+    runs = {
+        f"{s}/{b:g}": {
+            "scratch": run(0.0, 0.0),
+            **{m: run(2.0 if m == "coldstart" else 0.0, 0.6) for m in STRATEGIES},
+            "l2sp": run(0.0, 0.9),  # auto picks it on validation: noise on test
+        }
+        for s in seeds
+        for b in bench.BUDGETS
+    }
+    bench.pick_auto(runs, p, seeds)
+    rows = bench.targets("taobao", runs, frame, p, seeds, 200)
+    assert {(r["task"], r["budget_percent"], r["pick"]) for r in rows} == {
+        (t, b, k) for t in ("cart", "buy") for b in (10, 25, 50, 100) for k in ("best", "auto")
+    }
+    for r in rows:
+        if r["pick"] == "best":
+            assert r["method"] == "coldstart" and r["met"] and r["gap_low"] > 0.1, r
+        else:
+            assert r["method"] == "auto" and r["gap_low"] < 0 < r["gap_high"], r
+    assert not all(r["met"] for r in rows if r["pick"] == "auto")
+    synthetic = bench.targets("synthetic", runs, frame, p, seeds, 50)
+    assert {r["reference"] for r in synthetic} == {"scratch at 100%"}
+    assert {r["budget_percent"] for r in synthetic} == {25} and len(synthetic) == 2 * len(tasks)
+    assert "| no |" in bench.targets_markdown(rows) and "| yes |" in bench.targets_markdown(rows)

@@ -122,7 +122,7 @@ class SynthParams(Strict):
     items: PositiveInt = 100_000
     categories: PositiveInt = 500
     latent_dim: PositiveInt = 8
-    category_factor_dim: PositiveInt = 3  # < tasks: a category's task effects are tied
+    category_factor_dim: PositiveInt = 3  # 1: a category's task effects move together
     zipf_exponent: Annotated[float, Field(gt=0.0)] = 1.1
     positive_rate: dict[str, Fraction] = Field(
         default_factory=lambda: {"cart": 0.0085, "fav": 0.003, "buy": 0.0104}

@@ -1,11 +1,12 @@
 """Synthetic events with a known optimum (protocol synth-scale).
 
 Planted structure: user and item latent factors, the same users in every category, and task
-weights shared by all of them; per-category task effects drawn from a space of
-`synth.category_factor_dim` dimensions (fewer than the tasks ties a category's effects on the
-tasks together; as many, the default, leaves each category's effects free, so a new category's
-offsets must be learned from its own events); Zipf item popularity; per-task base rates set so
-the mean probability matches `synth.positive_rate`.
+weights shared by all of them; per-category task effects (unit variance per task) drawn from a
+space of `synth.category_factor_dim` dimensions: 1 ties a category's effects on all tasks
+together (what the categories share, so a new category's few events of any task place it); as
+many as the tasks, the default, leaves each category's effects free, so a new category's
+offsets must be learned task by task from its own events; Zipf item popularity; per-task base
+rates set so the mean probability matches `synth.positive_rate`.
 Events are written in the Taobao UserBehavior format, so the taobao adapter reads them, and every
 exposure's true task probabilities go to a Parquet file: the Bayes-optimal AUC on the test
 exposures follows from them. Vectorised numpy in chunks; the same seed gives the same bytes.
@@ -58,8 +59,12 @@ class World:
         self.users = rng.normal(size=(p.users, d)) / np.sqrt(d)
         self.items = rng.normal(size=(p.items, d)) / np.sqrt(d)
         self.item_category = rng.integers(0, p.categories, p.items)
-        shared = rng.normal(size=(k, len(TASKS)))  # task effects of the shared category space
-        self.category_effect = rng.normal(size=(p.categories, k)) @ shared / np.sqrt(k)
+        # Task loadings of the category space: non-negative (a category that sells well on one
+        # task tends to on the others) and of unit norm per task, so every task's category effect
+        # has unit variance: the dimension sets how tied the tasks are, not how strong each is.
+        loadings = np.abs(rng.normal(size=(k, len(TASKS))))
+        loadings /= np.linalg.norm(loadings, axis=0)
+        self.category_effect = rng.normal(size=(p.categories, k)) @ loadings
         self.task_mix = rng.normal(size=(len(TASKS), d)) * 0.5 + 1.0  # tasks share the affinity
         popularity = 1.0 / np.arange(1, p.items + 1) ** p.zipf_exponent
         self.item_prob = popularity / popularity.sum()
