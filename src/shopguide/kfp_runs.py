@@ -1,8 +1,8 @@
 """Submit the compiled pipelines to a Kubeflow Pipelines endpoint: upload them (a new version
 when the pipeline exists), start one run, or schedule recurring runs.
 
-Runs and schedules start the uploaded pipeline's latest version, so a schedule (or the
-Kubernetes CronJob, which calls `shopguide pipeline run`) picks up each upload.
+Runs and schedules start the uploaded pipeline's latest version, so a schedule (unless pinned)
+and the Kubernetes CronJob (which calls `shopguide pipeline run`) pick up each upload.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import kfp
+import kfp_server_api
 import yaml
 from kfp_server_api.exceptions import ApiException
 from urllib3.exceptions import HTTPError
@@ -133,23 +134,37 @@ def schedule(
     name: str,
     arguments: dict[str, object],
     cron: str,
+    pin: bool = False,
 ) -> str:
-    """A recurring run of the latest version on `cron` (KFP's six-field cron, seconds first):
-    one run at a time and no catch-up of slots missed while paused. Returns its id."""
+    """A recurring run on `cron` (KFP's six-field cron, seconds first): one run at a time and no
+    catch-up of slots missed while paused. Unpinned, each run starts the pipeline's latest
+    version, so an upload needs no new schedule (the version id is left out, which KFP's
+    backend reads as "latest" from 2.5 on); `pin` fixes the version latest now. Returns its id."""
     version = latest_version(client, name)
-    created = _call(
-        "create recurring run",
-        client.create_recurring_run,
-        _experiment_id(client, settings),
-        job_name=f"{name} retraining",
-        cron_expression=cron,
+    body = kfp_server_api.V2beta1RecurringRun(
+        experiment_id=_experiment_id(client, settings),
+        display_name=f"{name} retraining",
+        mode=kfp_server_api.RecurringRunMode.ENABLE,
+        trigger=kfp_server_api.V2beta1Trigger(
+            cron_schedule=kfp_server_api.V2beta1CronSchedule(cron=cron)
+        ),
         max_concurrency=1,
         no_catchup=True,
-        pipeline_id=version.pipeline_id,
-        version_id=version.version_id,
-        params=arguments,
-        enabled=True,
+        pipeline_version_reference=kfp_server_api.V2beta1PipelineVersionReference(
+            pipeline_id=version.pipeline_id,
+            pipeline_version_id=version.version_id if pin else None,
+        ),
+        runtime_config=kfp_server_api.V2beta1RuntimeConfig(parameters=arguments),
         service_account=SERVICE_ACCOUNT,
     )
-    log.info("scheduled %s on %r as recurring run %s", name, cron, created.recurring_run_id)
+    # kfp.Client.create_recurring_run insists on a version id; the API it wraps does not.
+    created = _call(
+        "create recurring run",
+        client._recurring_run_api.recurring_run_service_create_recurring_run,
+        recurring_run=body,
+    )
+    follows = version.version_id if pin else "the latest version"
+    log.info(
+        "scheduled %s (%s) on %r as recurring run %s", name, follows, cron, created.recurring_run_id
+    )
     return created.recurring_run_id
