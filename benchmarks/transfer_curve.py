@@ -338,16 +338,23 @@ def targets_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def bayes_auc(workdir: Path, frame: pd.DataFrame, params: Params) -> dict | None:
-    """Synthetic data only: AUC of the true probabilities on the new categories' test rows."""
+def reference_aucs(workdir: Path, frame: pd.DataFrame, params: Params) -> dict | None:
+    """Synthetic data only, on the new categories' test rows: the Bayes-optimal AUC (the true
+    probabilities) and the category-only reference (each category's mean true probability over
+    its train exposures: the planted category effects without any user or item factor)."""
     truth = workdir / "truth.parquet"
     if not truth.is_file():
         return None
-    test = frame[
-        (frame["split"] == "test") & is_new_category(frame["category_id"], params.finetune)
-    ]
-    joined = test.merge(pd.read_parquet(truth), on=["user_id", "item_id"])
-    return {t: float(roc_auc_score(joined[t], joined[f"p_{t}"])) for t in params.protocol.tasks}
+    tasks = params.protocol.tasks
+    new = frame[is_new_category(frame["category_id"], params.finetune)]
+    joined = new.merge(pd.read_parquet(truth), on=["user_id", "item_id", "category_id"])
+    test = joined[joined["split"] == "test"]
+    means = joined[joined["split"] == "train"].groupby("category_id")[[f"p_{t}" for t in tasks]]
+    by_category = test[["category_id"]].join(means.mean(), on="category_id")
+    return {
+        "bayes": {t: float(roc_auc_score(test[t], test[f"p_{t}"])) for t in tasks},
+        "category": {t: float(roc_auc_score(test[t], by_category[f"p_{t}"])) for t in tasks},
+    }
 
 
 def plot(rows: list[dict], dataset: str, tasks: tuple[str, ...], path: Path) -> None:
@@ -379,7 +386,7 @@ def plot(rows: list[dict], dataset: str, tasks: tuple[str, ...], path: Path) -> 
     plt.close(fig)
 
 
-def markdown(rows: list[dict], tasks: tuple[str, ...], bayes: dict | None) -> str:
+def markdown(rows: list[dict], tasks: tuple[str, ...], references: dict | None) -> str:
     frame = pd.DataFrame(rows)
     head = " | ".join(f"{t} AUC [95% CI]" for t in tasks)
     lines = [
@@ -411,12 +418,15 @@ def markdown(rows: list[dict], tasks: tuple[str, ...], bayes: dict | None) -> st
             f"| {budget}% ({part['labelled_rows'].iloc[0]}) | {name} | {' | '.join(cells)} | "
             f"{old} | {shared} | {part['seconds'].iloc[0]:.0f} |"
         )
-    if bayes:
-        lines.append("")
-        lines.append(
-            "Bayes-optimal AUC (true probabilities) on the same test exposures: "
-            + ", ".join(f"{t} {v:.3f}" for t, v in bayes.items())
-        )
+    if references:
+        words = {
+            "bayes": "Bayes-optimal AUC (true probabilities)",
+            "category": "Category-only reference (each category's mean true probability over "
+            "its train exposures)",
+        }
+        for key, text in words.items():
+            values = ", ".join(f"{t} {v:.3f}" for t, v in references[key].items())
+            lines += ["", f"{text} on the same test exposures: {values}"]
     return "\n".join(lines)
 
 
@@ -464,7 +474,7 @@ def main() -> None:
         pick_auto(runs, params, seeds)
         rows = summarise(runs, frame, params, seeds, args.bootstrap)
         checks = targets(dataset, runs, frame, params, seeds, args.bootstrap)
-        bayes = bayes_auc(workdir, frame, params)
+        references = reference_aucs(workdir, frame, params)
         tasks = params.protocol.tasks
         write_json(
             args.results / f"transfer-curve-{dataset}.json",
@@ -475,7 +485,8 @@ def main() -> None:
                 "bootstrap": args.bootstrap,
                 "rows": rows,
                 "targets": checks,
-                "bayes_auc": bayes,
+                "bayes_auc": references and references["bayes"],
+                "category_reference_auc": references and references["category"],
                 "minutes": (time.monotonic() - started) / 60,
             },
         )
@@ -494,7 +505,7 @@ def main() -> None:
         with atomic_path(args.results / f"transfer-curve-{dataset}.csv") as tmp:
             csv.to_csv(tmp, index=False)
         plot(rows, dataset, tasks, args.results / f"transfer-curve-{dataset}.png")
-        table = markdown(rows, tasks, bayes)
+        table = markdown(rows, tasks, references)
         if checks:
             table += "\n\nTargets:\n\n" + targets_markdown(checks)
         (args.results / f"transfer-curve-{dataset}.md").write_text(table + "\n")

@@ -126,9 +126,10 @@ def test_apply_reports_an_api_error_without_writing() -> None:
 
 
 def test_promotion_keeps_the_clusters_replicas_and_canary() -> None:
-    """Prod's overlay sets 2-6 replicas and a 10% canary; promoting a version with `deploy`'s
-    defaults (1-3 replicas, no canary) moves the version and leaves those alone."""
-    (live,) = [d for d in build("prod") if d["kind"] == "InferenceService"]
+    """Prod's predictor (k8s/overlays/prod/serving) has 2-6 replicas and a 10% canary;
+    promoting a version with `deploy`'s defaults (1-3 replicas, no canary) moves the version
+    and leaves those alone."""
+    (live,) = build("prod/serving")
     before = copy.deepcopy(live)
     params = Params()
     assert (params.deploy.min_replicas, params.deploy.max_replicas) == (1, 3)
