@@ -9,20 +9,13 @@ import pandas as pd
 import pytest
 
 from shopguide.adapters import ingest
-from shopguide.config import Params
+from shopguide.config import TASKS, Params
 from shopguide.errors import ShopguideError
 from shopguide.validation import validate_events
 from tests.conftest import FIXTURES
 
 TAOBAO = Params()
-IMPRESSION_PARAMS = {
-    "protocol": {"tasks": ["click", "buy"]},
-    "validation": {
-        "min_events": 10,
-        "positive_rate": {"click": {"min": 0.0, "max": 1.0}, "buy": {"min": 0.0, "max": 1.0}},
-    },
-    "gate": {"auc_floor": {"click": 0.5, "buy": 0.5}},
-}
+IMPRESSION_PARAMS = {"protocol": {"tasks": ["click", "buy"]}, "validation": {"min_events": 10}}
 # 2019-10-01 00:00:00 UTC .. 2019-10-08; test from 2019-10-06.
 REES46_PROTOCOL = {
     "window_start": 1569888000,
@@ -36,8 +29,16 @@ REES46_HEADER = (
 
 
 def params(adapter: str, **sections: dict) -> Params:
-    raw = {**sections, "data": {"adapter": adapter}}
-    return Params.model_validate(raw)
+    """Params for `adapter`, with per-task settings for exactly the tasks its protocol names."""
+    tasks = sections.get("protocol", {}).get("tasks", TASKS)
+    raw = {
+        "validation": {"positive_rate": {t: {"min": 0.0, "max": 1.0} for t in tasks}},
+        "gate": {"auc_floor": dict.fromkeys(tasks, 0.5)},
+        "serving": {"ranking_weights": dict.fromkeys(tasks, 1.0)},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return Params.model_validate({**raw, "data": {"adapter": adapter}})
 
 
 def outputs(tmp_path: Path) -> tuple[Path, Path]:

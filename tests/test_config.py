@@ -27,6 +27,7 @@ def test_project_params_load() -> None:
         ("train:\n  batch_size: many\n", "train.batch_size"),
         ("bogus: 1\n", "bogus"),
         ("gate:\n  auc_floor: {cart: 0.5}\n", "gate.auc_floor has no entry for tasks"),
+        ("serving:\n  ranking_weights: {click: 1}\n", "ranking_weights names tasks ['click']"),
         ("protocol:\n  test_start: 1\n", "window_start < test_start"),
         ("features:\n  snapshot_interval_s: {user: 7, item: 1, category: 1}\n", "user=7"),
         ("features:\n  snapshot_interval_s: {user: 1}\n", "no entry for ['category', 'item']"),
@@ -44,6 +45,25 @@ def test_bad_params_name_the_field(tmp_path: Path, text: str, fragment: str) -> 
         load_params(path)
     assert fragment in str(err.value)
     assert str(path) in str(err.value)
+
+
+def test_switching_tasks_names_every_setting_to_change(tmp_path: Path) -> None:
+    """protocol.tasks without fav: the default floors, rate bounds and ranking weights still
+    name it, and one error lists all three (not a gate refusal after a whole run)."""
+    path = tmp_path / "params.yaml"
+    path.write_text("protocol:\n  tasks: [cart, buy]\n")
+    with pytest.raises(ShopguideError) as err:
+        load_params(path)
+    for name in ("gate.auc_floor", "validation.positive_rate", "serving.ranking_weights"):
+        assert f"{name} names tasks ['fav'] not in protocol.tasks" in str(err.value)
+    tasks = "[cart, buy]"
+    path.write_text(
+        f"protocol:\n  tasks: {tasks}\n"
+        "gate:\n  auc_floor: {cart: 0.6, buy: 0.6}\n"
+        "validation:\n  positive_rate: {cart: {min: 0, max: 1}, buy: {min: 0, max: 1}}\n"
+        "serving:\n  ranking_weights: {buy: 1}\n"  # a subset: cart weighs 0 in the ranking
+    )
+    assert load_params(path).protocol.tasks == ("cart", "buy")
 
 
 def test_missing_params_file(tmp_path: Path) -> None:

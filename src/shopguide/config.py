@@ -313,7 +313,8 @@ class ServingParams(Strict):
     model_name: str = "shopguide"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_candidates: PositiveInt = 1000
-    # score = sum(weight[task] * p(task)); every task named must be one the model predicts.
+    # score = sum(weight[task] * p(task)); every task named must be in protocol.tasks (checked
+    # on load) and predicted by the served model (checked at its start).
     ranking_weights: dict[str, float] = Field(
         default_factory=lambda: {"cart": 1.0, "fav": 0.5, "buy": 2.0}
     )
@@ -394,13 +395,23 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _tasks_covered(self) -> Params:
-        for name, mapping in (
-            ("gate.auc_floor", self.gate.auc_floor),
-            ("validation.positive_rate", self.validation.positive_rate),
+        """Per-task settings name exactly the protocol's tasks (ranking weights: some of them),
+        so switching `protocol.tasks` fails here, naming every setting to change, instead of
+        in the gate after a whole run."""
+        tasks = set(self.protocol.tasks)
+        problems = []
+        for name, mapping, complete in (
+            ("gate.auc_floor", self.gate.auc_floor, True),
+            ("validation.positive_rate", self.validation.positive_rate, True),
+            ("serving.ranking_weights", self.serving.ranking_weights, False),
         ):
-            missing = set(self.protocol.tasks) - set(mapping)
-            if missing:
-                raise ValueError(f"{name} has no entry for tasks {sorted(missing)}")
+            missing, extra = tasks - set(mapping), set(mapping) - tasks
+            if complete and missing:
+                problems.append(f"{name} has no entry for tasks {sorted(missing)}")
+            if extra:
+                problems.append(f"{name} names tasks {sorted(extra)} not in protocol.tasks")
+        if problems:
+            raise ValueError(f"{'; '.join(problems)} (protocol.tasks: {list(self.protocol.tasks)})")
         if self.gate.infra.candidates > self.serving.max_candidates:
             raise ValueError(
                 f"gate.infra.candidates ({self.gate.infra.candidates}) is over "
