@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 from sklearn.metrics import roc_auc_score
-from synth_scale import CLI, ROOT, density_suffix, run_step
+from synth_scale import CLI, ROOT, add_overrides, apply_overrides, density_suffix, run_step
 
 from shopguide.config import load_params
 from shopguide.duck import connect, sql_path
@@ -56,9 +56,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--bootstrap-samples", type=int, default=100)
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=YAML", help="params override"
-    )
+    add_overrides(parser)
     a = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     run, out = a.run.resolve(), a.out.resolve()
@@ -68,10 +66,7 @@ def main() -> None:
     raw["finetune"]["new_category_ids"] = [-1]
     raw["evaluation"]["bootstrap_samples"] = a.bootstrap_samples
     raw["validation"]["report_dir"] = str(out / "validation")
-    for item in a.set:
-        key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        raw[section][name] = yaml.safe_load(value)
+    apply_overrides(raw, a.set)
     params = out / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     training_set, model = run / "training_set.parquet", out / "model"

@@ -10,6 +10,8 @@ params' 1 s; the hourly grain of the figures before exact features)
 [--users 20000 --items 100000] (a denser world than the default events / 50 and events / 10;
 benchmarks/synth_quality.py and synth_ceiling.py then name their results with -<users>u, or
 -<users>u-<items>i where items are not five per user)
+[--set data.duckdb_threads=16 ...] (any params key) [--no-validate] (no Great Expectations on
+the machine, as on a GPU machine: benchmarks/gpu_throughput.sh)
 Prints one JSON line per step and writes <out>/synth_scale.json.
 """
 
@@ -55,6 +57,20 @@ def density_suffix(synth: dict) -> str:
     return f"-{users}u" if default_ratio else f"-{users}u-{items}i"
 
 
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=YAML", help="params override"
+    )
+
+
+def apply_overrides(raw: dict, items: list[str]) -> None:
+    """`--set SECTION.KEY=YAML` values into the raw params (validated when a step loads them)."""
+    for item in items:
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        raw[section][name] = yaml.safe_load(value)
+
+
 def run_step(name: str, args: list[str], rows: int) -> dict:
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -88,6 +104,12 @@ def main() -> None:
     )
     parser.add_argument("--users", type=int, help="default: events / 50, at least 20,000")
     parser.add_argument("--items", type=int, help="default: events / 10, at least 100,000")
+    parser.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="skip the validation step (a machine without Great Expectations: GPU runs)",
+    )
+    add_overrides(parser)
     a = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -102,6 +124,7 @@ def main() -> None:
     raw["validation"]["report_dir"] = str(out / "validation")
     raw["features"]["repo"] = str(out / "feature_repo")
     raw["features"]["offline_join"] = a.offline_join
+    apply_overrides(raw, a.set)
     params = out / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     repo = fresh_repo(ROOT / "feature_repo", out / "feature_repo")
@@ -130,10 +153,16 @@ def main() -> None:
             ],
             a.events,
         ),
-        run_step(
-            "validate",
-            [*CLI, "validate", "--suite", "events", "--input", str(events), *p],
-            a.events,
+        *(
+            []
+            if a.no_validate
+            else [
+                run_step(
+                    "validate",
+                    [*CLI, "validate", "--suite", "events", "--input", str(events), *p],
+                    a.events,
+                )
+            ]
         ),
         run_step(
             "features",
@@ -175,6 +204,7 @@ def main() -> None:
         "items": raw["synth"]["items"],
         "offline_join": a.offline_join,
         "offline_store": a.offline_store if a.offline_join == "feast" else None,
+        "validated": not a.no_validate,
         "steps": steps,
         "features": json.loads((out / "features.json").read_text()),
         "bayes_auc": json.loads((out / "bayes.json").read_text()),

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.metrics import roc_auc_score
 
 from shopguide.adapters import ingest
@@ -132,3 +133,19 @@ def test_a_denser_world_gets_results_of_its_own() -> None:
     assert module.density_suffix(dense) == "-20000u-1000000i"
     assert module.density_suffix(module.world_size(10_000_000, 20_000, 100_000)) == "-20000u"
     assert module.density_suffix(module.world_size(10_000_000, None, 50_000)) == "-200000u-50000i"
+
+
+def test_scale_benchmark_skips_validation_and_takes_overrides(tmp_path: Path) -> None:
+    """benchmarks/synth_scale.py as benchmarks/gpu_throughput.sh runs it on a machine without
+    Great Expectations: no validation step, and `--set` reaches the params every step reads."""
+    out = tmp_path / "run"
+    command = [sys.executable, "benchmarks/synth_scale.py", "--events", "50000", "--out", str(out)]
+    command += ["--no-validate", "--set", "data.duckdb_threads=1"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "synth_scale.json").read_text())
+    assert [s["step"] for s in report["steps"]] == ["synth", "ingest", "features"]
+    assert report["validated"] is False
+    assert yaml.safe_load((out / "params.yaml").read_text())["data"]["duckdb_threads"] == 1
+    assert report["features"]["training_rows"] > 1000
+    assert 0.5 < report["bayes_auc"]["cart"] < 1.0
