@@ -153,17 +153,11 @@ def main() -> None:
             ],
             a.events,
         ),
-        *(
-            []
-            if a.no_validate
-            else [
-                run_step(
-                    "validate",
-                    [*CLI, "validate", "--suite", "events", "--input", str(events), *p],
-                    a.events,
-                )
-            ]
-        ),
+    ]
+    if not a.no_validate:
+        validate = [*CLI, "validate", "--suite", "events", "--input", str(events), *p]
+        steps.append(run_step("validate", validate, a.events))
+    steps.append(
         run_step(
             "features",
             [
@@ -180,8 +174,8 @@ def main() -> None:
                 *p,
             ],
             a.events,
-        ),
-    ]
+        )
+    )
     subprocess.run(
         [
             *CLI,
