@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 import yaml
 from sklearn.metrics import roc_auc_score
-from synth_scale import CLI, ROOT, density_suffix, run_step, world_size
+from synth_scale import ROOT, density_suffix, synth_and_ingest, world_size
 from torch import nn
 
 from shopguide.config import Params
@@ -159,13 +159,7 @@ def main() -> None:
     params_path = out / "params.yaml"
     params_path.write_text(yaml.safe_dump(raw))
     p = Params.model_validate(raw)
-    csv, truth, exposures = out / "events.csv", out / "truth.parquet", out / "exposures.parquet"
-    cli = ["--params", str(params_path)]
-    if not exposures.is_file():
-        run_step("synth", [*CLI, "synth", "--out", str(csv), "--truth", str(truth), *cli], 0)
-        ingest = [*CLI, "ingest", "--source", str(csv), "--events", str(out / "events.parquet")]
-        ingest += ["--exposures", str(exposures), "--summary", str(out / "ingest.json")]
-        run_step("ingest", [*ingest, *cli], 0)
+    truth, exposures = synth_and_ingest(out, params_path)
     frame = pd.read_parquet(exposures, columns=[*KEYS, "t0", "split", *TASKS])
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
     fit_rows, valid_rows = time_split(train, p.train.validation_fraction)

@@ -91,6 +91,19 @@ def run_step(name: str, args: list[str], rows: int) -> dict:
     return result
 
 
+def synth_and_ingest(out: Path, params: Path) -> tuple[Path, Path]:
+    """`shopguide synth` then `ingest` into `out`, unless its exposures exist (a rerun reuses
+    them); returns the true probabilities' and the exposures' paths."""
+    csv, truth, exposures = out / "events.csv", out / "truth.parquet", out / "exposures.parquet"
+    cli = ["--params", str(params)]
+    if not exposures.is_file():
+        run_step("synth", [*CLI, "synth", "--out", str(csv), "--truth", str(truth), *cli], 0)
+        ingest = [*CLI, "ingest", "--source", str(csv), "--events", str(out / "events.parquet")]
+        ingest += ["--exposures", str(exposures), "--summary", str(out / "ingest.json")]
+        run_step("ingest", [*ingest, *cli], 0)
+    return truth, exposures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, required=True)
