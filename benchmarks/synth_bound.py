@@ -1,8 +1,8 @@
 """Protocol synth-scale, an upper bound on what any model can reach from the events: the Bayes
 predictor that is told everything but one side's latent factors.
 
-The generator's logit is b_t + C[c, t] + 3 s (U[u] * M[t]) . I[i] (`shopguide.synth.World`).
-Told the item factors I, the category effects C, the task weights M and the intercepts b, the
+The generator's logit is b_t + s C[c, t] + sum_d U[u, d] W[t, d] I[i, d] (`shopguide.synth.World`).
+Told the item factors I, the category effects C, the task weights W and the intercepts b, the
 only unknown left is each user's factor U[u] (prior N(0, I/d)), and each labelled exposure of
 the user is a logistic observation of it. For every test exposure this script scores the
 posterior predictive probability given all *other* labelled exposures of its user (earlier and
@@ -58,17 +58,18 @@ STEPS = torch.tensor([1.0, 0.5, 0.25, 0.125, 1 / 16, 1 / 64, 0.0], dtype=torch.f
 
 class Side:
     """The observations of one side's unknown factors: exposure j, task t has design vector
-    x_jt = 3 s M[t] * K[j] (K: the other side's factor, told) and offset b_t + s C[c_j, t]."""
+    x_jt = W[t] * K[j] (W: `World.affinity_weights`, K: the other side's factor, told) and
+    offset b_t + s C[c_j, t]."""
 
     def __init__(self, world: World, owner: np.ndarray, known: np.ndarray) -> None:
         self.owner = torch.from_numpy(owner)  # (n,) whose factor each exposure observes
         self.known = torch.from_numpy(known.astype(np.float64))  # (n, d)
-        self.mix = torch.from_numpy(3.0 * world.scale * world.task_mix)  # (T, d)
+        self.weights = torch.from_numpy(world.affinity_weights())  # (T, d)
         self.entities, self.dim = int(owner.max()) + 1, known.shape[1]
 
-    def design(self, rows: slice) -> torch.Tensor:
+    def design(self, rows: slice | torch.Tensor) -> torch.Tensor:
         """(rows, T, d) design vectors."""
-        return self.known[rows, None, :] * self.mix[None]
+        return self.known[rows, None, :] * self.weights[None]
 
 
 def offsets_of(world: World, frame: pd.DataFrame, truth: Path) -> np.ndarray:
@@ -78,12 +79,7 @@ def offsets_of(world: World, frame: pd.DataFrame, truth: Path) -> np.ndarray:
     probs = pd.read_parquet(truth, columns=["user_id", "item_id", *[f"p_{t}" for t in TASKS]])
     merged = frame[["user_id", "item_id"]].merge(probs, on=["user_id", "item_id"], how="left")
     true_logit = logit(merged[[f"p_{t}" for t in TASKS]].to_numpy(np.float64))
-    affinity = (
-        3.0
-        * world.scale
-        * np.einsum("nd,td,nd->nt", world.users[u], world.task_mix, world.items[i])
-    )
-    return true_logit - affinity
+    return true_logit - world.affinity(u, i)
 
 
 def _derivatives(
@@ -160,8 +156,7 @@ def held_out_probabilities(
     out = []
     for start in range(0, len(rows), CHUNK):
         idx = torch.from_numpy(rows[start : start + CHUNK])
-        x = side.known[idx, None, :] * side.mix[None]
-        owner = side.owner[idx]
+        x, owner = side.design(idx), side.owner[idx]
         mode = theta[owner]
         p = torch.sigmoid(torch.einsum("ntd,nd->nt", x, mode) + offsets[idx])
         own_hess = torch.einsum("nt,ntd,nte->nde", p * (1 - p), x, x)
@@ -177,7 +172,7 @@ def held_out_probabilities(
 def prior_probabilities(side: Side, rows: np.ndarray, offsets: torch.Tensor, precision: float):
     """Predictive probabilities with no labels at all: the factor at its prior."""
     idx = torch.from_numpy(rows)
-    x = side.known[idx, None, :] * side.mix[None]
+    x = side.design(idx)
     var = (x * x).sum(-1) / precision
     return torch.sigmoid(offsets[idx] / torch.sqrt(1 + math.pi * var / 8)).numpy()
 

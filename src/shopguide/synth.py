@@ -38,6 +38,8 @@ CALIBRATION_SAMPLE = 200_000  # exposures are in random order, so a prefix is a 
 TASKS: tuple[str, ...] = ("cart", "fav", "buy")
 MAX_LABEL_DELAY_S = 6 * 3600
 EXTRA_VIEWS = 0.3  # repeat page views per exposure (Poisson mean)
+# The user x item affinity's weight in the logits (the category effects have unit variance).
+AFFINITY_WEIGHT = 3.0
 
 
 def _offsets(logits: np.ndarray, rates: dict[str, float]) -> np.ndarray:
@@ -77,10 +79,20 @@ class World:
         sample = slice(0, CALIBRATION_SAMPLE)
         self.offsets = _offsets(self.logits(users[sample], items[sample]), rates)
 
+    def affinity_weights(self) -> np.ndarray:
+        """(tasks, d) W of the affinity sum_d U[u, d] W[t, d] I[i, d]: linear in either side's
+        factors (benchmarks/synth_bound.py infers one side with the other told)."""
+        return self.scale * AFFINITY_WEIGHT * self.task_mix
+
+    def affinity(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(n, tasks) the task-weighted user x item part of the logits."""
+        product = np.einsum("nd,td,nd->nt", self.users[users], self.task_mix, self.items[items])
+        return self.scale * AFFINITY_WEIGHT * product
+
     def logits(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """(n, tasks) logits before the intercepts: task-weighted affinity plus category effect."""
-        affinity = np.einsum("nd,td,nd->nt", self.users[users], self.task_mix, self.items[items])
-        return self.scale * (3.0 * affinity + self.category_effect[self.item_category[items]])
+        category = self.scale * self.category_effect[self.item_category[items]]
+        return self.affinity(users, items) + category
 
     def probabilities(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         return expit(self.logits(users, items) + self.offsets)
