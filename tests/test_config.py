@@ -56,9 +56,8 @@ def test_switching_tasks_names_every_setting_to_change(tmp_path: Path) -> None:
         load_params(path)
     for name in ("gate.auc_floor", "validation.positive_rate", "serving.ranking_weights"):
         assert f"{name} names tasks ['fav'] not in protocol.tasks" in str(err.value)
-    tasks = "[cart, buy]"
     path.write_text(
-        f"protocol:\n  tasks: {tasks}\n"
+        "protocol:\n  tasks: [cart, buy]\n"
         "gate:\n  auc_floor: {cart: 0.6, buy: 0.6}\n"
         "validation:\n  positive_rate: {cart: {min: 0, max: 1}, buy: {min: 0, max: 1}}\n"
         "serving:\n  ranking_weights: {buy: 1}\n"  # a subset: cart weighs 0 in the ranking
