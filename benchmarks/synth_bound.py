@@ -32,17 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from scipy.special import logit
 from sklearn.metrics import roc_auc_score
-from synth_scale import (
-    ROOT,
-    add_overrides,
-    apply_overrides,
-    density_suffix,
-    synth_and_ingest,
-    world_size,
-)
+from synth_scale import add_world_arguments, density_suffix, world_run
 
 from shopguide.config import Params
 from shopguide.io import write_json
@@ -213,25 +205,11 @@ def bounds(p: Params, truth: Path, exposures: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=10_000_000)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--users", type=int, help="default: as synth_scale.py, events / 50")
-    ap.add_argument("--items", type=int, help="default: as synth_scale.py, events / 10")
-    add_overrides(ap)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks/results")
+    add_world_arguments(ap)
     a = ap.parse_args()
     setup_logging()
     torch.set_num_threads(a.threads)
-    out = a.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["synth"].update(world_size(a.events, a.users, a.items))
-    apply_overrides(raw, a.set)
-    params_path = out / "params.yaml"
-    params_path.write_text(yaml.safe_dump(raw))
-    p = Params.model_validate(raw)
-    truth, exposures = synth_and_ingest(out, params_path)
+    raw, p, out, truth, exposures = world_run(a)
     bayes = bayes_auc(truth, exposures, p.data, p.protocol)
     report = {
         "protocol": "synth-scale",

@@ -25,14 +25,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from sklearn.metrics import roc_auc_score
-from synth_scale import ROOT, density_suffix, synth_and_ingest, world_size
+from synth_scale import add_world_arguments, density_suffix, world_run
 from torch import nn
 
 from shopguide.config import Params
@@ -138,28 +136,16 @@ def fit(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=10_000_000)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--users", type=int, help="default: as synth_scale.py, events / 50")
-    ap.add_argument("--items", type=int, help="default: as synth_scale.py, events / 10")
+    add_world_arguments(ap)
     ap.add_argument("--l2", default="1e-4,1e-3,1e-2")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=8192)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--learning-rate", type=float, default=1e-2)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks/results")
     a = ap.parse_args()
     setup_logging()
     torch.set_num_threads(a.threads)
-    out = a.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["synth"].update(world_size(a.events, a.users, a.items))
-    params_path = out / "params.yaml"
-    params_path.write_text(yaml.safe_dump(raw))
-    p = Params.model_validate(raw)
-    truth, exposures = synth_and_ingest(out, params_path)
+    raw, p, out, truth, exposures = world_run(a)
     frame = pd.read_parquet(exposures, columns=[*KEYS, "t0", "split", *TASKS])
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
     fit_rows, valid_rows = time_split(train, p.train.validation_fraction)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from shopguide.config import Params
 from shopguide.features import fresh_repo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,9 +92,29 @@ def run_step(name: str, args: list[str], rows: int) -> dict:
     return result
 
 
-def synth_and_ingest(out: Path, params: Path) -> tuple[Path, Path]:
-    """`shopguide synth` then `ingest` into `out`, unless its exposures exist (a rerun reuses
-    them); returns the true probabilities' and the exposures' paths."""
+def add_world_arguments(parser: argparse.ArgumentParser) -> None:
+    """The synthetic world of a script that builds its own data (synth_ceiling.py,
+    synth_bound.py)."""
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--users", type=int, help="default: events / 50, at least 20,000")
+    parser.add_argument("--items", type=int, help="default: events / 10, at least 100,000")
+    add_overrides(parser)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results")
+
+
+def world_run(a: argparse.Namespace) -> tuple[dict, Params, Path, Path, Path]:
+    """`a.out` with the run's params.yaml (its world size, `--set` overrides) and the synthetic
+    events' exposures, from `shopguide synth` and `ingest` unless a rerun finds them there:
+    (raw and validated params, out dir, true probabilities, exposures)."""
+    out = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["synth"].update(world_size(a.events, a.users, a.items))
+    apply_overrides(raw, a.set)
+    params = out / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
     csv, truth, exposures = out / "events.csv", out / "truth.parquet", out / "exposures.parquet"
     cli = ["--params", str(params)]
     if not exposures.is_file():
@@ -101,7 +122,7 @@ def synth_and_ingest(out: Path, params: Path) -> tuple[Path, Path]:
         ingest = [*CLI, "ingest", "--source", str(csv), "--events", str(out / "events.parquet")]
         ingest += ["--exposures", str(exposures), "--summary", str(out / "ingest.json")]
         run_step("ingest", [*ingest, *cli], 0)
-    return truth, exposures
+    return raw, Params.model_validate(raw), out, truth, exposures
 
 
 def main() -> None:
