@@ -33,8 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.special import logit
-from sklearn.metrics import roc_auc_score
-from synth_scale import add_world_arguments, density_suffix, world_run
+from synth_scale import add_world_arguments, aucs, density_suffix, world_run
 
 from shopguide.config import Params
 from shopguide.io import write_json
@@ -154,9 +153,11 @@ def held_out_probabilities(
         own_hess = torch.einsum("nt,ntd,nte->nde", p * (1 - p), x, x)
         rest = hess[owner] - own_hess
         own_grad = torch.einsum("nt,ntd->nd", labels[idx] - p, x)
-        held_out = mode - torch.linalg.solve(rest, own_grad)
+        # one solve with H_rest for the Newton step and for H_rest^-1 x of every task
+        solved = torch.linalg.solve(rest, torch.cat([own_grad[..., None], x.mT], dim=2))
+        held_out = mode - solved[..., 0]
         mean = torch.einsum("ntd,nd->nt", x, held_out) + offsets[idx]
-        var = torch.einsum("ntd,ntd->nt", x, torch.linalg.solve(rest, x.transpose(1, 2)).mT)
+        var = torch.einsum("ntd,ntd->nt", x, solved[..., 1:].mT)
         out.append(torch.sigmoid(mean / torch.sqrt(1 + math.pi * var / 8)).numpy())
     return np.concatenate(out)
 
@@ -167,12 +168,6 @@ def prior_probabilities(side: Side, rows: np.ndarray, offsets: torch.Tensor, pre
     x = side.design(idx)
     var = (x * x).sum(-1) / precision
     return torch.sigmoid(offsets[idx] / torch.sqrt(1 + math.pi * var / 8)).numpy()
-
-
-def aucs(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    return {
-        t: round(float(roc_auc_score(labels[:, j], probs[:, j])), 4) for j, t in enumerate(TASKS)
-    }
 
 
 def bounds(p: Params, truth: Path, exposures: Path) -> dict:

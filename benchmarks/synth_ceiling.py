@@ -29,8 +29,7 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
-from synth_scale import add_world_arguments, density_suffix, world_run
+from synth_scale import add_world_arguments, aucs, density_suffix, world_run
 from torch import nn
 
 from shopguide.config import Params
@@ -79,12 +78,6 @@ def scores(model: GeneratorForm, data: tuple[torch.Tensor, ...]) -> np.ndarray:
     model.eval()
     out = [model(*(t[s : s + 65536] for t in data[:3])) for s in range(0, len(data[0]), 65536)]
     return torch.cat(out).numpy()
-
-
-def aucs(labels: np.ndarray, score: np.ndarray) -> dict[str, float]:
-    return {
-        t: round(float(roc_auc_score(labels[:, j], score[:, j])), 4) for j, t in enumerate(TASKS)
-    }
 
 
 def fit(

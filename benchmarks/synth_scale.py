@@ -25,10 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
+from sklearn.metrics import roc_auc_score
 
 from shopguide.config import Params
 from shopguide.features import fresh_repo
+from shopguide.synth import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "shopguide.cli"]
@@ -90,6 +93,13 @@ def run_step(name: str, args: list[str], rows: int) -> dict:
     }
     print(json.dumps(result), flush=True)
     return result
+
+
+def aucs(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Test AUC per generator task, `labels` and `scores` with one column per task."""
+    return {
+        t: round(float(roc_auc_score(labels[:, j], scores[:, j])), 4) for j, t in enumerate(TASKS)
+    }
 
 
 def add_world_arguments(parser: argparse.ArgumentParser) -> None:
