@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -390,6 +392,30 @@ def test_transfer_benchmark_refuses_a_workdir_built_with_other_params(tmp_path: 
         bench.prepare("synthetic", tmp_path, other)
 
 
+def test_transfer_benchmark_folds_make_every_category_new_once(frame: pd.DataFrame) -> None:
+    bench = _transfer_benchmark()
+    params = Params()
+    folds = range(params.finetune.new_category_modulo)
+    new = [
+        is_new_category(frame["category_id"], bench.with_fold(params, f).finetune) for f in folds
+    ]
+    assert (sum(n.astype(int) for n in new) == 1).all() and all(n.any() for n in new)
+    names = [bench.fold_name("taobao", params, f) for f in folds]
+    assert names == ["taobao", "taobao-fold1", "taobao-fold2"]
+
+
+def test_transfer_benchmark_refuses_folds_outside_the_rule(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks/transfer_curve.py"
+    done = subprocess.run(
+        [sys.executable, script, "--folds", "0,3", "--workdir", tmp_path, "--results", tmp_path],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--folds: remainders of category_id % 3 run from 0 to 2" in done.stderr
+    assert "Traceback" not in done.stderr and not any(tmp_path.iterdir())
+
+
 def test_transfer_benchmark_targets_are_paired_gaps_to_scratch(
     frame: pd.DataFrame, new_test: pd.DataFrame, pipeline_run: PipelineRun
 ) -> None:
@@ -416,7 +442,8 @@ def test_transfer_benchmark_targets_are_paired_gaps_to_scratch(
         for b in bench.BUDGETS
     }
     bench.pick_auto(runs, p, seeds)
-    rows = bench.targets("taobao", runs, frame, p, seeds, 200)
+    checks = bench.targets("taobao", runs, frame, p, seeds, 200)
+    rows = [row for row, _ in checks]
     assert {(r["task"], r["budget_percent"], r["pick"]) for r in rows} == {
         (t, b, k) for t in ("cart", "buy") for b in (10, 25, 50, 100) for k in ("best", "auto")
     }
@@ -426,7 +453,25 @@ def test_transfer_benchmark_targets_are_paired_gaps_to_scratch(
         else:
             assert r["method"] == "auto" and r["gap_low"] < 0 < r["gap_high"], r
     assert not all(r["met"] for r in rows if r["pick"] == "auto")
-    synthetic = bench.targets("synthetic", runs, frame, p, seeds, 50)
+    synthetic = [row for row, _ in bench.targets("synthetic", runs, frame, p, seeds, 50)]
     assert {r["reference"] for r in synthetic} == {"scratch at 100%"}
     assert {r["budget_percent"] for r in synthetic} == {25} and len(synthetic) == 2 * len(tasks)
     assert "| no |" in bench.targets_markdown(rows) and "| yes |" in bench.targets_markdown(rows)
+
+    # pooled over folds: the mean of the folds' gaps, its interval from their draws together
+    noise = [
+        (dict(row, gap=-0.01, met=False), rng.normal(-0.01, 0.001, len(draws)))
+        for row, draws in checks
+    ]
+    pooled = bench.pooled_targets("taobao", {0: checks, 1: noise})
+    assert [(r["task"], r["budget_percent"], r["pick"]) for r in pooled] == [
+        (r["task"], r["budget_percent"], r["pick"]) for r in rows
+    ]
+    for r, (row, _) in zip(pooled, checks, strict=True):
+        assert r["gap"] == pytest.approx((row["gap"] - 0.01) / 2)
+        assert r["folds"]["1"]["gap"] == -0.01 and r["folds"]["0"]["method"] == row["method"]
+        assert r["gap_low"] <= r["gap"] <= r["gap_high"]
+        assert r["gap_high"] - r["gap_low"] < row["gap_high"] - row["gap_low"]
+        assert r["met"] == (r["gap"] > 0)
+    assert any(r["met"] for r in pooled) and not all(r["met"] for r in pooled)
+    assert "(coldstart)" in bench.pooled_markdown(pooled)
