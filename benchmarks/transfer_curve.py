@@ -578,17 +578,26 @@ def run_fold(
     return checks
 
 
+def integers(text: str) -> list[int]:
+    """A comma-separated list of integers, for argparse (sorted, without repeats)."""
+    try:
+        return sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not integers separated by commas: {text!r}") from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="taobao,synthetic", help=f"of {', '.join(DATASETS)}")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--seeds", type=integers, default=[1, 2, 3])
     ap.add_argument("--bootstrap", type=int, default=500)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/shopguide-transfer-curve"))
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks/results")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--folds",
+        type=integers,
         help="new-category remainders to run (e.g. 0,1,2) and pool; default: the params' own",
     )
     args = ap.parse_args()
@@ -601,12 +610,12 @@ def main() -> None:
     if args.folds:
         if base.finetune.new_category_ids:
             ap.error("--folds: finetune.new_category_ids names the new categories; leave it empty")
-        folds = sorted({int(f) for f in args.folds.split(",")})
+        folds = args.folds
         if not all(0 <= f < modulo for f in folds):
             ap.error(f"--folds: remainders of category_id % {modulo} run from 0 to {modulo - 1}")
     setup_logging()
     torch.set_num_threads(args.threads)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     for dataset in args.datasets.split(","):
         params = base
         if dataset in SYNTH:

@@ -404,15 +404,24 @@ def test_transfer_benchmark_folds_make_every_category_new_once(frame: pd.DataFra
     assert names == ["taobao", "taobao-fold1", "taobao-fold2"]
 
 
-def test_transfer_benchmark_refuses_folds_outside_the_rule(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("folds", "message"),
+    [
+        ("0,3", "--folds: remainders of category_id % 3 run from 0 to 2"),
+        ("0,x", "argument --folds: not integers separated by commas: '0,x'"),
+    ],
+)
+def test_transfer_benchmark_refuses_folds_outside_the_rule(
+    tmp_path: Path, folds: str, message: str
+) -> None:
     script = Path(__file__).resolve().parents[1] / "benchmarks/transfer_curve.py"
     done = subprocess.run(
-        [sys.executable, script, "--folds", "0,3", "--workdir", tmp_path, "--results", tmp_path],
+        [sys.executable, script, "--folds", folds, "--workdir", tmp_path, "--results", tmp_path],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 2, done.stderr
-    assert "--folds: remainders of category_id % 3 run from 0 to 2" in done.stderr
+    assert message in done.stderr
     assert "Traceback" not in done.stderr and not any(tmp_path.iterdir())
 
 
