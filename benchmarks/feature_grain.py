@@ -23,10 +23,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 
 from shopguide.config import load_params
+from shopguide.errors import exit_on_error
 from shopguide.feature_spec import model_feature_columns
 from shopguide.features import apply_repo, fresh_repo, training_set, write_feature_tables
 from shopguide.io import write_json
-from shopguide.logs import setup_logging
 
 log = logging.getLogger("benchmarks.feature_grain")
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,6 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--out", type=Path, default=Path("reports/benchmarks/feature_grain.json"))
     args = ap.parse_args()
-    setup_logging()
     params = load_params(args.params)
     tasks, cols = params.protocol.tasks, model_feature_columns()
     results = {}
@@ -98,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_error(main)

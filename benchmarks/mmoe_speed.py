@@ -26,8 +26,8 @@ from torch_rechub.utils.data import DataGenerator
 from train_throughput import fit_seconds, with_overrides
 
 from shopguide.config import load_params
+from shopguide.errors import exit_on_error
 from shopguide.io import write_json
-from shopguide.logs import setup_logging
 from shopguide.model.tensors import read_training_set, to_tensors
 from shopguide.train import build_model
 
@@ -87,7 +87,6 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, help="both engines' batch (default: params.yaml)")
     ap.add_argument("--out", type=Path, default=Path("reports/benchmarks/mmoe_speed.json"))
     args = ap.parse_args()
-    setup_logging()
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
     params = with_overrides(params, "mmoe", args.batch_size, params.train.device)
@@ -128,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_error(main)

@@ -36,8 +36,9 @@ from scipy.special import logit
 from synth_scale import add_world_arguments, aucs, density_suffix, world_run
 
 from shopguide.config import Params
+from shopguide.errors import exit_on_error
 from shopguide.io import write_json
-from shopguide.logs import setup_logging, track
+from shopguide.logs import track
 from shopguide.synth import TASKS, World, bayes_auc
 
 log = logging.getLogger("benchmarks.synth_bound")
@@ -202,7 +203,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_world_arguments(ap)
     a = ap.parse_args()
-    setup_logging()
     torch.set_num_threads(a.threads)
     raw, p, out, truth, exposures = world_run(a)
     bayes = bayes_auc(truth, exposures, p.data, p.protocol)
@@ -223,4 +223,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_error(main)

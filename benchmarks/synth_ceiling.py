@@ -33,8 +33,9 @@ from synth_scale import add_world_arguments, aucs, density_suffix, world_run
 from torch import nn
 
 from shopguide.config import Params
+from shopguide.errors import exit_on_error
 from shopguide.io import write_json
-from shopguide.logs import setup_logging, track
+from shopguide.logs import track
 from shopguide.model.tasks import log_odds
 from shopguide.model.tensors import time_split
 from shopguide.synth import TASKS, World, bayes_auc
@@ -136,7 +137,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--learning-rate", type=float, default=1e-2)
     a = ap.parse_args()
-    setup_logging()
     torch.set_num_threads(a.threads)
     raw, p, out, truth, exposures = world_run(a)
     frame = pd.read_parquet(exposures, columns=[*KEYS, "t0", "split", *TASKS])
@@ -193,4 +193,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_error(main)

@@ -26,8 +26,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from shopguide.config import load_params
+from shopguide.errors import exit_on_error
 from shopguide.io import write_json
-from shopguide.logs import setup_logging
 from shopguide.metrics import task_metrics
 from shopguide.model.fit import aux_metrics, fit, predict, settings_from_params
 from shopguide.model.tensors import read_training_set, time_split, to_tensors
@@ -115,7 +115,6 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--out", type=Path, default=Path("reports/benchmarks/taobao_mtl_v1.json"))
     args = ap.parse_args()
-    setup_logging()
     torch.set_num_threads(2)
     params = load_params(args.params)
     for field in ("max_epochs", "patience", "batch_size", "learning_rate"):
@@ -184,4 +183,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_error(main)

@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 
 from shopguide.config import Params, load_params
+from shopguide.errors import exit_on_error
 from shopguide.io import write_json
-from shopguide.logs import setup_logging
 from shopguide.model.fit import fit, resolve_device, settings_from_params
 from shopguide.model.tensors import read_training_set, to_tensors
 from shopguide.train import build_model
@@ -75,7 +75,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", type=Path, default=Path("reports/benchmarks/train_throughput.json"))
     args = ap.parse_args()
-    setup_logging()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     params = with_overrides(load_params(args.params), args.model, args.batch_size, device)
@@ -109,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_error(main)

@@ -50,11 +50,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from shopguide.config import Params, load_params
+from shopguide.errors import exit_on_error
 from shopguide.exposures import build_exposures
 from shopguide.features import build_features, fresh_repo
 from shopguide.ingest import ingest_taobao
 from shopguide.io import atomic_path, write_json
-from shopguide.logs import setup_logging
 from shopguide.metrics import bootstrap_weights, interval, weighted_auc
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.fit import fit, predict, settings_from_params
@@ -613,7 +613,6 @@ def main() -> None:
         folds = args.folds
         if not all(0 <= f < modulo for f in folds):
             ap.error(f"--folds: remainders of category_id % {modulo} run from 0 to {modulo - 1}")
-    setup_logging()
     torch.set_num_threads(args.threads)
     seeds = args.seeds
     for dataset in args.datasets.split(","):
@@ -643,4 +642,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_error(main)

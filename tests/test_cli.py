@@ -136,3 +136,25 @@ def test_gate_refusal_has_its_own_exit_code(pipeline_run: PipelineRun, tmp_path:
     assert out.returncode == 3
     assert "gate refused" in out.stderr
     assert (tmp_path / "decision.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("taobao_mtl.py", ["--training-set", "missing.parquet"], "training set not found"),
+        ("taobao_mtl.py", ["--params", "missing.yaml"], "parameters file not found"),
+        ("transfer_curve.py", ["--params", "missing.yaml"], "parameters file not found"),
+    ],
+)
+def test_benchmark_scripts_end_bad_input_with_a_message(
+    tmp_path: Path, script: str, args: list[str], message: str
+) -> None:
+    """The benchmark scripts report a ShopguideError as the CLI does: its exit code and message,
+    no traceback, nothing written."""
+    root = Path(__file__).resolve().parents[1]
+    params = ["--params", root / "params.yaml"]  # a later --params in `args` wins
+    command = [sys.executable, root / "benchmarks" / script, *params, *args]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not any(tmp_path.iterdir())

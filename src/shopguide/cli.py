@@ -13,8 +13,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from shopguide.config import load_params
-from shopguide.errors import GateRefused, ShopguideError
-from shopguide.logs import setup_logging
+from shopguide.errors import GateRefused, ShopguideError, exit_on_error
 
 log = logging.getLogger("shopguide")
 app = typer.Typer(
@@ -40,12 +39,7 @@ def step(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        setup_logging()
-        try:
-            return func(*args, **kwargs)
-        except ShopguideError as exc:
-            log.error("%s", exc)
-            raise typer.Exit(exc.exit_code) from None
+        return exit_on_error(func, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
