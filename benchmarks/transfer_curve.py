@@ -303,8 +303,6 @@ def targets(
 ) -> list[tuple[dict, np.ndarray]]:
     """Each target's gap (strategy minus scratch; met when positive) with a paired 95% interval,
     and the gap's bootstrap draws (for pooling folds)."""
-    if dataset not in TARGETS:
-        return []
     name, tasks, budgets, reference_budget = TARGETS[dataset]
     test = frame[frame["split"] == "test"]
     new = is_new_category(test["category_id"], params.finetune).to_numpy()
@@ -571,8 +569,7 @@ def run_fold(
         csv.to_csv(tmp, index=False)
     plot(rows, name, tasks, args.results / f"transfer-curve-{name}.png")
     table = markdown(rows, tasks, references)
-    if checks:
-        table += "\n\nTargets:\n\n" + targets_markdown([row for row, _ in checks])
+    table += "\n\nTargets:\n\n" + targets_markdown([row for row, _ in checks])
     (args.results / f"transfer-curve-{name}.md").write_text(table + "\n")
     print(f"\n## {name}\n{table}\n")
     return checks
@@ -630,7 +627,7 @@ def main() -> None:
             gaps[fold] = run_fold(
                 dataset, name, training_set, frame, with_fold(params, fold), rundir, seeds, args
             )
-        if len(folds) > 1 and dataset in TARGETS:
+        if len(folds) > 1:
             pooled = pooled_targets(dataset, gaps)
             write_json(
                 args.results / f"transfer-curve-{dataset}-folds.json",
