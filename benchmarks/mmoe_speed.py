@@ -95,7 +95,7 @@ def main() -> None:
     data = to_tensors(
         frame,
         params.protocol.tasks,
-        tuple(build_model(frame.head(10), params).config.dense_features),
+        build_model(frame.head(10), params).config,
     )
     rows = len(frame) * args.epochs
     # The first optimizer built in a process imports torch._dynamo (seconds); not an epoch cost.

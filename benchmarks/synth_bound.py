@@ -39,6 +39,7 @@ from shopguide.config import Params
 from shopguide.errors import exit_on_error
 from shopguide.io import write_json
 from shopguide.logs import track
+from shopguide.model.tensors import exposures_of
 from shopguide.synth import TASKS, World, bayes_auc
 
 log = logging.getLogger("benchmarks.synth_bound")
@@ -174,7 +175,8 @@ def prior_probabilities(side: Side, rows: np.ndarray, offsets: torch.Tensor, pre
 def bounds(p: Params, truth: Path, exposures: Path) -> dict:
     """Both one-sided bounds and the prior-only AUC on the test exposures."""
     world = World(p.synth)
-    frame = pd.read_parquet(exposures, columns=["user_id", "item_id", "split", *TASKS])
+    frame = pd.read_parquet(exposures, columns=["user_id", "item_id", "split", "sampled", *TASKS])
+    frame = frame[exposures_of(frame)].reset_index(drop=True)  # the planted exposures
     labels = torch.from_numpy(frame[list(TASKS)].to_numpy(np.float64))
     offsets = torch.from_numpy(offsets_of(world, frame, truth))
     test = np.flatnonzero(frame["split"].to_numpy() == "test")

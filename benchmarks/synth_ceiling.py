@@ -37,7 +37,7 @@ from shopguide.errors import exit_on_error
 from shopguide.io import write_json
 from shopguide.logs import track
 from shopguide.model.tasks import log_odds
-from shopguide.model.tensors import time_split
+from shopguide.model.tensors import exposures_of, time_split
 from shopguide.synth import TASKS, World, bayes_auc
 
 log = logging.getLogger("benchmarks.synth_ceiling")
@@ -139,7 +139,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     raw, p, out, truth, exposures = world_run(a)
-    frame = pd.read_parquet(exposures, columns=[*KEYS, "t0", "split", *TASKS])
+    frame = pd.read_parquet(exposures, columns=[*KEYS, "t0", "split", "sampled", *TASKS])
+    frame = frame[exposures_of(frame)]  # the planted exposures, not the sampled items
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
     fit_rows, valid_rows = time_split(train, p.train.validation_fraction)
     fit_part, valid_part, test_data = tensors(fit_rows), tensors(valid_rows), tensors(test)

@@ -130,7 +130,8 @@ def world_run(a: argparse.Namespace) -> tuple[dict, Params, Path, Path, Path]:
     if not exposures.is_file():
         run_step("synth", [*CLI, "synth", "--out", str(csv), "--truth", str(truth), *cli], 0)
         ingest = [*CLI, "ingest", "--source", str(csv), "--events", str(out / "events.parquet")]
-        ingest += ["--exposures", str(exposures), "--summary", str(out / "ingest.json")]
+        ingest += ["--exposures", str(exposures), "--queries", str(out / "queries.parquet")]
+        ingest += ["--summary", str(out / "ingest.json")]
         run_step("ingest", [*ingest, *cli], 0)
     return raw, Params.model_validate(raw), out, truth, exposures
 
@@ -191,6 +192,8 @@ def main() -> None:
                 str(events),
                 "--exposures",
                 str(exposures),
+                "--queries",
+                str(out / "queries.parquet"),
                 "--summary",
                 str(out / "ingest.json"),
                 *p,
@@ -211,8 +214,12 @@ def main() -> None:
                 str(events),
                 "--exposures",
                 str(exposures),
+                "--queries",
+                str(out / "queries.parquet"),
                 "--out",
                 str(out / "training_set.parquet"),
+                "--ranking-out",
+                str(out / "ranking_set.parquet"),
                 "--summary",
                 str(out / "features.json"),
                 *p,
@@ -228,6 +235,8 @@ def main() -> None:
             str(truth),
             "--exposures",
             str(exposures),
+            "--queries",
+            str(out / "queries.parquet"),
             "--out",
             str(out / "bayes.json"),
             *p,

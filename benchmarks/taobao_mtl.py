@@ -1,7 +1,9 @@
 """Protocol taobao-mtl-v1: every model of the zoo, several seeds, test AUC and log loss per task
-with bootstrap 95% intervals on the test set. Trains on all categories' train exposures (the
-last 15% by t0 is the early-stopping slice). Results are saved after every run, and a rerun
-skips the (model, seed) pairs already in the results file.
+with bootstrap 95% intervals on the test exposures. Trains on all categories' training examples
+(exposures and the items sampled beside them; the last 15% by t0 is the early-stopping slice).
+Results are saved after every run, and a rerun skips the (model, seed) pairs already in the
+results file. For taobao-mtl-v1's own labels, build the training set with
+`protocol.label_horizon_s: null`.
 
     nice python benchmarks/taobao_mtl.py --training-set artifacts/data/training_set.parquet
 """
@@ -30,7 +32,7 @@ from shopguide.errors import exit_on_error
 from shopguide.io import write_json
 from shopguide.metrics import task_metrics
 from shopguide.model.fit import aux_metrics, fit, predict, settings_from_params
-from shopguide.model.tensors import read_training_set, time_split, to_tensors
+from shopguide.model.tensors import exposures_of, read_training_set, time_split, to_tensors
 from shopguide.model.zoo import MODELS
 from shopguide.train import build_model
 
@@ -123,6 +125,7 @@ def main() -> None:
     tasks = params.protocol.tasks
     frame = read_training_set(args.training_set)
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
+    test = test[exposures_of(test)]  # the protocol's test exposures, not the sampled items
     fit_part, valid_part = time_split(train, params.train.validation_fraction)
     log.info("train %d (fit %d), test %d exposures", len(train), len(fit_part), len(test))
     done = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
@@ -139,7 +142,7 @@ def main() -> None:
             )
             torch.manual_seed(seed)
             model = build_model(fit_part, p)
-            dense, heads = model.config.dense_features, model.config.head_names()
+            dense, heads = model.config, model.config.head_names()
             settings = replace(
                 settings_from_params(p.train, heads),
                 max_epochs=args.max_epochs,

@@ -38,7 +38,7 @@ def fit_seconds(frame: pd.DataFrame, params: Params, epochs: int) -> float:
     included), with the model and device `params` name."""
     tasks = params.protocol.tasks
     model = build_model(frame, params)
-    data = to_tensors(frame, tasks, model.config.dense_features)
+    data = to_tensors(frame, tasks, model.config)
     valid = data.take(torch.arange(min(1024, len(data))))
     settings = replace(
         settings_from_params(params.train, tasks), max_epochs=epochs, patience=epochs

@@ -61,6 +61,7 @@ from shopguide.model.fit import fit, predict, settings_from_params
 from shopguide.model.routed import AnyModel
 from shopguide.model.store import load_model
 from shopguide.model.tensors import is_new_category, new_category_rule, read_training_set
+from shopguide.ranking.queries import build_queries
 from shopguide.synth import generate
 from shopguide.train import build_model, train_step
 from shopguide.transfer import (
@@ -107,11 +108,12 @@ def prepare(dataset: str, workdir: Path, params: Params) -> Path:
         raw = workdir / "events.csv"
         generate(raw, workdir / "truth.parquet", params)
     repo = fresh_repo(ROOT / "feature_repo", workdir / "feature_repo")
-    ingest_taobao(raw, workdir / "events.parquet", params.data)
-    build_exposures(
-        workdir / "events.parquet", workdir / "exposures.parquet", params.protocol, params.data
-    )
-    build_features(workdir / "events.parquet", workdir / "exposures.parquet", repo, out, params)
+    events, exposures = workdir / "events.parquet", workdir / "exposures.parquet"
+    queries = workdir / "queries.parquet"
+    ingest_taobao(raw, events, params.data)
+    build_exposures(events, exposures, params)
+    build_queries(events, queries, params)
+    build_features(events, exposures, queries, repo, out, workdir / "ranking_set.parquet", params)
     return out
 
 

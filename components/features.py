@@ -10,11 +10,14 @@ from components.settings import IMAGE
 def features(
     events: Input[Dataset],
     exposures: Input[Dataset],
+    queries: Input[Dataset],
     feature_repo: str,
     params_json: str,
     training_set: Output[Dataset],
+    ranking_set: Output[Dataset],
 ) -> None:
-    """Feature tables, `feast apply`, point-in-time training set, online materialization.
+    """Feature tables, `feast apply`, point-in-time training and ranking sets, online
+    materialization.
 
     `feature_repo` is a path, not an artifact: the step writes the Feast offline data, registry
     and online store into that repo, which the serving side reads, so it must be storage shared
@@ -31,8 +34,10 @@ def features(
     summary = build_features(
         Path(events.path),
         Path(exposures.path),
+        Path(queries.path),
         Path(feature_repo),
         Path(training_set.path),
+        Path(ranking_set.path),
         params_from_json(params_json),
     )
     training_set.metadata.update(summary)

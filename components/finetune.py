@@ -9,6 +9,7 @@ from components.settings import GPU_IMAGE
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def finetune(
     training_set: Input[Dataset],
+    ranking_set: Input[Dataset],
     pretrained: Input[Model],
     params_json: str,
     model: Output[Model],
@@ -36,6 +37,7 @@ def finetune(
         Path(metrics.path),
         Path(history.path),
         params_from_json(params_json),
+        ranking_set=Path(ranking_set.path),
     )
     for stage in ("before", "after"):
         for task, m in result[f"new_category_test_{stage}"].items():

@@ -10,6 +10,7 @@ from components.settings import IMAGE
 def gate(
     evaluation: Input[Artifact],
     training_set: Input[Dataset],
+    ranking_set: Input[Dataset],
     model: Input[Model],
     feature_repo: str,
     registry: str,
@@ -17,7 +18,7 @@ def gate(
     decision: Output[Artifact],
     summary: Output[Markdown],
 ) -> str:
-    """Pass or refuse the candidate `model` against the AUC floors and the champion in `registry`.
+    """Pass or refuse the candidate `model` against the floors and the champion in `registry`.
 
     The candidate is served from `feature_repo`'s online store for the infrastructure check.
 
@@ -36,6 +37,7 @@ def gate(
     result = gate_step(
         Path(evaluation.path),
         Path(training_set.path),
+        Path(ranking_set.path),
         Path(registry),
         Path(decision.path),
         params_from_json(params_json),

@@ -8,10 +8,14 @@ from components.settings import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def ingest(
-    raw_path: str, params_json: str, events: Output[Dataset], exposures: Output[Dataset]
+    raw_path: str,
+    params_json: str,
+    events: Output[Dataset],
+    exposures: Output[Dataset],
+    queries: Output[Dataset],
 ) -> None:
-    """Raw data (format: data.adapter) -> canonical events and labelled exposures with the
-    time split, as `shopguide ingest`.
+    """Raw data (format: data.adapter) -> canonical events, labelled examples (exposures and
+    sampled items) with the time split and taobao-rank-v1 queries, as `shopguide ingest`.
 
     The data card goes into the exposures' metadata, where the KFP UI shows it next to the data.
     """
@@ -24,5 +28,7 @@ def ingest(
     from shopguide.config import params_from_json
 
     p = params_from_json(params_json)
-    card = ingest_raw(Path(raw_path), Path(events.path), Path(exposures.path), p)
+    card = ingest_raw(
+        Path(raw_path), Path(events.path), Path(exposures.path), Path(queries.path), p
+    )
     exposures.metadata.update(card)

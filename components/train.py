@@ -9,12 +9,14 @@ from components.settings import GPU_IMAGE
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def train(
     training_set: Input[Dataset],
+    ranking_set: Input[Dataset],
     params_json: str,
     model: Output[Model],
     metrics: Output[Metrics],
     history: Output[Dataset],
 ) -> None:
-    """Pre-train the MMoE on the old categories with early stopping.
+    """Pre-train the model on the old categories (examples and training queries) with early
+    stopping.
 
     The metrics file holds the step's full JSON; the logged scalars (per-task validation AUC)
     are what the KFP UI compares across runs.
@@ -33,6 +35,7 @@ def train(
         Path(metrics.path),
         Path(history.path),
         params_from_json(params_json),
+        ranking_set=Path(ranking_set.path),
     )
     for task, m in result["validation"].items():
         if m["auc"] is not None:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import yaml
 from feast import FileSource
+from spec import VIEWS
 
-from shopguide.feature_spec import ENTITIES, ITEM_ATTRIBUTES_VIEW, stats_view
+from shopguide.feature_spec import ITEM_ATTRIBUTES_VIEW
 
 _config = yaml.safe_load(Path(__file__).with_name("feature_store.yaml").read_text())
 _SPARK = _config.get("offline_store", {}).get("type") == "spark"
@@ -31,5 +32,5 @@ def _parquet_source(name: str):
     return FileSource(name=f"{name}_source", path=path, timestamp_field="event_timestamp")
 
 
-stats_sources = {entity: _parquet_source(stats_view(entity)) for entity in ENTITIES}
+sources = {view.name: _parquet_source(view.name) for view in VIEWS}
 item_attributes_source = _parquet_source(ITEM_ATTRIBUTES_VIEW)

@@ -1,4 +1,4 @@
-"""Entities: who and what the behaviour features describe."""
+"""Entities: who and what the behaviour features describe (pairs of them key the history views)."""
 
 from feast import Entity, ValueType
 

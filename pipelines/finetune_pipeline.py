@@ -45,12 +45,17 @@ def finetune_pipeline(
     tuned_params = on_cluster(
         with_new_categories(params_json=params_json, new_category_ids=new_category_ids)
     ).outputs["Output"]
-    data, checked = training_set(raw_path, feature_repo, validation_dir, params_json)
+    data, ranking, checked = training_set(raw_path, feature_repo, validation_dir, params_json)
     # The champion changes with every promotion, so its copy is never taken from the cache.
     current = on_cluster(champion_model(registry=registry), retry=True).after(checked)
     current.set_caching_options(enable_caching=False)
     tuned = on_cluster(
-        finetune(training_set=data, pretrained=current.outputs["model"], params_json=tuned_params),
+        finetune(
+            training_set=data,
+            ranking_set=ranking,
+            pretrained=current.outputs["model"],
+            params_json=tuned_params,
+        ),
         gpu=True,
         retry=True,
     )
@@ -58,6 +63,7 @@ def finetune_pipeline(
         tuned.outputs["model"],
         current.outputs["model"],
         data,
+        ranking,
         raw_path,
         feature_repo,
         registry,

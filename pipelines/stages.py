@@ -26,11 +26,12 @@ VALIDATION_DIR = f"{PARAMS.deploy.data_mount}/validation"
 
 def training_set(
     raw_path: str, feature_repo: str, validation_dir: str, params_json: str
-) -> tuple[PipelineChannel, dsl.PipelineTask]:
+) -> tuple[PipelineChannel, PipelineChannel, dsl.PipelineTask]:
     """Ingest, validate the events (drift against the profile accepted in `validation_dir`),
     build features (Feast), validate the training set.
 
-    Returns the training set and its validation task, which training must run after.
+    Returns the training set, the ranking set (taobao-rank-v1's query candidates with their
+    features) and the training set's validation task, which training must run after.
     """
     ingested = on_cluster(ingest(raw_path=raw_path, params_json=params_json), retry=True)
     # The raw file's path is the cache key, not its contents: a scheduled run on a file
@@ -48,6 +49,7 @@ def training_set(
         features(
             events=ingested.outputs["events"],
             exposures=ingested.outputs["exposures"],
+            queries=ingested.outputs["queries"],
             feature_repo=feature_repo,
             params_json=params_json,
         ).after(events_checked),
@@ -60,13 +62,14 @@ def training_set(
             suite="training-set", table=featured.outputs["training_set"], params_json=params_json
         )
     ).set_display_name("validate-training-set")
-    return featured.outputs["training_set"], checked
+    return featured.outputs["training_set"], featured.outputs["ranking_set"], checked
 
 
 def gate_and_promote(
     candidate: PipelineChannel,
     pretrained: PipelineChannel,
     data: PipelineChannel,
+    ranking: PipelineChannel,
     raw_path: str,
     feature_repo: str,
     registry: str,
@@ -77,12 +80,15 @@ def gate_and_promote(
 
     The output is "promoted <version>" or "refused: <failed checks>", whichever branch ran.
     """
-    evaluated = on_cluster(evaluate(training_set=data, model=candidate, params_json=params_json))
+    evaluated = on_cluster(
+        evaluate(training_set=data, ranking_set=ranking, model=candidate, params_json=params_json)
+    )
     # The decision depends on the registry's current champion, not only on the inputs.
     decided = on_cluster(
         gate(
             evaluation=evaluated.outputs["evaluation"],
             training_set=data,
+            ranking_set=ranking,
             model=candidate,
             feature_repo=feature_repo,
             registry=registry,

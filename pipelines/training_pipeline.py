@@ -46,12 +46,19 @@ def training_pipeline(
     `params_json` holds the model, training and gate settings; `deploy` creates or patches the
     InferenceService on promotion.
     """
-    data, checked = training_set(raw_path, feature_repo, validation_dir, params_json)
+    data, ranking, checked = training_set(raw_path, feature_repo, validation_dir, params_json)
     trained = on_cluster(
-        train(training_set=data, params_json=params_json).after(checked), gpu=True, retry=True
+        train(training_set=data, ranking_set=ranking, params_json=params_json).after(checked),
+        gpu=True,
+        retry=True,
     )
     tuned = on_cluster(
-        finetune(training_set=data, pretrained=trained.outputs["model"], params_json=params_json),
+        finetune(
+            training_set=data,
+            ranking_set=ranking,
+            pretrained=trained.outputs["model"],
+            params_json=params_json,
+        ),
         gpu=True,
         retry=True,
     )
@@ -59,6 +66,7 @@ def training_pipeline(
         tuned.outputs["model"],
         trained.outputs["model"],
         data,
+        ranking,
         raw_path,
         feature_repo,
         registry,

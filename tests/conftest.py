@@ -48,6 +48,11 @@ def write_params(workdir: Path, raw_path: Path, **overrides: dict) -> Path:
     raw["deploy"]["output"] = str(workdir / "k8s/inferenceservice.yaml")
     raw["train"]["max_epochs"] = 6
     raw["finetune"]["max_epochs"] = 3
+    # Fewer sampled items and a shorter sequence: the same mechanisms on half the rows.
+    raw["sampling"] |= {"recent": 2, "popularity": 1, "uniform": 1}
+    raw["features"]["sequence_length"] = 8
+    raw["evaluation"]["bootstrap_samples"] = 200
+    raw["gate"]["bootstrap_samples"] = 300
     # A loaded test machine must not refuse the shared run on latency; test_gate checks that
     # the latency rule refuses, with a budget no server can meet.
     raw["gate"]["infra"]["p99_latency_ms"] = 5000
@@ -67,7 +72,9 @@ class PipelineRun:
     params: Params
     events: Path
     exposures: Path
+    queries: Path
     training_set: Path
+    ranking_set: Path
     feature_repo: Path
     pretrained: Path
     candidate: Path
@@ -88,6 +95,7 @@ def pipeline_run(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipe
     from shopguide.gate import gate_step
     from shopguide.ingest import ingest_taobao
     from shopguide.promote import promote_step
+    from shopguide.ranking.queries import build_queries
     from shopguide.train import train_step
 
     w = tmp_path_factory.mktemp("pipeline")
@@ -100,7 +108,9 @@ def pipeline_run(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipe
         params=p,
         events=w / "events.parquet",
         exposures=w / "exposures.parquet",
+        queries=w / "queries.parquet",
         training_set=w / "training_set.parquet",
+        ranking_set=w / "ranking_set.parquet",
         feature_repo=repo,
         pretrained=w / "models/pretrained",
         candidate=w / "models/candidate",
@@ -109,9 +119,19 @@ def pipeline_run(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipe
         registry=w / "registry",
     )
     ingest_taobao(sample, run.events, p.data)
-    build_exposures(run.events, run.exposures, p.protocol, p.data)
-    build_features(run.events, run.exposures, repo, run.training_set, p)
-    train_step(run.training_set, run.pretrained, w / "metrics/train.json", w / "plots/train.csv", p)
+    build_exposures(run.events, run.exposures, p)
+    build_queries(run.events, run.queries, p)
+    build_features(
+        run.events, run.exposures, run.queries, repo, run.training_set, run.ranking_set, p
+    )
+    train_step(
+        run.training_set,
+        run.pretrained,
+        w / "metrics/train.json",
+        w / "plots/train.csv",
+        p,
+        ranking_set=run.ranking_set,
+    )
     finetune_step(
         run.training_set,
         run.pretrained,
@@ -119,16 +139,18 @@ def pipeline_run(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipe
         w / "metrics/finetune.json",
         w / "plots/finetune.csv",
         p,
+        ranking_set=run.ranking_set,
     )
     evaluate_step(
         run.training_set,
+        run.ranking_set,
         run.candidate,
         run.evaluation,
         w / "plots/roc.csv",
         w / "reports/evaluation.html",
         p,
     )
-    gate_step(run.evaluation, run.training_set, run.registry, run.decision, p)
+    gate_step(run.evaluation, run.training_set, run.ranking_set, run.registry, run.decision, p)
     promote_step(
         run.candidate, run.decision, run.evaluation, run.training_set, w / "gate/promotion.json", p
     )

@@ -33,7 +33,7 @@ def params(adapter: str, **sections: dict) -> Params:
     tasks = sections.get("protocol", {}).get("tasks", TASKS)
     raw = {
         "validation": {"positive_rate": {t: {"min": 0.0, "max": 1.0} for t in tasks}},
-        "gate": {"auc_floor": dict.fromkeys(tasks, 0.5)},
+        "gate": {"auc_floor": dict.fromkeys(tasks, 0.5), "gauc_floor": {}},
         "serving": {"ranking_weights": dict.fromkeys(tasks, 1.0)},
     }
     for section, values in sections.items():
@@ -41,13 +41,14 @@ def params(adapter: str, **sections: dict) -> Params:
     return Params.model_validate({**raw, "data": {"adapter": adapter}})
 
 
-def outputs(tmp_path: Path) -> tuple[Path, Path]:
-    return tmp_path / "out/events.parquet", tmp_path / "out/exposures.parquet"
+def outputs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    out = tmp_path / "out"
+    return out / "events.parquet", out / "exposures.parquet", out / "queries.parquet"
 
 
 def test_taobao_card_matches_protocol(sample: Path, tmp_path: Path) -> None:
-    events, exposures = outputs(tmp_path)
-    card = ingest(sample, events, exposures, TAOBAO)
+    events, exposures, queries = outputs(tmp_path)
+    card = ingest(sample, events, exposures, queries, TAOBAO)
     assert card["adapter"] == "taobao"
     assert card["events"]["rows"] == 84_475
     assert card["events"]["behaviours"] == {"buy": 1750, "cart": 4497, "fav": 2356, "pv": 75872}
@@ -78,8 +79,8 @@ def rees46_rows() -> list[str]:
 def test_rees46_rows_in_published_format(tmp_path: Path) -> None:
     csv = tmp_path / "2019-Oct.csv"
     csv.write_text("\n".join([REES46_HEADER, *rees46_rows()]) + "\n")
-    events, exposures = outputs(tmp_path)
-    card = ingest(csv, events, exposures, params("rees46", protocol=REES46_PROTOCOL))
+    events, exposures, queries = outputs(tmp_path)
+    card = ingest(csv, events, exposures, queries, params("rees46", protocol=REES46_PROTOCOL))
 
     ev = pd.read_parquet(events)
     assert list(ev.columns) == ["user_id", "item_id", "category_id", "behavior", "ts"]
@@ -88,7 +89,7 @@ def test_rees46_rows_in_published_format(tmp_path: Path) -> None:
     assert ev["ts"].min() == 1569888004  # 2019-10-01 00:00:04 UTC
     assert ev["category_id"].max() == 2103807459595387724
 
-    x = pd.read_parquet(exposures).set_index(["user_id", "item_id"])
+    x = pd.read_parquet(exposures).query("not sampled").set_index(["user_id", "item_id"])
     heater = x.loc[(554748717, 3900821)]
     assert (heater["t0"], heater["cart"], heater["buy"]) == (1569888060, 1, 1)
     # Bought before the first view: not a label of that exposure.
@@ -114,9 +115,9 @@ def test_rees46_unknown_event_type_reaches_validation(tmp_path: Path) -> None:
     csv = tmp_path / "2019-Oct.csv"
     rows = [*rees46_rows(), "2019-10-03 10:00:00 UTC,wishlist,1004856,1,,,1.0,541312140,s9"]
     csv.write_text("\n".join([REES46_HEADER, *rows]) + "\n")
-    events, exposures = outputs(tmp_path)
+    events, exposures, queries = outputs(tmp_path)
     p = params("rees46", protocol=REES46_PROTOCOL, validation={"min_events": 1})
-    ingest(csv, events, exposures, p)
+    ingest(csv, events, exposures, queries, p)
     report = validate_events(events, p, tmp_path / "report")
     failed = [r for r in report.results if not r["success"]]
     assert [(r["expectation"], r["column"]) for r in failed] == [
@@ -140,9 +141,9 @@ def test_rees46_unknown_event_type_reaches_validation(tmp_path: Path) -> None:
 def test_rees46_bad_input_writes_nothing(tmp_path: Path, content: str, expected: str) -> None:
     csv = tmp_path / "bad.csv"
     csv.write_text(content)
-    events, exposures = outputs(tmp_path)
+    events, exposures, queries = outputs(tmp_path)
     with pytest.raises(ShopguideError, match=expected) as err:
-        ingest(csv, events, exposures, params("rees46", protocol=REES46_PROTOCOL))
+        ingest(csv, events, exposures, queries, params("rees46", protocol=REES46_PROTOCOL))
     assert str(csv) in str(err.value)
     assert not events.parent.exists() or not any(events.parent.iterdir())
 
@@ -161,9 +162,9 @@ def test_impression_fixtures(
     if not train.is_file():
         pytest.skip(f"fixture {train} not found (set SHOPGUIDE_FIXTURES)")
     raw = {s: pd.read_csv(FIXTURES / f"{adapter}_{s}_sample.csv") for s in ("train", "test")}
-    events, exposures = outputs(tmp_path)
+    events, exposures, queries = outputs(tmp_path)
     p = params(adapter, **IMPRESSION_PARAMS)
-    card = ingest(train, events, exposures, p)
+    card = ingest(train, events, exposures, queries, p)
 
     x = pd.read_parquet(exposures)
     for split, frame in raw.items():
@@ -198,9 +199,13 @@ def test_impression_missing_label_column(tmp_path: Path) -> None:
     for split in ("train", "test"):
         frame = pd.read_csv(FIXTURES / f"aliccp_{split}_sample.csv").drop(columns="purchase")
         frame.to_csv(tmp_path / f"aliccp_{split}.csv", index=False)
-    events, exposures = outputs(tmp_path)
+    events, exposures, queries = outputs(tmp_path)
     with pytest.raises(ShopguideError, match=r"missing label columns \['purchase'\]"):
         ingest(
-            tmp_path / "aliccp_train.csv", events, exposures, params("aliccp", **IMPRESSION_PARAMS)
+            tmp_path / "aliccp_train.csv",
+            events,
+            exposures,
+            queries,
+            params("aliccp", **IMPRESSION_PARAMS),
         )
     assert not events.exists() and not exposures.exists()

@@ -67,13 +67,16 @@ def test_bad_csv_exits_with_clear_error_and_registry_untouched(
         str(tmp_path / "e.parquet"),
         "--exposures",
         str(tmp_path / "x.parquet"),
+        "--queries",
+        str(tmp_path / "q.parquet"),
         "--summary",
         str(tmp_path / "s.json"),
     )
     assert out.returncode == 2
     assert expected in out.stderr and str(bad) in out.stderr.replace("\n", "")
     assert "Traceback" not in out.stderr
-    assert not (tmp_path / "e.parquet").exists() and not (tmp_path / "x.parquet").exists()
+    for written in ("e.parquet", "x.parquet", "q.parquet"):
+        assert not (tmp_path / written).exists()
     assert [v.name for v in versions(pipeline_run.registry)] == registry_before
     assert champion(pipeline_run.registry).name == champ
 
@@ -118,7 +121,7 @@ def test_gate_refusal_has_its_own_exit_code(pipeline_run: PipelineRun, tmp_path:
     strict = write_params(
         tmp_path,
         pipeline_run.params.data.raw_path,
-        gate={"auc_floor": {"cart": 0.99, "fav": 0.99, "buy": 0.99}},
+        gate={"auc_floor": {"click": 0.99, "cart": 0.99, "fav": 0.99, "buy": 0.99}},
     )
     out = shopguide(
         "gate",
@@ -128,6 +131,8 @@ def test_gate_refusal_has_its_own_exit_code(pipeline_run: PipelineRun, tmp_path:
         str(pipeline_run.evaluation),
         "--training-set",
         str(pipeline_run.training_set),
+        "--ranking-set",
+        str(pipeline_run.ranking_set),
         "--registry",
         str(tmp_path / "empty-registry"),
         "--decision",

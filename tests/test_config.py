@@ -9,14 +9,15 @@ import pytest
 
 from shopguide.config import FeatureEntity, Params, load_params
 from shopguide.errors import ShopguideError
-from shopguide.feature_spec import ENTITIES
+from shopguide.feature_spec import feature_views
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_project_params_load() -> None:
     params = load_params(ROOT / "params.yaml")
-    assert params.protocol.tasks == ("cart", "fav", "buy")
+    assert params.protocol.tasks == ("click", "cart", "fav", "buy")
+    assert params.protocol.label_horizon_s == 3 * 3600
     assert params == Params.model_validate(params.model_dump())
 
 
@@ -28,9 +29,13 @@ def test_project_params_load() -> None:
         ("bogus: 1\n", "bogus"),
         ("gate:\n  auc_floor: {cart: 0.5}\n", "gate.auc_floor has no entry for tasks"),
         ("serving:\n  ranking_weights: {click: 1}\n", "ranking_weights names tasks ['click']"),
+        ("gate:\n  gauc_floor: {click: 0.5}\n", "gauc_floor names tasks ['click']"),
+        ("protocol:\n  label_horizon_s: 0\n", "protocol.label_horizon_s"),
+        ("sampling:\n  recent: -1\n", "sampling.recent"),
+        ("model:\n  sequence_encoder: lstm\n", "model.sequence_encoder"),
         ("protocol:\n  test_start: 1\n", "window_start < test_start"),
         ("features:\n  snapshot_interval_s: {user: 7, item: 1, category: 1}\n", "user=7"),
-        ("features:\n  snapshot_interval_s: {user: 1}\n", "no entry for ['category', 'item']"),
+        ("features:\n  snapshot_interval_s: {user_pair: 1}\n", "snapshot_interval_s.user_pair"),
         ("train: [1, 2\n", "not valid YAML"),
         ("train:\n  warmup_epochs: 20\n", "warmup_epochs (20) must be below max_epochs"),
         ("train:\n  learning_rate: .inf\n", "train.learning_rate"),
@@ -102,7 +107,9 @@ def test_json_artifacts_and_directories_are_never_clobbered(tmp_path: Path) -> N
     assert (victim / "keep.txt").read_text() == "x"
 
 
-def test_feature_entities_are_those_with_feature_views() -> None:
-    """The per-entity settings name exactly the entities the Feast repo has stats views for."""
-    assert set(get_args(FeatureEntity)) == set(ENTITIES)
-    assert set(load_params(ROOT / "params.yaml").features.snapshot_interval_s) == set(ENTITIES)
+def test_snapshot_grains_are_those_of_the_feature_views() -> None:
+    """The per-view grain settings name exactly the views the features step builds, and a
+    view left out is exact (1 s)."""
+    features = load_params(ROOT / "params.yaml").features
+    assert set(get_args(FeatureEntity)) == {v.grain for v in feature_views(3)}
+    assert {features.interval(g) for g in get_args(FeatureEntity)} == {1}

@@ -33,6 +33,8 @@ def test_dvc_repro_runs_everything_then_nothing(sample: Path, tmp_path: Path) ->
     params["data"]["raw_path"] = str(sample)
     params["train"]["max_epochs"] = 4
     params["finetune"]["max_epochs"] = 2
+    params["sampling"] |= {"recent": 2, "popularity": 1, "uniform": 1}
+    params["features"]["sequence_length"] = 8
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
     assert _run(["git", "init", "-q"], repo).returncode == 0

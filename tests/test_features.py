@@ -12,21 +12,38 @@ import pytest
 from shopguide.config import DataParams, load_params
 from shopguide.duck import connect
 from shopguide.errors import ShopguideError
-from shopguide.feature_spec import FEATURE_SERVICE, model_feature_columns, stat_features
+from shopguide.feature_spec import (
+    BEHAVIOUR_CODES,
+    FEATURE_SERVICE,
+    model_feature_columns,
+    source_column,
+    stat_features,
+)
 from shopguide.features import build_features, open_store, training_set
 from shopguide.training_join import asof_training_set
 from tests.conftest import PipelineRun, copy_feature_repo, write_params
 
 
-def test_training_set_has_every_exposure_and_feature(pipeline_run: PipelineRun) -> None:
+def feature_columns(frame: pd.DataFrame) -> list[str]:
+    """Every joined feature column (Feast full names)."""
+    return [c for c in frame.columns if "__" in c]
+
+
+def test_training_set_has_every_example_and_feature(pipeline_run: PipelineRun) -> None:
     ts = pd.read_parquet(pipeline_run.training_set)
     exposures = pd.read_parquet(pipeline_run.exposures)
-    assert len(ts) == len(exposures) == 59_874
-    assert set(model_feature_columns()) <= set(ts.columns)
-    feats = ts[model_feature_columns()]
+    assert len(ts) == len(exposures) > 59_874 // 2  # exposures (some censored) and samples
+    assert set(map(source_column, model_feature_columns())) <= set(ts.columns)
+    feats = ts[feature_columns(ts)]
     assert not feats.isna().any().any()
     assert (feats.to_numpy() >= 0).all()
     assert feats["user_stats__pv_all"].gt(0).mean() > 0.5  # most users have history
+    # Sampled items of the user's recent views have a history with the user; exposures, at
+    # their first view, mostly none.
+    sampled = ts["sampled"].to_numpy()
+    viewed = ts["user_item_stats__pv_count"].gt(0).to_numpy()
+    assert viewed[sampled].mean() > 0.3 and viewed[~sampled].mean() < 0.05
+    assert ts["user_sequence__behavior_0"].gt(0).mean() > 0.9  # a last event before t0
 
 
 def test_feast_registry_holds_the_definitions(pipeline_run: PipelineRun) -> None:
@@ -39,7 +56,12 @@ def test_feast_registry_holds_the_definitions(pipeline_run: PipelineRun) -> None
         "user_stats",
         "item_stats",
         "category_stats",
+        "user_item_stats",
+        "user_category_stats",
+        "user_sequence",
     }
+    pairs = store.get_feature_view("user_item_stats")
+    assert sorted(pairs.join_keys) == ["item_id", "user_id"]
 
 
 def _brute_counts(
@@ -71,10 +93,66 @@ def test_features_equal_counts_strictly_before_t0(
     pipeline_run: PipelineRun, view: str, key: str, feature: str, behaviour: str, window: int | None
 ) -> None:
     ts = pd.read_parquet(pipeline_run.training_set).sample(3000, random_state=0)
-    interval = pipeline_run.params.features.snapshot_interval_s[view.removesuffix("_stats")]
+    interval = pipeline_run.params.features.interval(view.removesuffix("_stats"))
     expected = _brute_counts(pipeline_run.events, ts, key, behaviour, interval, window)
     got = ts[f"{view}__{feature}"].to_numpy()
     np.testing.assert_array_equal(got, expected)
+
+
+WINDOW = "e.ts >= 1511539200 AND e.ts < 1512316800"
+
+
+@pytest.mark.parametrize(
+    ("view", "keys", "behaviour"),
+    [
+        ("user_item_stats", ("user_id", "item_id"), "pv"),
+        ("user_item_stats", ("user_id", "item_id"), "cart"),
+        ("user_category_stats", ("user_id", "category_id"), "pv"),
+        ("user_category_stats", ("user_id", "category_id"), "buy"),
+    ],
+)
+def test_pair_features_are_the_pairs_events_strictly_before_t0(
+    pipeline_run: PipelineRun, view: str, keys: tuple[str, str], behaviour: str
+) -> None:
+    """Counts and last times of a user x item or user x category pair's events, one by one
+    from the events, for exposures and sampled items (1 s grain: exact as of t0)."""
+    ts = pd.read_parquet(pipeline_run.training_set).sample(3000, random_state=2)
+    con = duckdb.connect()
+    con.register("probe", ts[[*keys, "t0"]].reset_index(drop=True).reset_index())
+    on = " AND ".join(f"e.{k} = p.{k}" for k in keys)
+    got = con.execute(f"""
+        SELECT p.index, count(e.ts) AS n, coalesce(max(e.ts), 0) AS last FROM probe p
+        LEFT JOIN read_parquet('{pipeline_run.events}') e
+          ON {on} AND e.behavior = '{behaviour}' AND e.ts < p.t0 AND {WINDOW}
+        GROUP BY p.index ORDER BY p.index""").fetchnumpy()
+    counts = ts[f"{view}__{behaviour}_count"].to_numpy()
+    np.testing.assert_array_equal(counts, got["n"].astype(np.float32))
+    np.testing.assert_array_equal(ts[f"{view}__{behaviour}_last_ts"].to_numpy(), got["last"])
+    assert (counts > 0).sum() > 50  # the check saw real history, not only zeros
+
+
+def test_sequence_is_the_users_last_events_strictly_before_t0(pipeline_run: PipelineRun) -> None:
+    """Each slot of the user's recent events, from the events one by one: the k-th latest
+    event before t0 (ties in a second: by behaviour code, then item, latest first)."""
+    length = pipeline_run.params.features.sequence_length
+    ts = pd.read_parquet(pipeline_run.training_set).sample(400, random_state=4)
+    events = pd.read_parquet(pipeline_run.events).query("1511539200 <= ts < 1512316800")
+    events = events.assign(code=events["behavior"].map(BEHAVIOUR_CODES).fillna(5).astype(int))
+    by_user = {u: e for u, e in events.groupby("user_id")}
+    filled = 0
+    for _, row in ts.iterrows():
+        mine = by_user.get(row["user_id"], events.iloc[:0])
+        before = mine[mine["ts"] < row["t0"]].sort_values(["ts", "code", "item_id"]).tail(length)
+        latest = before.iloc[::-1]
+        for k in range(length):
+            slot = [row[f"user_sequence__{f}_{k}"] for f in ("item", "category", "behavior", "ts")]
+            if k < len(latest):
+                e = latest.iloc[k]
+                assert slot == [e["item_id"], e["category_id"], e["code"], e["ts"]], (row, k)
+                filled += 1
+            else:
+                assert slot == [0, 0, 0, 0], (row, k)
+    assert filled > 400 * length // 2
 
 
 def test_no_event_at_or_after_t0_reaches_features(
@@ -95,15 +173,35 @@ def test_no_event_at_or_after_t0_reaches_features(
     early = pd.read_parquet(pipeline_run.exposures).query(f"t0 <= {cutoff}")
     early_path = tmp_path / "exposures.parquet"
     early.to_parquet(early_path)
-    build_features(truncated, early_path, repo, tmp_path / "training_set.parquet", params)
+    queries = pd.read_parquet(pipeline_run.queries).query(f"t0 <= {cutoff}")
+    queries_path = tmp_path / "queries.parquet"
+    queries.to_parquet(queries_path)
+    build_features(
+        truncated,
+        early_path,
+        queries_path,
+        repo,
+        tmp_path / "training_set.parquet",
+        tmp_path / "ranking_set.parquet",
+        params,
+    )
 
+    # Every view's every feature: stats, user x item and user x category pairs, sequences.
     rebuilt = pd.read_parquet(tmp_path / "training_set.parquet")
-    keys = ["user_id", "item_id"]
+    keys = ["user_id", "item_id", "t0"]
     merged = ts.merge(rebuilt, on=keys, suffixes=("", "_truncated"))
-    assert len(merged) == len(early) > 40_000
+    assert len(merged) == len(early) > 100_000
     assert (merged["t0"] == cutoff).any()  # the boundary case is covered
-    for column in model_feature_columns():
+    columns = feature_columns(ts)
+    assert len(columns) >= 54 + 16 + 4 * params.features.sequence_length
+    for column in columns:
         np.testing.assert_array_equal(merged[column], merged[f"{column}_truncated"], err_msg=column)
+    ranked = pd.read_parquet(pipeline_run.ranking_set).query(f"t0 <= {cutoff}")
+    again = pd.read_parquet(tmp_path / "ranking_set.parquet")
+    both = ranked.merge(again, on=["query_id", "item_id"], suffixes=("", "_truncated"))
+    assert len(both) == len(ranked) > 10_000
+    for column in columns:
+        np.testing.assert_array_equal(both[column], both[f"{column}_truncated"], err_msg=column)
 
 
 def test_online_store_serves_latest_values(pipeline_run: PipelineRun) -> None:
@@ -157,7 +255,7 @@ def test_asof_join_gives_unknown_or_too_early_entities_zeros(
     snapshot) get all-zero features, and every exposure row stays."""
     known = pd.read_parquet(pipeline_run.training_set).sample(200, random_state=1)
     exposures = pd.read_parquet(pipeline_run.exposures)
-    probe = exposures.merge(known[["user_id", "item_id"]]).copy()
+    probe = exposures.merge(known[["user_id", "item_id", "t0"]]).copy()
     unknown = probe.head(3).assign(user_id=-1, item_id=-2, category_id=-3)
     early = probe.head(2).assign(t0=pipeline_run.params.protocol.window_start - 7200)
     path = tmp_path / "exposures.parquet"
@@ -167,13 +265,15 @@ def test_asof_join_gives_unknown_or_too_early_entities_zeros(
     assert asof_training_set(store, path, out, pipeline_run.params) == len(probe) + 5
 
     got = pd.read_parquet(out)
-    features = model_feature_columns()
+    features = feature_columns(got)
     zero_rows = got[
         (got["user_id"] == -1) | (got["t0"] < pipeline_run.params.protocol.window_start)
     ]
     assert len(zero_rows) == 5
     assert (zero_rows[features].to_numpy() == 0).all()
-    rest = got.drop(zero_rows.index).merge(known, on=["user_id", "item_id"], suffixes=("", "_k"))
+    rest = got.drop(zero_rows.index).merge(
+        known, on=["user_id", "item_id", "t0"], suffixes=("", "_k")
+    )
     assert len(rest) == len(probe)
     for column in features:
         np.testing.assert_array_equal(rest[column], rest[f"{column}_k"], err_msg=column)
@@ -208,8 +308,10 @@ def test_spill_failure_is_a_clear_error_and_writes_no_training_set(
         build_features(
             pipeline_run.events,
             pipeline_run.exposures,
+            pipeline_run.queries,
             copy_feature_repo(tmp_path / "repo"),
             out,
+            tmp_path / "ranking_set.parquet",
             params,
         )
     message = str(info.value)

@@ -1,6 +1,8 @@
 """The gate's rules one by one, each shown refusing: the paired-bootstrap comparison with the
-champion (overall and per slice, on synthetic scores where the truth is known) and the serving
-check (a real `shopguide serve` of the pipeline's candidate: parity, latency, start-up).
+champion (overall and per slice, on synthetic scores where the truth is known), the ranking
+rules (GAUC floor; MRR and within-query AUC against the champion, on synthetic queries and on a
+real candidate whose ranking is broken) and the serving check (a real `shopguide serve` of the
+pipeline's candidate: parity, latency, start-up).
 The AUC floor and the whole-model regression are refused in tests/test_model_steps.py and
 through the CLI's exit code in tests/test_cli.py."""
 
@@ -15,8 +17,16 @@ import pytest
 from shopguide.config import GateParams, Params
 from shopguide.errors import ShopguideError
 from shopguide.evaluate import Scored
-from shopguide.gate import gate_step, infra_requests, regression_checks
-from shopguide.io import read_json
+from shopguide.gate import (
+    gate_step,
+    gauc_floor_checks,
+    infra_requests,
+    ranking_regression_checks,
+    regression_checks,
+)
+from shopguide.io import read_json, write_json
+from shopguide.ranking.metrics import query_scores
+from shopguide.registry import register
 from tests.conftest import PipelineRun, copy_feature_repo
 
 N = 20_000
@@ -34,8 +44,19 @@ def synthetic() -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarra
     return labels, champ, rng.integers(0, 1000, N), slices
 
 
+def everywhere(tasks: tuple[str, ...], rows: int) -> dict[str, np.ndarray]:
+    return {t: np.ones(rows, bool) for t in tasks}
+
+
 def _scored(labels, probs, users, slices) -> Scored:
-    return Scored(("buy",), labels, probs, users, slices)
+    rows = len(labels)
+    return Scored(
+        ("buy",), labels, probs, users, slices, everywhere(("buy",), rows), all_rows(rows)
+    )
+
+
+def all_rows(rows: int) -> np.ndarray:
+    return np.ones(rows, bool)
 
 
 def test_regression_in_one_slice_is_refused_alone(synthetic) -> None:
@@ -79,7 +100,13 @@ def test_a_task_the_candidate_drops_is_refused(synthetic) -> None:
     """The champion predicts buy and fav, the candidate only buy: fav would be lost."""
     labels, champ, users, slices = synthetic
     both = Scored(
-        ("buy", "fav"), np.hstack([labels, labels]), np.hstack([champ, champ]), users, slices
+        ("buy", "fav"),
+        np.hstack([labels, labels]),
+        np.hstack([champ, champ]),
+        users,
+        slices,
+        everywhere(("buy", "fav"), len(labels)),
+        all_rows(len(labels)),
     )
     checks = regression_checks(_scored(labels, champ, users, slices), both, GateParams())
     lost = [c for c in checks if not c["passed"]]
@@ -96,9 +123,10 @@ def test_decision_without_a_candidate_model_judges_the_floors_only(tmp_path: Pat
     decision = gate_step(
         evaluation,
         tmp_path / "unused.parquet",
+        tmp_path / "unused-ranking.parquet",
         tmp_path / "registry",
         tmp_path / "d.json",
-        Params(),
+        Params(gate={"gauc_floor": {}}),
     )
     assert decision["passed"] and len(decision["checks"]) == 3
     assert "serving check" in decision["not_checked"][0]
@@ -109,6 +137,7 @@ def test_decision_without_a_candidate_model_judges_the_floors_only(tmp_path: Pat
         gate_step(
             evaluation,
             tmp_path / "unused.parquet",
+            tmp_path / "unused-ranking.parquet",
             tmp_path / "registry",
             tmp_path / "d.json",
             Params(),
@@ -118,9 +147,10 @@ def test_decision_without_a_candidate_model_judges_the_floors_only(tmp_path: Pat
 def test_infra_requests_come_from_test_exposures(pipeline_run: PipelineRun) -> None:
     import pandas as pd
 
-    test = pd.read_parquet(pipeline_run.training_set).query("split == 'test'")
+    test = pd.read_parquet(pipeline_run.training_set).query("split == 'test' and not sampled")
     requests = infra_requests(test, 5, 100)
     assert len(requests) == 5 and all(len(r["item_ids"]) == 100 for r in requests)
+    assert {r["timestamp"] for r in requests} == {int(test["t0"].max()) + 1}
     busiest = int(test["user_id"].value_counts().index[0])
     assert requests[0]["user_id"] == busiest
     own = set(test.loc[test["user_id"] == busiest, "item_id"])
@@ -150,6 +180,7 @@ def test_serving_check_refuses_on_parity_and_latency(
     decision = gate_step(
         pipeline_run.evaluation,
         pipeline_run.training_set,
+        pipeline_run.ranking_set,
         tmp_path / "empty-registry",  # no champion: floors and the serving check only
         tmp_path / "decision.json",
         _infra_params(pipeline_run, p99_latency_ms=0.001),
@@ -175,6 +206,7 @@ def test_serving_check_refuses_a_server_that_cannot_start(
     decision = gate_step(
         pipeline_run.evaluation,
         pipeline_run.training_set,
+        pipeline_run.ranking_set,
         tmp_path / "empty-registry",
         tmp_path / "decision.json",
         _infra_params(pipeline_run),
@@ -190,8 +222,14 @@ def test_champion_columns_are_matched_by_task_name(synthetic) -> None:
     """A champion that lists its tasks in another order is compared task by task."""
     labels, champ, users, slices = synthetic
     two = np.hstack([labels, labels])
-    candidate = Scored(("cart", "buy"), two, np.hstack([champ, 1 - champ]), users, slices)
-    reordered = Scored(("buy", "cart"), two, np.hstack([1 - champ, champ]), users, slices)
+    rows = everywhere(("cart", "buy"), len(labels))
+    every = all_rows(len(labels))
+    candidate = Scored(
+        ("cart", "buy"), two, np.hstack([champ, 1 - champ]), users, slices, rows, every
+    )
+    reordered = Scored(
+        ("buy", "cart"), two, np.hstack([1 - champ, champ]), users, slices, rows, every
+    )
     checks = regression_checks(candidate, reordered, GateParams(bootstrap_samples=50))
     assert all(c["passed"] and c.get("delta", 0) == 0 for c in checks)
 
@@ -201,3 +239,111 @@ def test_infra_candidates_must_fit_the_server_limit() -> None:
 
     with pytest.raises(ValidationError, match=r"gate.infra.candidates \(100\) is over"):
         Params.model_validate({"serving": {"max_candidates": 50}})
+
+
+def test_gauc_floor_judges_the_interval_not_the_point(tmp_path: Path) -> None:
+    """A GAUC above 0.5 whose interval reaches below the floor is refused; the same point
+    with the interval above it passes; a task the floor does not name is not judged."""
+    report = {
+        "overall": {
+            "cart": {"auc": 0.7, "gauc": 0.53, "gauc_ci": {"low": 0.49, "high": 0.57}},
+            "buy": {"auc": 0.7, "gauc": 0.58, "gauc_ci": {"low": 0.52, "high": 0.64}},
+            "fav": {"auc": 0.7, "gauc": 0.45, "gauc_ci": {"low": 0.40, "high": 0.50}},
+        }
+    }
+    checks = {c["task"]: c for c in gauc_floor_checks(report, GateParams())}
+    assert set(checks) == {"cart", "buy"}  # the default floors: cart and buy
+    assert not checks["cart"]["passed"] and checks["cart"]["value"] == 0.49
+    assert "interval low 0.4900 <= 0.5000" in checks["cart"]["reason"]
+    assert checks["buy"]["passed"]
+
+
+def _queries(rng: np.random.Generator, n: int = 400, size: int = 10):
+    """`n` queries of `size` candidates, the first of each positive, of 150 users."""
+    query = np.repeat(np.arange(n), size)
+    positive = (np.arange(n * size) % size == 0).astype(int)
+    users = np.repeat(rng.integers(0, 150, n), size)
+    informative = positive + 0.8 * rng.standard_normal(n * size)
+    return query, users, positive, informative
+
+
+def test_ranking_regression_is_refused_over_users() -> None:
+    """A candidate that ranks half its queries at random is refused on MRR and AUC in the
+    query, with an interval from users resampled; one equal to the champion passes; too few
+    queries are reported, not judged."""
+    rng = np.random.default_rng(3)
+    query, users, positive, informative = _queries(rng)
+    worse = informative.copy()
+    half = query < 200
+    worse[half] = rng.permutation(worse[half])
+    champion = {"cart": {"cart": query_scores(query, users, positive, informative)}}
+    gate = GateParams(bootstrap_samples=300)
+    refused = ranking_regression_checks(
+        {"cart": {"cart": query_scores(query, users, positive, worse)}}, champion, gate
+    )
+    assert {c["metric"] for c in refused} == {"mrr", "auc"}
+    for check in refused:
+        assert not check["passed"] and check["delta"] < -0.05
+        assert check["delta_ci95"]["high"] < 0 and "over users" in check["reason"]
+    same = ranking_regression_checks(champion, champion, gate)
+    assert all(c["passed"] and c["delta"] == 0 for c in same)
+    few = query < 10
+    tiny = {"cart": {"cart": query_scores(query[few], users[few], positive[few], worse[few])}}
+    base = {"cart": {"cart": query_scores(query[few], users[few], positive[few], informative[few])}}
+    assert all(c["passed"] and not c["judged"] for c in ranking_regression_checks(tiny, base, gate))
+
+
+def test_gate_refuses_a_candidate_whose_ranking_is_worse(
+    pipeline_run: PipelineRun, tmp_path: Path
+) -> None:
+    """The champion with its age inputs flipped (a broken preprocessing: recently seen reads
+    as long ago) is a candidate that ranks worse; against the real champion, on the real test
+    queries, the ranking rule refuses it."""
+    import shutil
+
+    from shopguide.evaluate import evaluate_step
+    from shopguide.registry import champion
+
+    current = champion(pipeline_run.registry)
+    broken = tmp_path / "broken"
+    shutil.copytree(current.path, broken)
+    config = read_json(broken / "config.json")
+    ages = [i for i, f in enumerate(config["dense_features"]) if f.endswith("_age_s")]
+    assert ages
+    for i in ages:
+        config["dense_std"][i] = -config["dense_std"][i]
+    write_json(broken / "config.json", config)
+    registry = tmp_path / "registry"
+    register(registry, current.path, {})
+    params = pipeline_run.params.model_copy(
+        update={
+            "gate": pipeline_run.params.gate.model_copy(
+                update={
+                    "infra": pipeline_run.params.gate.infra.model_copy(update={"enabled": False})
+                }
+            )
+        }
+    )
+    evaluation = tmp_path / "evaluate.json"
+    evaluate_step(
+        pipeline_run.training_set,
+        pipeline_run.ranking_set,
+        broken,
+        evaluation,
+        tmp_path / "roc.csv",
+        tmp_path / "report.html",
+        params,
+    )
+    decision = gate_step(
+        evaluation,
+        pipeline_run.training_set,
+        pipeline_run.ranking_set,
+        registry,
+        tmp_path / "decision.json",
+        params,
+    )
+    assert not decision["passed"]
+    ranking = [c for c in decision["checks"] if c["rule"] == "no_ranking_regression_vs_champion"]
+    refused = [c for c in ranking if not c["passed"]]
+    assert refused, [c["value"] for c in ranking]
+    assert all(c["delta"] < 0 for c in refused)

@@ -25,9 +25,7 @@ def test_sample_matches_protocol_taobao_mtl_v1(sample: Path, tmp_path: Path) -> 
     assert list(events.columns) == ["user_id", "item_id", "category_id", "behavior", "ts"]
     assert set(events["behavior"]) == {"pv", "cart", "fav", "buy"}
 
-    stats = build_exposures(
-        tmp_path / "events.parquet", tmp_path / "exposures.parquet", PARAMS.protocol, PARAMS.data
-    )
+    stats = build_exposures(tmp_path / "events.parquet", tmp_path / "exposures.parquet", PARAMS)
     assert stats["train"]["exposures"] == 44_312
     assert stats["test"]["exposures"] == 15_562
     assert (
@@ -35,7 +33,7 @@ def test_sample_matches_protocol_taobao_mtl_v1(sample: Path, tmp_path: Path) -> 
         stats["test"]["fav_positives"],
         stats["test"]["buy_positives"],
     ) == (132, 46, 162)
-    exposures = pd.read_parquet(tmp_path / "exposures.parquet")
+    exposures = pd.read_parquet(tmp_path / "exposures.parquet").query("not sampled")
     assert not exposures.duplicated(["user_id", "item_id"]).any()
     assert (exposures["split"] == "test").eq(exposures["t0"] >= PARAMS.protocol.test_start).all()
 
@@ -52,8 +50,8 @@ def test_label_requires_behaviour_at_or_after_t0(tmp_path: Path) -> None:
     csv = tmp_path / "tiny.csv"
     csv.write_text("\n".join(",".join(map(str, r)) for r in rows) + "\n")
     ingest_taobao(csv, tmp_path / "e.parquet", PARAMS.data)
-    build_exposures(tmp_path / "e.parquet", tmp_path / "x.parquet", PARAMS.protocol, PARAMS.data)
-    x = pd.read_parquet(tmp_path / "x.parquet").set_index("user_id")
+    build_exposures(tmp_path / "e.parquet", tmp_path / "x.parquet", PARAMS)
+    x = pd.read_parquet(tmp_path / "x.parquet").query("not sampled").set_index("user_id")
     assert (x.loc[1, "cart"], x.loc[1, "buy"], x.loc[1, "fav"]) == (0, 1, 1)
     assert x.loc[1, "t0"] == base
     assert (x.loc[2, ["cart", "fav", "buy"]] == 0).all()
@@ -120,15 +118,16 @@ def test_ingest_replaces_events_and_exposures_together(sample: Path, tmp_path: P
     """Raw data whose events all fall outside the protocol window yields events but no
     exposures: the step fails and the previous pair stays, both tables, byte for byte."""
     events, exposures = tmp_path / "events.parquet", tmp_path / "exposures.parquet"
-    ingest(sample, events, exposures, PARAMS)
-    before = events.read_bytes(), exposures.read_bytes()
+    queries = tmp_path / "queries.parquet"
+    ingest(sample, events, exposures, queries, PARAMS)
+    before = events.read_bytes(), exposures.read_bytes(), queries.read_bytes()
     late = tmp_path / "late.csv"
     late.write_text("".join(f"{u},7,3,pv,{PARAMS.protocol.window_end + u}\n" for u in range(1, 50)))
     with pytest.raises(ShopguideError, match="no exposures"):
-        ingest(late, events, exposures, PARAMS)
-    assert (events.read_bytes(), exposures.read_bytes()) == before
+        ingest(late, events, exposures, queries, PARAMS)
+    assert (events.read_bytes(), exposures.read_bytes(), queries.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["events.parquet", "exposures.parquet", "late.csv"]
+        ["events.parquet", "exposures.parquet", "queries.parquet", "late.csv"]
     )
 
 
@@ -137,5 +136,5 @@ def test_a_first_ingest_that_fails_leaves_no_tables(tmp_path: Path) -> None:
     late.write_text("".join(f"{u},7,3,pv,{PARAMS.protocol.window_end + u}\n" for u in range(1, 50)))
     out = tmp_path / "out"
     with pytest.raises(ShopguideError, match="no exposures"):
-        ingest(late, out / "events.parquet", out / "exposures.parquet", PARAMS)
+        ingest(late, out / "events.parquet", out / "exposures.parquet", out / "q.parquet", PARAMS)
     assert list(out.iterdir()) == []

@@ -84,7 +84,8 @@ def test_gate_returns_the_branch_to_take(
         update={
             "gate": pipeline_run.params.gate.model_copy(
                 update={
-                    "infra": pipeline_run.params.gate.infra.model_copy(update={"enabled": False})
+                    "infra": pipeline_run.params.gate.infra.model_copy(update={"enabled": False}),
+                    "gauc_floor": {},
                 }
             )
         }
@@ -95,6 +96,7 @@ def test_gate_returns_the_branch_to_take(
     result = gate.python_func(
         evaluation=_artifact(evaluation),
         training_set=_artifact(pipeline_run.training_set),
+        ranking_set=_artifact(pipeline_run.ranking_set),
         model=_artifact(pipeline_run.candidate),
         feature_repo=str(pipeline_run.feature_repo),
         registry=str(tmp_path / "registry"),
@@ -108,7 +110,7 @@ def test_gate_returns_the_branch_to_take(
     assert recorded["candidate"] == str(pipeline_run.candidate)
     summary = (tmp_path / "summary.md").read_text()
     assert summary.startswith(f"## Gate {outcome} (champion: none)")
-    assert summary.count("| pass |") == (3 if outcome == "passed" else 0)
+    assert summary.count("| pass |") == (len(params.protocol.tasks) if outcome == "passed" else 0)
 
 
 def test_with_new_categories_sets_and_validates_the_ids() -> None:

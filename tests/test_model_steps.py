@@ -151,6 +151,7 @@ def untrained(pipeline_run: PipelineRun, tmp_path: Path) -> tuple[Path, Path]:
     evaluation = tmp_path / "evaluate.json"
     evaluate_step(
         pipeline_run.training_set,
+        pipeline_run.ranking_set,
         tmp_path / "model",
         evaluation,
         tmp_path / "roc.csv",
@@ -169,6 +170,7 @@ def test_gate_refuses_below_floor_and_promote_changes_nothing(
     decision = gate_step(
         evaluation,
         pipeline_run.training_set,
+        pipeline_run.ranking_set,
         pipeline_run.registry,
         tmp_path / "decision.json",
         without_serving_check(pipeline_run.params),
@@ -176,7 +178,14 @@ def test_gate_refuses_below_floor_and_promote_changes_nothing(
     assert not decision["passed"]
     assert decision["candidate"] == str(model.resolve())  # the model the evaluation names
     rules = {c["rule"] for c in decision["checks"] if not c["passed"]}
-    assert rules == {"auc_floor", "no_regression_vs_champion", "no_old_category_forgetting"}
+    assert rules >= {"auc_floor", "no_regression_vs_champion", "no_old_category_forgetting"}
+    assert rules <= {
+        "auc_floor",
+        "gauc_floor",
+        "no_regression_vs_champion",
+        "no_old_category_forgetting",
+        "no_ranking_regression_vs_champion",
+    }
     assert any("auc_floor" in r for r in decision["reasons"])
     record = promote_step(
         model,
@@ -199,7 +208,11 @@ def test_gate_refuses_regression_against_champion(
         write_params(
             tmp_path,
             pipeline_run.params.data.raw_path,
-            gate={"auc_floor": {"cart": 0.0, "fav": 0.0, "buy": 0.0}},
+            gate={
+                "auc_floor": {"click": 0.0, "cart": 0.0, "fav": 0.0, "buy": 0.0},
+                "gauc_floor": {},
+                "max_ranking_regression": 1.0,
+            },
         )
     )
     lenient = without_serving_check(
@@ -208,6 +221,7 @@ def test_gate_refuses_regression_against_champion(
     decision = gate_step(
         evaluation,
         pipeline_run.training_set,
+        pipeline_run.ranking_set,
         pipeline_run.registry,
         tmp_path / "decision.json",
         lenient,
@@ -231,6 +245,7 @@ def test_gate_passes_the_champion_against_itself(pipeline_run: PipelineRun, tmp_
     decision = gate_step(
         pipeline_run.evaluation,
         pipeline_run.training_set,
+        pipeline_run.ranking_set,
         pipeline_run.registry,
         tmp_path / "d.json",
         without_serving_check(pipeline_run.params),
@@ -285,9 +300,14 @@ def test_promote_registers_only_what_the_gate_approved(
     p = _copy_registry(pipeline_run, tmp_path)
     registry = p.registry.path
     decision = tmp_path / "decision.json"
-    assert gate_step(pipeline_run.evaluation, pipeline_run.training_set, registry, decision, p)[
-        "passed"
-    ]
+    assert gate_step(
+        pipeline_run.evaluation,
+        pipeline_run.training_set,
+        pipeline_run.ranking_set,
+        registry,
+        decision,
+        p,
+    )["passed"]
     before = [v.name for v in versions(registry)]
     with pytest.raises(ShopguideError, match="not the model the gate approved"):
         _promote(pipeline_run, untrained[0], decision, tmp_path, p)
@@ -328,6 +348,7 @@ def test_a_model_that_predicts_nan_is_an_error(pipeline_run: PipelineRun, tmp_pa
     with pytest.raises(ShopguideError, match="non-finite probabilities"):
         evaluate_step(
             pipeline_run.training_set,
+            pipeline_run.ranking_set,
             tmp_path / "model",
             tmp_path / "evaluate.json",
             tmp_path / "roc.csv",
@@ -339,8 +360,9 @@ def test_a_model_that_predicts_nan_is_an_error(pipeline_run: PipelineRun, tmp_pa
 
 def test_scoring_without_a_label_column_is_an_error(pipeline_run: PipelineRun) -> None:
     frame = pd.read_parquet(pipeline_run.training_set).drop(columns=["buy"])
+    config = load_model(pipeline_run.pretrained).config
     with pytest.raises(ShopguideError, match=r"lacks columns \['buy'\]"):
-        to_tensors(frame, ("cart", "fav", "buy"), ())
+        to_tensors(frame, ("cart", "fav", "buy"), config)
 
 
 def test_training_without_a_feature_column_is_an_error(pipeline_run: PipelineRun) -> None:

@@ -52,7 +52,7 @@ def train_and_score(params: Params, splits: tuple, checkpoint_dir: Path | None =
     fit_part, valid_part, test = splits
     torch.manual_seed(params.train.seed)
     model = build_model(fit_part, params)
-    tasks, dense = params.protocol.tasks, model.config.dense_features
+    tasks, dense = params.protocol.tasks, model.config
     settings = replace(
         settings_from_params(params.train, tasks), batch_size=1024, learning_rate=4e-3
     )
@@ -199,7 +199,9 @@ def test_fit_refuses_an_empty_run() -> None:
     data = Tensors(
         *(torch.zeros(4, dtype=torch.long) for _ in range(3)),
         torch.zeros(4, 1),
+        torch.zeros(4, 0, 4, dtype=torch.long),
         torch.tensor([[0.0], [1.0], [0.0], [1.0]]),
+        torch.zeros(4, dtype=torch.long),
     )
     settings = FitSettings(1e-3, 0.0, 0.0, 2, 0, 1, 0)
     with pytest.raises(ShopguideError, match="no epoch"):

@@ -26,27 +26,38 @@ from tests.conftest import PipelineRun
 
 UNKNOWN = 999_999_999_999
 DENSE = tuple(model_feature_columns())
+MOMENT = 1_512_400_000  # after the sample's last event: every age is positive
 
 
 @pytest.fixture(scope="module")
-def rows(pipeline_run: PipelineRun) -> tuple[np.ndarray, np.ndarray]:
-    """300 (user, item) rows of the training set plus unknown users and items, and id 0."""
+def rows(pipeline_run: PipelineRun) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """300 (user, item) rows of the training set plus unknown users and items, and id 0, at
+    moments around the data's end."""
     frame = pd.read_parquet(pipeline_run.training_set, columns=["user_id", "item_id"])
     sample = frame.sample(300, random_state=3)
     users = np.r_[sample["user_id"].to_numpy(np.int64), UNKNOWN, UNKNOWN, 0, 7]
     items = np.r_[sample["item_id"].to_numpy(np.int64), UNKNOWN, 5, 0, UNKNOWN]
-    return users, items
+    moments = MOMENT + np.arange(len(users)) * 7
+    return users, items, moments
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "feast"])
 def test_reader_equals_get_online_features(
-    pipeline_run: PipelineRun, rows: tuple[np.ndarray, np.ndarray], kind: str
+    pipeline_run: PipelineRun, rows: tuple[np.ndarray, np.ndarray, np.ndarray], kind: str
 ) -> None:
+    """Stats, user x item and user x category pairs and the users' recent events: the same
+    model inputs as Feast's public API gives, ages at each row's moment included."""
     store = open_store(pipeline_run.feature_repo)
-    users, items = rows
-    expected = reference_features(store, users, items, DENSE)
-    got = OnlineFeatureReader(make_reader(store, kind), DENSE).fetch(users, items)
+    users, items, moments = rows
+    length = pipeline_run.params.features.sequence_length
+    expected = reference_features(store, users, items, moments, DENSE, length)
+    got = OnlineFeatureReader(make_reader(store, kind), DENSE, length).fetch(users, items, moments)
     np.testing.assert_array_equal(got.dense, expected.dense)
+    np.testing.assert_array_equal(got.sequence, expected.sequence)
+    assert (got.sequence[:300, 0, 2] > 0).all()  # every known user has a last event
+    assert (got.sequence[300:302] == 0).all()  # unknown users: empty slots
+    pair = DENSE.index("user_item_stats__pv_count")
+    assert (got.dense[:300, pair] > 0).mean() > 0.5  # most rows' users viewed their item
     np.testing.assert_array_equal(got.categories, expected.categories)
     np.testing.assert_array_equal(got.user_known, expected.user_known)
     np.testing.assert_array_equal(got.item_known, expected.item_known)
@@ -69,8 +80,14 @@ def test_entity_keys_are_feasts(pipeline_run: PipelineRun) -> None:
 
     reader = SqliteReader(open_store(pipeline_run.feature_repo))
     ids = np.array([0, 1, 255, 2**40 + 3, 2**63 - 1], np.int64)
-    for key, i in zip(reader.keys("item_id", ids), ids.tolist(), strict=True):
+    for key, i in zip(reader.keys(("item_id",), ids), ids.tolist(), strict=True):
         proto = EntityKey(join_keys=["item_id"])
+        proto.entity_values.add().int64_val = i
+        assert key == serialize_entity_key(proto, entity_key_serialization_version=3)
+    pairs = np.stack([ids, ids[::-1]], axis=1)  # (user_id, item_id): Feast sorts the names
+    for key, (u, i) in zip(reader.keys(("user_id", "item_id"), pairs), pairs.tolist(), strict=True):
+        proto = EntityKey(join_keys=["user_id", "item_id"])
+        proto.entity_values.add().int64_val = u
         proto.entity_values.add().int64_val = i
         assert key == serialize_entity_key(proto, entity_key_serialization_version=3)
 
@@ -102,9 +119,9 @@ def test_sqlite_reader_rereads_entities_with_nulls(
     shutil.copytree(pipeline_run.feature_repo, repo)
     store = open_store(repo)
     reader = SqliteReader(store)
-    users, items = rows
+    users, items, moments = rows
     victim = int(items[0])
-    (key,) = reader.keys("item_id", np.array([victim]))
+    (key,) = reader.keys(("item_id",), np.array([victim]))
     with sqlite3.connect(reader.path) as conn:
         table = reader.tables["item_stats"]
         changed = conn.execute(
@@ -113,7 +130,7 @@ def test_sqlite_reader_rereads_entities_with_nulls(
             (key,),
         ).rowcount
     assert changed == 2
-    expected = reference_features(store, users[:5], items[:5], DENSE)
-    got = OnlineFeatureReader(reader, DENSE).fetch(users[:5], items[:5])
+    expected = reference_features(store, users[:5], items[:5], moments[:5], DENSE)
+    got = OnlineFeatureReader(reader, DENSE).fetch(users[:5], items[:5], moments[:5])
     np.testing.assert_array_equal(got.dense, expected.dense)
     assert got.item_known[0]

@@ -18,7 +18,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import python_values_to_proto_values
 from feast.types import Float32, Int64
 
-from shopguide.feature_spec import ENTITIES, FEATURE_SERVICE
+from shopguide.feature_spec import FEATURE_SERVICE
 from shopguide.features import apply_repo, materialize_online, open_store
 from shopguide.online_write import _encode
 from tests.conftest import PipelineRun, copy_feature_repo
@@ -53,7 +53,7 @@ def test_bulk_tables_equal_feasts(pipeline_run: PipelineRun, feast_written: Path
         == conn.execute(listed.format("feast")).fetchall()
     )
     tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    assert len(tables) == 4
+    assert len(tables) == 7  # three stats, two pair views, the sequence, item attributes
     for t in tables:
         bulk, feast = (
             conn.execute(f'SELECT count(*) FROM {db}."{t}"').fetchone()[0]
@@ -75,7 +75,7 @@ def test_bulk_store_serves_what_feasts_serves(
 ) -> None:
     frame = pd.read_parquet(pipeline_run.training_set).sample(200, random_state=5)
     rows = [
-        {key: int(frame[key].iloc[i]) for key in ENTITIES.values() if key in frame}
+        {key: int(frame[key].iloc[i]) for key in ("user_id", "item_id", "category_id")}
         for i in range(len(frame))
     ]
     rows += [{key: UNKNOWN for key in rows[0]}, {key: 0 for key in rows[0]}]
@@ -90,6 +90,8 @@ def test_bulk_store_serves_what_feasts_serves(
     assert got["bulk"] == got["feast"]
     assert got["bulk"]["user_stats__pv_all"][-2] is None  # unknown entities
     assert sum(v is not None and v > 0 for v in got["bulk"]["user_stats__pv_all"]) > 100
+    assert sum(v is not None and v > 0 for v in got["bulk"]["user_sequence__ts_0"]) > 100
+    assert sum(v is not None and v > 0 for v in got["bulk"]["user_item_stats__pv_count"]) > 50
 
 
 def test_encode_matches_feasts_value_protos() -> None:
@@ -98,7 +100,8 @@ def test_encode_matches_feasts_value_protos() -> None:
     cases = [
         (pa.array(edge, pa.float32()), Float32),  # bulk path
         (pa.array([1.5, None, float("nan"), 0.0], pa.float32()), Float32),  # nulls: Feast's
-        (pa.array([0, 7, None, 2**62], pa.int64()), Int64),
+        (pa.array([0, 7, None, 2**62], pa.int64()), Int64),  # nulls: Feast's
+        (pa.array([0, 1, 127, 128, 1512316763, 2**63 - 1, -1], pa.int64()), Int64),  # bulk
     ]
     for column, dtype in cases:
         blobs, texts = _encode(column, dtype)

@@ -82,20 +82,29 @@ def rees46_run(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     p = load_params(params_path)
     events, exposures, training_set = w / "events.parquet", w / "exposures.parquet", w / "ts.pq"
+    queries, ranking_set = w / "queries.parquet", w / "rs.pq"
     report_dir = w / "reports/validation"
-    (w / "ingest.json").write_text(json.dumps(ingest(raw, events, exposures, p)))
+    (w / "ingest.json").write_text(json.dumps(ingest(raw, events, exposures, queries, p)))
     raise_on_failure(validate_events(events, p, report_dir), events)
     repo = copy_feature_repo(w / "feature_repo")
-    build_features(events, exposures, repo, training_set, p)
+    build_features(events, exposures, queries, repo, training_set, ranking_set, p)
     raise_on_failure(validate_training_set(training_set, p, report_dir), training_set)
     train_step(training_set, w / "pretrained", w / "train.json", w / "train.csv", p)
     finetune_step(
         training_set, w / "pretrained", w / "candidate", w / "finetune.json", w / "ft.csv", p
     )
     evaluate_step(
-        training_set, w / "candidate", w / "evaluate.json", w / "roc.csv", w / "eval.html", p
+        training_set,
+        ranking_set,
+        w / "candidate",
+        w / "evaluate.json",
+        w / "roc.csv",
+        w / "eval.html",
+        p,
     )
-    gate_step(w / "evaluate.json", training_set, w / "registry", w / "decision.json", p)
+    gate_step(
+        w / "evaluate.json", training_set, ranking_set, w / "registry", w / "decision.json", p
+    )
     return w
 
 

@@ -32,6 +32,8 @@ CONFIG_FIELDS = {
     "num_experts": 2,
     "expert_hidden": (8,),
     "base_rates": (0.01, 0.005, 0.01),
+    "sequence_length": 3,
+    "sequence_encoder": "din",
 }
 
 
@@ -53,7 +55,16 @@ def parts() -> tuple[MMoE, MMoE, MMoE]:
 def _batch(n: int = 300) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(1)
     ids = [torch.randint(0, 10_000, (n,), generator=g) for _ in range(3)]
-    return (*ids, torch.rand(n, 2, generator=g) * 5)
+    sequence = torch.stack(
+        [
+            torch.randint(0, 10_000, (n, 3), generator=g),
+            torch.randint(0, 10_000, (n, 3), generator=g),
+            torch.randint(0, 5, (n, 3), generator=g),
+            torch.randint(0, 86_400, (n, 3), generator=g),
+        ],
+        dim=-1,
+    )
+    return (*ids, torch.rand(n, 2, generator=g) * 5, sequence)
 
 
 def test_each_row_is_scored_by_its_routes_model(parts: tuple[MMoE, MMoE, MMoE]) -> None:

@@ -25,7 +25,16 @@ import torch
 
 from shopguide.config import Params, ServingParams
 from shopguide.errors import ShopguideError
-from shopguide.feature_spec import ITEM_ATTRIBUTES_VIEW, stat_features, stats_view
+from shopguide.feature_spec import (
+    ITEM_ATTRIBUTES_VIEW,
+    SEQUENCE_VIEW,
+    dense_inputs,
+    pair_features,
+    sequence_features,
+    sequence_inputs,
+    stat_features,
+    stats_view,
+)
 from shopguide.features import open_store
 from shopguide.model.store import load_model
 from shopguide.registry import champion, register
@@ -36,7 +45,10 @@ from tests.conftest import ROOT, PipelineRun
 MAX_CANDIDATES = 50
 MAX_REQUEST_BYTES = 20_000
 UNKNOWN = 999_999_999_999
-TASKS = {"cart", "fav", "buy"}
+TASKS = {"click", "cart", "fav", "buy"}
+# The moment requests rank at: after the sample's last event, so every age is positive. The
+# offline references score at the same moment.
+MOMENT = 1_512_400_000
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,8 @@ def known(pipeline_run: PipelineRun) -> tuple[int, list[int]]:
 
 
 def predict(server: Server, instances: list[dict]) -> dict:
+    """v1 predict, each instance at MOMENT unless it names its own timestamp."""
+    instances = [{"timestamp": MOMENT, **inst} for inst in instances]
     response = server.client.post("/v1/models/shopguide:predict", json={"instances": instances})
     assert response.status_code == 200, response.text
     return response.json()
@@ -162,39 +176,50 @@ def test_unknown_ids_are_served_and_flagged(server: Server, known: tuple[int, li
 
 
 def _offline_scores(run: PipelineRun, pairs: list[tuple[int, int]]) -> dict[str, np.ndarray]:
-    """Task probabilities of (user, item) pairs computed without the serving code: one Feast
-    read per pair and view, assembled by feature name, run through the champion."""
+    """Task probabilities of (user, item) pairs at MOMENT computed without the serving code:
+    one Feast read per pair and view, assembled by feature name into the model's inputs as
+    training assembles them (`feature_spec`), run through the champion."""
     net = load_model(champion(run.registry).path)
     store = open_store(run.feature_repo)
+    length = net.config.sequence_length
 
-    def read(view: str, key: str, value: int | None, features: list[str]) -> dict:
-        if value is None:  # an unknown item has no category to read
+    def read(view: str, key: dict | None, features: list[str]) -> dict:
+        if key is None:  # an unknown item has no category to read
             return {f"{view}__{f}": None for f in features}
         row = store.get_online_features(
-            features=[f"{view}:{f}" for f in features],
-            entity_rows=[{key: value}],
-            full_feature_names=True,
+            features=[f"{view}:{f}" for f in features], entity_rows=[key], full_feature_names=True
         ).to_dict()
         return {name: values[0] for name, values in row.items() if "__" in name}
 
-    rows, categories = [], []
+    rows: list[dict] = []
     for user, item in pairs:
-        category = read(ITEM_ATTRIBUTES_VIEW, "item_id", item, ["category_id"])
+        category = read(ITEM_ATTRIBUTES_VIEW, {"item_id": item}, ["category_id"])
         category_id = category[f"{ITEM_ATTRIBUTES_VIEW}__category_id"]
-        categories.append(category_id or 0)
-        values = {
-            **read(stats_view("user"), "user_id", user, stat_features()),
-            **read(stats_view("item"), "item_id", item, stat_features()),
-            **read(stats_view("category"), "category_id", category_id, stat_features()),
-        }
-        rows.append([values[name] or 0.0 for name in net.config.dense_features])
+        with_category = None if category_id is None else {"category_id": category_id}
+        pair = None if category_id is None else {"user_id": user, "category_id": category_id}
+        rows.append(
+            {
+                "category_id": category_id or 0,
+                **read(stats_view("user"), {"user_id": user}, stat_features()),
+                **read(stats_view("item"), {"item_id": item}, stat_features()),
+                **read(stats_view("category"), with_category, stat_features()),
+                **read(
+                    stats_view("user_item"), {"user_id": user, "item_id": item}, pair_features()
+                ),
+                **read(stats_view("user_category"), pair, pair_features()),
+                **read(SEQUENCE_VIEW, {"user_id": user}, sequence_features(length)),
+            }
+        )
+    frame = pd.DataFrame(rows).fillna(0)
+    moments = np.full(len(pairs), MOMENT)
     users, items = zip(*pairs, strict=True)
     with torch.no_grad():
         logits = net(
             torch.tensor(users),
             torch.tensor(items),
-            torch.tensor(categories),
-            torch.tensor(rows, dtype=torch.float32),
+            torch.tensor(frame["category_id"].to_numpy(np.int64)),
+            torch.from_numpy(dense_inputs(frame, moments, net.config.dense_features)),
+            torch.from_numpy(sequence_inputs(frame, moments, length)),
         )
     probs = torch.sigmoid(logits).numpy()
     return {task: probs[:, j] for j, task in enumerate(net.config.tasks)}
@@ -340,7 +365,8 @@ def test_v2_infer_matches_v1_and_the_offline_model(
 ) -> None:
     user, items = known
     items = [*items, UNKNOWN]
-    response = infer(server, [tensor("user_id", [user]), tensor("item_id", items)], id="req-7")
+    inputs = [tensor("user_id", [user]), tensor("item_id", items), tensor("timestamp", [MOMENT])]
+    response = infer(server, inputs, id="req-7")
     assert response.status_code == 200, response.text
     body = response.json()
     version = champion(pipeline_run.registry).name
@@ -367,6 +393,7 @@ def test_v2_infer_matches_v1_and_the_offline_model(
         open_store(pipeline_run.feature_repo),
         np.full(len(items), user),
         np.array(items),
+        np.full(len(items), MOMENT),
     )
     for j, task in enumerate(load_model(champion(pipeline_run.registry).path).config.tasks):
         np.testing.assert_allclose(out[task]["data"], offline[:, j], atol=1e-5, rtol=0)
@@ -387,7 +414,7 @@ def test_v2_rows_can_have_their_own_users(server: Server, known: tuple[int, list
 
 def test_v2_metadata_lists_inputs_and_outputs(server: Server) -> None:
     meta = server.client.get("/v2/models/shopguide").json()
-    assert [i["name"] for i in meta["inputs"]] == ["user_id", "item_id"]
+    assert [i["name"] for i in meta["inputs"]] == ["user_id", "item_id", "timestamp"]
     assert {o["name"] for o in meta["outputs"]} >= {"score", "rank", *TASKS}
 
 
@@ -631,6 +658,7 @@ def test_new_champion_is_served_without_dropping_requests(
             open_store(pipeline_run.feature_repo),
             np.full(len(items), user),
             np.array(items),
+            np.full(len(items), MOMENT),
         )
         tasks = load_model(new.path).config.tasks
         got = np.array([[i["scores"][t] for t in tasks] for i in pred["items"]])

@@ -31,7 +31,7 @@ def _train(run: PipelineRun, balancing: str) -> tuple:
     params = small_params(run.params, "mmoe", max_epochs=2, loss_balancing=balancing)
     torch.manual_seed(3)
     model = build_model(fit_part, params)
-    tasks, dense = params.protocol.tasks, model.config.dense_features
+    tasks, dense = params.protocol.tasks, model.config
     settings = replace(settings_from_params(params.train, tasks), learning_rate=4e-3)
     before = model.encoders[0].embedding.weight.detach().clone()
     seen: list[bool] = []
@@ -69,7 +69,7 @@ def test_whole_table_penalty_still_trains(pipeline_run: PipelineRun) -> None:
     fit_part, valid_part = time_split(frame[frame["split"] == "train"].head(8000), 0.15)
     params = small_params(pipeline_run.params, "shared_bottom", max_epochs=1)
     model = build_model(fit_part, params)
-    tasks, dense = params.protocol.tasks, model.config.dense_features
+    tasks, dense = params.protocol.tasks, model.config
     before = model.encoders[0].embedding.weight.detach().clone()
     fit(
         model,

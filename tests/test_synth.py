@@ -33,7 +33,7 @@ def synth_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Params]:
     d = tmp_path_factory.mktemp("synth")
     p = params()
     generate(d / "events.csv", d / "truth.parquet", p)
-    ingest(d / "events.csv", d / "events.parquet", d / "exposures.parquet", p)
+    ingest(d / "events.csv", d / "events.parquet", d / "exposures.parquet", d / "q.parquet", p)
     return d, p
 
 
@@ -52,7 +52,7 @@ def test_events_read_by_taobao_adapter_with_planted_rates(synth_run) -> None:
     assert not events.duplicated().any()
     assert events["ts"].between(p.protocol.window_start, p.protocol.window_end - 1).all()
     truth = pd.read_parquet(d / "truth.parquet")
-    x = pd.read_parquet(d / "exposures.parquet")
+    x = pd.read_parquet(d / "exposures.parquet").query("not sampled")
     assert len(x) == len(truth)  # every planted exposure is one canonical exposure
     for task, rate in p.synth.positive_rate.items():
         assert truth[f"p_{task}"].mean() == pytest.approx(rate, rel=0.15)
@@ -78,8 +78,10 @@ def test_category_effects_share_a_low_dimensional_space_of_unit_variance(dim: in
 def test_bayes_auc_is_the_true_probabilities_auc(synth_run) -> None:
     d, p = synth_run
     result = bayes_auc(d / "truth.parquet", d / "exposures.parquet", p.data, p.protocol)
-    x = pd.read_parquet(d / "exposures.parquet").merge(
-        pd.read_parquet(d / "truth.parquet"), on=["user_id", "item_id"]
+    x = (
+        pd.read_parquet(d / "exposures.parquet")
+        .query("not sampled")
+        .merge(pd.read_parquet(d / "truth.parquet"), on=["user_id", "item_id"])
     )
     test = x[x["split"] == "test"]
     assert result["test_exposures"] == len(test)
@@ -91,7 +93,7 @@ def test_bayes_auc_is_the_true_probabilities_auc(synth_run) -> None:
 def test_no_signal_means_chance_bayes_auc(tmp_path: Path) -> None:
     p = params(signal_scale=0.0, events=100_000)
     generate(tmp_path / "e.csv", tmp_path / "t.parquet", p)
-    ingest(tmp_path / "e.csv", tmp_path / "e.parquet", tmp_path / "x.parquet", p)
+    ingest(tmp_path / "e.csv", tmp_path / "e.parquet", tmp_path / "x.parquet", tmp_path / "q.pq", p)
     result = bayes_auc(tmp_path / "t.parquet", tmp_path / "x.parquet", p.data, p.protocol)
     assert result["mean"] == pytest.approx(0.5, abs=0.06)
 

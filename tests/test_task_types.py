@@ -67,8 +67,8 @@ def test_aux_labels_count_events_at_or_after_t0(tmp_path: Path) -> None:
         update={"aux_tasks": tuple(AuxTaskParams(**a) for a in AUX_TASKS)}
     )
     out = tmp_path / "exposures.parquet"
-    build_exposures(events, out, protocol, params.data)
-    got = pd.read_parquet(out).set_index(["user_id", "item_id"]).sort_index()
+    build_exposures(events, out, params.model_copy(update={"protocol": protocol}))
+    got = pd.read_parquet(out).query("not sampled").set_index(["user_id", "item_id"]).sort_index()
     assert list(got.index) == [(1, 10), (2, 10)]
     assert got["pv_log1p"].tolist() == pytest.approx([np.log1p(4), np.log1p(1)])
     assert got["pv_class"].tolist() == [3, 1]  # 4 views capped at n_classes - 1
@@ -175,7 +175,7 @@ def test_each_task_type_learns(pipeline_run: PipelineRun, kind: str) -> None:
     test = frame[frame["split"] == "test"]
     torch.manual_seed(7)
     model = build_model(fit_part, params)
-    heads, dense = model.config.head_names(), model.config.dense_features
+    heads, dense = model.config.head_names(), model.config
     settings = replace(settings_from_params(params.train, heads), learning_rate=4e-3)
     fit(model, to_tensors(fit_part, heads, dense), to_tensors(valid_part, heads, dense), settings)
     got = aux_metrics(model, to_tensors(test, heads, dense))[name]
@@ -206,9 +206,18 @@ def test_aux_tasks_flow_through_the_pipeline(pipeline_run: PipelineRun, tmp_path
     params = load_params(params_path)
 
     exposures, training_set = tmp_path / "exposures.parquet", tmp_path / "training_set.parquet"
-    build_exposures(pipeline_run.events, exposures, params.protocol, params.data)
+    ranking_set = tmp_path / "ranking_set.parquet"
+    build_exposures(pipeline_run.events, exposures, params)
     repo = copy_feature_repo(tmp_path / "feature_repo")
-    build_features(pipeline_run.events, exposures, repo, training_set, params)
+    build_features(
+        pipeline_run.events,
+        exposures,
+        pipeline_run.queries,
+        repo,
+        training_set,
+        ranking_set,
+        params,
+    )
     frame = pd.read_parquet(training_set)
     base = pd.read_parquet(pipeline_run.training_set)
     assert len(frame) == len(base)
@@ -222,9 +231,15 @@ def test_aux_tasks_flow_through_the_pipeline(pipeline_run: PipelineRun, tmp_path
     assert set(trained["validation_aux"]) == {"pv_log1p", "pv_class", "cart_again"}
     evaluation = tmp_path / "evaluate.json"
     metrics = evaluate_step(
-        training_set, model_dir, evaluation, tmp_path / "roc.csv", tmp_path / "r.html", params
+        training_set,
+        ranking_set,
+        model_dir,
+        evaluation,
+        tmp_path / "roc.csv",
+        tmp_path / "r.html",
+        params,
     )
-    assert set(metrics["overall"]) == {"cart", "fav", "buy"}
+    assert set(metrics["overall"]) == set(params.protocol.tasks)
     assert all(m["auc"] > 0.55 for m in metrics["overall"].values())
     aux = read_json(evaluation)["aux"]
     train = frame[frame["split"] == "train"]
@@ -242,13 +257,21 @@ def test_aux_tasks_flow_through_the_pipeline(pipeline_run: PipelineRun, tmp_path
     assert "Auxiliary tasks" in (tmp_path / "r.html").read_text()
 
     decision = gate_step(
-        evaluation, training_set, tmp_path / "registry", tmp_path / "decision.json", params
+        evaluation,
+        training_set,
+        ranking_set,
+        tmp_path / "registry",
+        tmp_path / "decision.json",
+        params,
     )
-    assert {c["task"] for c in decision["checks"] if c["task"]} == {"cart", "fav", "buy"}
+    assert {c["task"] for c in decision["checks"] if c["task"]} == set(params.protocol.tasks)
 
     model = load_model(model_dir)
     assert compiled(model)[1]  # traced: the binary logits only
-    assert list(ranking_weights(params.serving, model.config.tasks)) == [1.0, 0.5, 2.0]
+    assert list(ranking_weights(params.serving, model.config.tasks)) == [
+        params.serving.ranking_weights.get(t, 0.0) for t in params.protocol.tasks
+    ]
     users, items = test["user_id"].to_numpy()[:50], test["item_id"].to_numpy()[:50]
-    served = reference_probabilities(model, open_store(repo), users, items)
-    assert served.shape == (50, 3)
+    moments = test["t0"].to_numpy()[:50]
+    served = reference_probabilities(model, open_store(repo), users, items, moments)
+    assert served.shape == (50, len(params.protocol.tasks))

@@ -27,7 +27,9 @@ F = TypeVar("F", bound=Callable)
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read settings from")]
 EVENTS = Path("artifacts/data/events.parquet")
 EXPOSURES = Path("artifacts/data/exposures.parquet")
+QUERIES = Path("artifacts/data/queries.parquet")
 TRAINING_SET = Path("artifacts/data/training_set.parquet")
+RANKING_SET = Path("artifacts/data/ranking_set.parquet")
 PRETRAINED = Path("artifacts/models/pretrained")
 CANDIDATE = Path("artifacts/models/candidate")
 EVALUATION = Path("metrics/evaluate.json")
@@ -50,16 +52,17 @@ def ingest(
     source: Annotated[Path | None, typer.Option(help="raw CSV; default data.raw_path")] = None,
     events: Path = EVENTS,
     exposures: Path = EXPOSURES,
+    queries: Path = QUERIES,
     summary: Path = Path("artifacts/data/ingest.json"),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Raw data (format: data.adapter) -> canonical events, labelled exposures, the time split;
-    the summary is the data card."""
+    """Raw data (format: data.adapter) -> canonical events, labelled examples (exposures and
+    sampled items), the time split, taobao-rank-v1 queries; the summary is the data card."""
     from shopguide.adapters import ingest as ingest_raw
     from shopguide.io import write_json
 
     p = load_params(params)
-    write_json(summary, ingest_raw(source or p.data.raw_path, events, exposures, p))
+    write_json(summary, ingest_raw(source or p.data.raw_path, events, exposures, queries, p))
 
 
 @app.command()
@@ -80,15 +83,18 @@ def synth(
 def synth_bayes(
     truth: Path = Path("artifacts/data/synth/truth.parquet"),
     exposures: Path = EXPOSURES,
+    queries: Path = QUERIES,
     out: Path = Path("metrics/synth_bayes.json"),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Bayes-optimal AUC per task on the test exposures, from the generator's true probabilities."""
+    """Bayes-optimal AUC and GAUC per task on the test exposures and the taobao-rank-v1
+    metrics on the test queries, from the generator's true probabilities."""
     from shopguide.io import write_json
     from shopguide.synth import bayes_auc
 
     p = load_params(params)
-    write_json(out, bayes_auc(truth, exposures, p.data, p.protocol))
+    found = queries if queries.is_file() else None
+    write_json(out, bayes_auc(truth, exposures, p.data, p.protocol, found))
 
 
 class Suite(StrEnum):
@@ -129,17 +135,20 @@ def validate(
 def features(
     events: Path = EVENTS,
     exposures: Path = EXPOSURES,
+    queries: Path = QUERIES,
     repo: Annotated[Path | None, typer.Option(help="Feast repo; default features.repo")] = None,
     out: Path = TRAINING_SET,
+    ranking_out: Path = RANKING_SET,
     summary: Path = Path("artifacts/data/features.json"),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Feature tables, `feast apply`, point-in-time training set, online materialization."""
+    """Feature tables, `feast apply`, point-in-time training and ranking sets, online store."""
     from shopguide.features import build_features
     from shopguide.io import write_json
 
     p = load_params(params)
-    write_json(summary, build_features(events, exposures, repo or p.features.repo, out, p))
+    repo = repo or p.features.repo
+    write_json(summary, build_features(events, exposures, queries, repo, out, ranking_out, p))
 
 
 @app.command()
@@ -153,12 +162,15 @@ def train(
     checkpoint_dir: Annotated[
         Path | None, typer.Option(help="checkpoint every epoch here; resume from it")
     ] = None,
+    ranking_set: Path = RANKING_SET,
 ) -> None:
-    """Train the model named in params.yaml (cart, fav, buy) with early stopping on a
-    validation slice; under `torchrun`, data-parallel."""
+    """Train the model named in params.yaml (the protocol's tasks) with early stopping on a
+    validation slice, on the training set and the ranking set's training queries; under
+    `torchrun`, data-parallel."""
     from shopguide.train import train_step
 
-    train_step(training_set, model_dir, metrics, history, load_params(params), checkpoint_dir)
+    p = load_params(params)
+    train_step(training_set, model_dir, metrics, history, p, checkpoint_dir, ranking_set)
 
 
 @app.command()
@@ -175,6 +187,7 @@ def finetune(
     metrics: Path = Path("metrics/finetune.json"),
     history: Path = Path("plots/finetune_history.csv"),
     params: ParamsOpt = Path("params.yaml"),
+    ranking_set: Path = RANKING_SET,
 ) -> None:
     """Fine-tune on the new categories with `finetune.strategy` (frozen, l2sp, adversarial,
     coldstart or auto); reports new- and old-category test AUC before and after."""
@@ -182,13 +195,14 @@ def finetune(
 
     p = load_params(params)
     base = base_model or finetune_base(p.registry.path, PRETRAINED, p.finetune.base)
-    finetune_step(training_set, base, model_dir, metrics, history, p)
+    finetune_step(training_set, base, model_dir, metrics, history, p, ranking_set)
 
 
 @app.command()
 @step
 def evaluate(
     training_set: Path = TRAINING_SET,
+    ranking_set: Path = RANKING_SET,
     model_dir: Path = CANDIDATE,
     metrics: Path = EVALUATION,
     roc: Path = Path("plots/roc.csv"),
@@ -196,12 +210,14 @@ def evaluate(
     report: Path = Path("reports/evaluation.html"),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Test-split report: AUC, log loss, calibration error, GAUC per task and slice.
+    """Test-split report: AUC, log loss, calibration error, GAUC per task and slice, and the
+    taobao-rank-v1 ranking metrics (MRR, HR@3, AUC within the query).
 
     Each metric with a bootstrap interval; ROC and calibration plots; an HTML report."""
     from shopguide.evaluate import evaluate_step
 
-    evaluate_step(training_set, model_dir, metrics, roc, report, load_params(params), calibration)
+    p = load_params(params)
+    evaluate_step(training_set, ranking_set, model_dir, metrics, roc, report, p, calibration)
 
 
 @app.command()
@@ -209,6 +225,7 @@ def evaluate(
 def gate(
     evaluation: Path = EVALUATION,
     training_set: Path = TRAINING_SET,
+    ranking_set: Path = RANKING_SET,
     model_dir: Annotated[
         Path | None, typer.Option(help="the candidate; default: the model the evaluation names")
     ] = None,
@@ -219,13 +236,15 @@ def gate(
 ) -> None:
     """Pass or refuse the candidate; exit code 3 on refusal, decision JSON either way.
 
-    Rules: AUC floors; no regression against the champion (paired bootstrap, overall and per
-    slice); a real server of the candidate answers with its offline scores within a p99 budget."""
+    Rules: AUC and GAUC floors; no regression against the champion (paired bootstrap, overall
+    and per slice, and of the ranking metrics over users); a real server of the candidate
+    answers with its offline scores within a p99 budget."""
     from shopguide.gate import gate_step
 
     p = load_params(params)
+    registry = registry or p.registry.path
     result = gate_step(
-        evaluation, training_set, registry or p.registry.path, decision, p, model_dir, repo
+        evaluation, training_set, ranking_set, registry, decision, p, model_dir, repo
     )
     if not result["passed"]:
         failed = [

@@ -7,7 +7,7 @@ so a typo in `params.yaml` fails fast instead of silently falling back to a defa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -15,14 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shopguide.errors import ShopguideError
 
 TASKS: tuple[str, ...] = ("cart", "fav", "buy")
-# Impression-level datasets (aliexpress, aliccp) label clicks and conversions (= buy).
-KNOWN_TASKS: tuple[str, ...] = (*TASKS, "click")
+# Impression-level datasets (aliexpress, aliccp) label clicks and conversions (= buy); event
+# logs label a click by a page view (`pv`) of the item.
+KNOWN_TASKS: tuple[str, ...] = ("click", *TASKS)
 BEHAVIOURS: tuple[str, ...] = ("pv", "cart", "fav", "buy")
+# The event behind each task's label in an event log.
+TASK_BEHAVIOUR: dict[str, str] = {"click": "pv", "cart": "cart", "fav": "fav", "buy": "buy"}
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
-# The entities with behaviour features (shopguide.feature_spec.ENTITIES, which imports this).
-FeatureEntity = Literal["user", "item", "category"]
+# The feature views built from events, each snapshotted on its own grain
+# (shopguide.feature_spec.VIEWS, which imports this).
+FeatureEntity = Literal["user", "item", "category", "user_item", "user_category", "user_sequence"]
 LearningRate = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # inf passes gt=0 alone
 
 
@@ -58,14 +62,28 @@ class AuxTaskParams(Strict):
     n_classes: Annotated[int, Field(ge=2)] = 2  # multiclass
 
 
+class RankingProtocolParams(Strict):
+    """Protocol taobao-rank-v1: at the moment a user first acts on an item (task b), rank it
+    among the other items they viewed in the `lookback_s` before."""
+
+    lookback_s: PositiveInt = 86_400
+    min_candidates: Annotated[int, Field(ge=2)] = 2
+
+
 class ProtocolParams(Strict):
-    """Exposure window and time split (protocol taobao-mtl-v1)."""
+    """Exposure window, time split and labels (protocols taobao-mtl-v1 and taobao-rank-v1)."""
 
     window_start: int = 1511539200
     window_end: int = 1512316800
     test_start: int = 1512144000
     tasks: Annotated[tuple[str, ...], Field(min_length=1)] = TASKS
     aux_tasks: tuple[AuxTaskParams, ...] = ()
+    # A label counts the task's event within this many seconds from the row's moment (t0);
+    # rows whose horizon passes the end of their split's data (train: test_start, test: the
+    # last event) are censored: neither trained on nor judged. None: any time up to the
+    # window's end, uncensored (taobao-mtl-v1's labels).
+    label_horizon_s: PositiveInt | None = None
+    ranking: RankingProtocolParams = RankingProtocolParams()
 
     @model_validator(mode="after")
     def _ordered(self) -> ProtocolParams:
@@ -111,6 +129,24 @@ class ValidationParams(Strict):
     sample_rows: PositiveInt = 200_000
 
 
+class SamplingParams(Strict):
+    """Training over the entire space: at each exposure's moment, items the user did not touch
+    then join the exposures as examples, labelled by what the user did with them within the
+    label horizon (almost always nothing), so every task also learns to rank items the user
+    did not choose and a `click` task has negatives. Counts per exposure; 0 turns a sampler off.
+    """
+
+    recent: Annotated[int, Field(ge=0)] = 4  # items the user viewed in the lookback before
+    popularity: Annotated[int, Field(ge=0)] = 2  # items of anyone's views in the lookback before
+    uniform: Annotated[int, Field(ge=0)] = 2  # any item seen before the moment, uniformly
+    lookback_s: PositiveInt = 86_400
+    seed: int = 7
+
+    @property
+    def per_exposure(self) -> int:
+        return self.recent + self.popularity + self.uniform
+
+
 class SynthParams(Strict):
     """`shopguide synth`: planted-structure events in the Taobao format (protocol synth-scale).
 
@@ -142,24 +178,26 @@ class FeatureParams(Strict):
     # cost 0.003-0.005 of cart AUC (docs/benchmarks.md). Serving matches this when events
     # reach the online store as they happen; with batch materialization only, set its cadence
     # here.
-    snapshot_interval_s: dict[FeatureEntity, PositiveInt] = Field(
-        default_factory=lambda: {"user": 1, "item": 1, "category": 1}
-    )
+    # A view left out is exact (1 s).
+    snapshot_interval_s: dict[FeatureEntity, PositiveInt] = Field(default_factory=dict)
     # Engine of the point-in-time training-set join: DuckDB ASOF JOINs on the feature views'
     # Parquet sources, pass by pass (bounded memory and spill), or Feast's get_historical_features,
     # which holds every exposure x entity row pair in memory (over 20 GB on the Taobao sample
     # at the 1 s grain).
     offline_join: Literal["duckdb_asof", "feast"] = "duckdb_asof"
+    # The user's last events (item, category, behaviour, time) the `user_sequence` view keeps.
+    sequence_length: Annotated[int, Field(ge=1, le=200)] = 20
 
     @model_validator(mode="after")
     def _intervals_divide_a_day(self) -> FeatureParams:
-        missing = set(get_args(FeatureEntity)) - set(self.snapshot_interval_s)
-        if missing:
-            raise ValueError(f"snapshot_interval_s has no entry for {sorted(missing)}")
         for entity, seconds in self.snapshot_interval_s.items():
             if 86400 % seconds:
                 raise ValueError(f"snapshot_interval_s.{entity}={seconds} must divide 86400")
         return self
+
+    def interval(self, view: str) -> int:
+        """The snapshot grain of `view` in seconds (1: exact as of every moment)."""
+        return self.snapshot_interval_s.get(view, 1)  # type: ignore[call-overload]
 
 
 ModelName = Literal[
@@ -187,6 +225,15 @@ class ModelParams(Strict):
     sharing_l2: Annotated[float, Field(ge=0)] = 1e-4  # soft sharing: pull toward the mean
     chain: dict[str, str] = Field(default_factory=lambda: {"buy": "cart"})  # ESMM child: parent
     calibration_weight: Annotated[float, Field(ge=0)] = 0.0  # AITM funnel calibrator
+    # How every model reads the user's recent events (features.sequence_length of them): din,
+    # target attention with the candidate item as the query (Zhou et al. 2018); mean, their
+    # average embedding; none, not at all.
+    sequence_encoder: Literal["din", "mean", "none"] = "din"
+    # Which ids get embedding rows of their own (the others share one row). Ids seen a few
+    # times each let a network memorise instead of rank: on the Taobao sample any id table,
+    # even the categories', made the validation GAUC fall from the first epoch on, and none
+    # ranked best (docs/benchmarks.md, taobao-rank-v1). Worth trying on a large log.
+    id_embeddings: tuple[Literal["user", "item", "category"], ...] = ()
 
 
 class TrainParams(Strict):
@@ -208,6 +255,15 @@ class TrainParams(Strict):
     # (PCGrad keeps dense tables); embedding_l2 then weighs the rows each batch looks up.
     sparse_embeddings: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available (bf16 autocast)
+    # The validation metric whose mean over tasks picks the epoch: gauc (within each user, as
+    # a ranking for one user is judged) or auc (pooled over the validation rows).
+    selection: Literal["gauc", "auc"] = "gauc"
+    # Weight of a listwise loss (softmax over each user-moment's candidates, per task) beside
+    # the pointwise one: it trains the ranking within one user at one moment only. 0: off.
+    listwise_weight: Annotated[float, Field(ge=0)] = 1.0
+    # Also fit on the train split's taobao-rank-v1 queries (protocol rule 5: training queries
+    # for a learned ranker), each labelled for its own task only.
+    ranking_queries: bool = True
 
     @model_validator(mode="after")
     def _joint_epochs(self) -> TrainParams:
@@ -302,6 +358,13 @@ class GateParams(Strict):
     bootstrap_samples: PositiveInt = 1000  # paired: both models on the same resamples
     seed: int = 7
     min_slice_positives: Annotated[int, Field(ge=1)] = 20  # smaller slices are not judged
+    # Ranking rules. The lower end of each named task's GAUC interval on the test exposures
+    # must be above its floor (some of protocol.tasks).
+    gauc_floor: dict[str, Fraction] = Field(default_factory=lambda: {"cart": 0.5, "buy": 0.5})
+    # Refuse when the candidate's MRR or within-query AUC (taobao-rank-v1 queries) is below
+    # the champion's by more than this, with `regression_confidence` probability over users
+    # resampled in a paired bootstrap.
+    max_ranking_regression: Fraction = 0.02
     infra: InfraCheckParams = InfraCheckParams()
 
 
@@ -381,6 +444,7 @@ class Params(Strict):
     data: DataParams = DataParams()
     protocol: ProtocolParams = ProtocolParams()
     validation: ValidationParams = ValidationParams()
+    sampling: SamplingParams = SamplingParams()
     synth: SynthParams = SynthParams()
     features: FeatureParams = FeatureParams()
     model: ModelParams = ModelParams()
@@ -404,6 +468,7 @@ class Params(Strict):
             ("gate.auc_floor", self.gate.auc_floor, True),
             ("validation.positive_rate", self.validation.positive_rate, True),
             ("serving.ranking_weights", self.serving.ranking_weights, False),
+            ("gate.gauc_floor", self.gate.gauc_floor, False),
         ):
             missing, extra = tasks - set(mapping), set(mapping) - tasks
             if complete and missing:

@@ -2,8 +2,17 @@
 
 Per task: ROC AUC, log loss, expected calibration error and per-user AUC (GAUC), overall and
 per slice (old / new categories of protocol taobao-transfer-v1; head / torso / tail categories
-by training popularity), each with a percentile bootstrap interval over test exposures. Writes
-the metrics JSON (DVC metrics), ROC and calibration points (DVC plots) and an HTML report.
+by training popularity), each with a percentile bootstrap interval over test rows. "Overall" is
+the test exposures (taobao-mtl-v1's rows), except for a task whose label is the same on every
+exposure (a click, on items the user viewed): that one is judged over the entire space, the
+exposures and the items sampled beside them, which the `entire_space` slice holds for every
+task.
+
+And what is served, a ranking for one user at one moment: protocol taobao-rank-v1's MRR, HR@3
+and within-query AUC per task, of the task's probability and of the served score (the
+`serving.ranking_weights` sum), overall and per slice of the acted item's category, with
+intervals over users. Writes the metrics JSON (DVC metrics), ROC and calibration points (DVC
+plots) and an HTML report.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from shopguide.metrics import (
     calibration_curve,
     interval,
     roc_points,
+    task_populations,
     weighted_auc,
     weighted_ece,
     weighted_gauc,
@@ -40,13 +50,22 @@ from shopguide.metrics import (
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.fit import aux_metrics, predict
 from shopguide.model.store import load_model
-from shopguide.model.tensors import is_new_category, read_training_set, to_tensors
+from shopguide.model.tensors import (
+    exposures_of,
+    is_new_category,
+    read_training_set,
+    to_tensors,
+)
+from shopguide.ranking.metrics import RANKING_METRICS, QueryScores, query_scores, summary
+from shopguide.ranking.queries import ranked_tasks
 from shopguide.registry import model_fingerprint
 
 log = logging.getLogger(__name__)
 
 METRICS = ("auc", "logloss", "ece", "gauc")
 GROUPS = ("head", "torso", "tail")
+ENTIRE_SPACE = "entire_space"
+SERVED = "served"  # the ranking score a request gets: sum of weight * p(task)
 
 
 def split_frames(training_set: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -67,14 +86,23 @@ def category_groups(train: pd.DataFrame, shares: tuple[float, float]) -> dict[in
     return dict(zip(counts.index.astype(int), group, strict=True))
 
 
-def slice_masks(test: pd.DataFrame, train: pd.DataFrame, params: Params) -> dict[str, np.ndarray]:
-    """Boolean row masks of the test split for every slice the report and the gate judge."""
-    new = is_new_category(test["category_id"], params.finetune).to_numpy()
-    groups = category_groups(train, params.evaluation.category_group_shares)
-    group = test["category_id"].map(groups).fillna("tail").to_numpy()
+def category_slices(
+    categories: pd.Series, train: pd.DataFrame, params: Params
+) -> dict[str, np.ndarray]:
+    """Masks of old / new categories and head / torso / tail categories (by the training
+    exposures) of each row's category."""
+    new = is_new_category(categories, params.finetune).to_numpy()
+    exposed = train[exposures_of(train)]
+    groups = category_groups(exposed, params.evaluation.category_group_shares)
+    group = categories.map(groups).fillna("tail").to_numpy()
     masks = {"old_categories": ~new, "new_categories": new}
     masks |= {f"{g}_categories": group == g for g in GROUPS}
     return masks
+
+
+def slice_masks(test: pd.DataFrame, train: pd.DataFrame, params: Params) -> dict[str, np.ndarray]:
+    """Boolean row masks of the test split for every slice the report and the gate judge."""
+    return category_slices(test["category_id"], train, params)
 
 
 @dataclass(frozen=True)
@@ -86,34 +114,130 @@ class Scored:
     probs: np.ndarray  # (rows, tasks) float
     users: np.ndarray  # (rows,) int64
     slices: dict[str, np.ndarray]  # name -> (rows,) bool
+    populations: dict[str, np.ndarray]  # task -> (rows,) bool: the rows it is judged on
+    exposures: np.ndarray  # (rows,) bool: the real exposures, not the sampled items
+
+    def parts(self, task: str) -> list[str]:
+        """Where `task` is judged: overall and every slice, or overall alone for a task judged
+        on the entire space (its slices would cost a bootstrap over every sampled row)."""
+        if self.populations[task].all() and not self.exposures.all():
+            return ["overall"]
+        return ["overall", *self.slices]
+
+    def mask(self, part: str, task: str) -> np.ndarray:
+        """The rows judged for `task` in slice `part` ("overall" or a slice name)."""
+        rows = self.populations[task]
+        return rows if part == "overall" else rows & self.slices[part]
 
 
-def score_model(model: MultiTaskModel, test: pd.DataFrame, slices: dict[str, np.ndarray]) -> Scored:
-    tasks = model.config.tasks
-    data = to_tensors(test, tasks, model.config.dense_features)
-    probs = predict(model, data).astype(np.float64)
+def checked_probabilities(model: MultiTaskModel, frame: pd.DataFrame) -> np.ndarray:
+    """(rows, tasks) probabilities of the model on a frame of model inputs; non-finite ones
+    are an error."""
+    probs = predict(model, to_tensors(frame, (), model.config)).astype(np.float64)
     bad = int((~np.isfinite(probs)).any(axis=1).sum())
     if bad:  # NaN sorts as a score in an AUC and compares False in every check
         raise ShopguideError(
             f"the model predicts non-finite probabilities for {bad} of {len(probs)} test "
-            "exposures (diverged weights?)"
+            "rows (diverged weights?)"
         )
+    return probs
+
+
+def score_model(model: MultiTaskModel, test: pd.DataFrame, slices: dict[str, np.ndarray]) -> Scored:
+    tasks = model.config.tasks
+    missing = [t for t in tasks if t not in test.columns]
+    if missing:
+        raise ShopguideError(f"the test split has no label columns {missing}")
+    labels = test[list(tasks)].to_numpy(np.float64)
     return Scored(
         tasks,
-        data.labels.numpy().astype(np.float64),
-        probs,
+        labels,
+        checked_probabilities(model, test),
         test["user_id"].to_numpy(np.int64),
         slices,
+        task_populations(labels, exposures_of(test), tasks),
+        exposures_of(test),
     )
 
 
 def test_aux_metrics(model: MultiTaskModel, test: pd.DataFrame, training_set: Path) -> dict:
-    """Auxiliary tasks' test metrics (point values; they are reported, never gated)."""
+    """Auxiliary tasks' test metrics on the exposures (point values; reported, never gated)."""
     heads = model.config.head_names()
     missing = [t for t in heads if t not in test.columns]
     if missing:
         raise ShopguideError(f"{training_set}: no label columns {missing} for the model's tasks")
-    return aux_metrics(model, to_tensors(test, heads, model.config.dense_features))
+    exposed = test[exposures_of(test)]
+    return aux_metrics(model, to_tensors(exposed, heads, model.config))
+
+
+# --- Ranking (protocol taobao-rank-v1) --------------------------------------------------------
+
+
+def read_ranking_test(ranking_set: Path) -> pd.DataFrame:
+    """The test split's query candidates with their features (empty: no queries)."""
+    path = Path(ranking_set)
+    if not path.is_file():
+        raise ShopguideError(f"{path}: ranking set not found (run `shopguide features` first)")
+    frame = pd.read_parquet(path)
+    return frame[frame["split"] == "test"].reset_index(drop=True)
+
+
+def query_scores_of(
+    frame: pd.DataFrame, probs: np.ndarray, tasks: tuple[str, ...], weights: dict[str, float]
+) -> dict[str, dict[str, QueryScores]]:
+    """{task: {score name: per-query metrics}} for each task with queries: the task's own
+    probability (named by the task) and the served score."""
+    served = probs @ np.array([weights.get(t, 0.0) for t in tasks])
+    out: dict[str, dict[str, QueryScores]] = {}
+    for task in ranked_tasks(tasks):
+        rows = (frame["task"] == task).to_numpy()
+        if not rows.any():
+            continue
+        q = frame.loc[rows]
+        args = (q["query_id"].to_numpy(), q["user_id"].to_numpy(), q["positive"].to_numpy())
+        out[task] = {
+            task: query_scores(*args, probs[rows, tasks.index(task)]),
+            SERVED: query_scores(*args, served[rows]),
+        }
+    return out
+
+
+def query_slices(frame: pd.DataFrame, train: pd.DataFrame, params: Params) -> dict:
+    """{slice: query ids} by the category of each query's acted (positive) item."""
+    acted = frame[frame["positive"] == 1]
+    masks = category_slices(acted["category_id"].reset_index(drop=True), train, params)
+    ids = acted["query_id"].to_numpy()
+    return {name: set(ids[mask].tolist()) for name, mask in masks.items()}
+
+
+def _subset(scores: QueryScores, query_ids: np.ndarray, keep: set) -> QueryScores:
+    rows = np.isin(query_ids, list(keep))
+    return QueryScores(scores.users[rows], {m: v[rows] for m, v in scores.values.items()})
+
+
+def ranking_report(
+    model: MultiTaskModel, frame: pd.DataFrame, train: pd.DataFrame, params: Params
+) -> dict:
+    """MRR, HR@3 and within-query AUC per task on the test queries, of the task's probability
+    and of the served score, overall and per slice, with intervals over users."""
+    settings = params.evaluation
+    report: dict = {"protocol": "taobao-rank-v1", "overall": {}, "slices": {}}
+    if frame.empty:
+        return report
+    probs = checked_probabilities(model, frame)
+    tasks = model.config.tasks
+    scores = query_scores_of(frame, probs, tasks, params.serving.ranking_weights)
+    slices = query_slices(frame, train, params)
+    boot = (settings.bootstrap_samples, settings.confidence, settings.seed)
+    for task, by_score in scores.items():
+        ids = np.sort(frame.loc[frame["task"] == task, "query_id"].unique())
+        report["overall"][task] = {name: summary(s, *boot) for name, s in by_score.items()}
+        for name, keep in slices.items():
+            block = report["slices"].setdefault(name, {})
+            block[task] = {
+                score: summary(_subset(s, ids, keep), *boot) for score, s in by_score.items()
+            }
+    return report
 
 
 def _metric_values(
@@ -127,6 +251,16 @@ def _metric_values(
     }
 
 
+def _point(scored: Scored, rows: np.ndarray, j: int) -> dict[str, np.ndarray]:
+    """AUC, log loss and GAUC of task column `j` on `rows`, unweighted."""
+    y, p, ones = scored.labels[rows, j], scored.probs[rows, j], np.ones((1, int(rows.sum())))
+    return {
+        "auc": weighted_auc(y, p, ones),
+        "logloss": weighted_logloss(y, p, ones),
+        "gauc": weighted_gauc(y, p, scored.users[rows], ones),
+    }
+
+
 def _clean(x: float) -> float | None:
     return None if x is None or np.isnan(x) else float(x)
 
@@ -134,12 +268,13 @@ def _clean(x: float) -> float | None:
 def report_metrics(scored: Scored, settings: EvaluationParams) -> dict:
     """{"overall": {task: metrics}, "slices": {slice: {task: metrics}}} where metrics hold each
     of METRICS, its `<metric>_ci` {"low", "high"}, positives and rows."""
-    parts = {"overall": np.ones(len(scored.labels), bool), **scored.slices}
+    parts = ["overall", *scored.slices]
     point: dict[str, dict[str, dict]] = {name: {} for name in parts}
     draws: dict[tuple[str, str, str], list[np.ndarray]] = {}
     bins = {}
-    for name, mask in parts.items():
-        for j, task in enumerate(scored.tasks):
+    for j, task in enumerate(scored.tasks):
+        for name in scored.parts(task):
+            mask = scored.mask(name, task)
             y, p = scored.labels[mask, j], scored.probs[mask, j]
             bins[name, task] = calibration_bins(p, settings.calibration_bins)
             values = _metric_values(
@@ -150,9 +285,10 @@ def report_metrics(scored: Scored, settings: EvaluationParams) -> dict:
                 "rows": len(y),
             }
     for weights in bootstrap_weights(len(scored.labels), settings.bootstrap_samples, settings.seed):
-        for name, mask in parts.items():
-            w = weights[:, mask]
-            for j, task in enumerate(scored.tasks):
+        for j, task in enumerate(scored.tasks):
+            for name in scored.parts(task):
+                mask = scored.mask(name, task)
+                w = weights[:, mask]
                 y, p = scored.labels[mask, j], scored.probs[mask, j]
                 values = _metric_values(y, p, scored.users[mask], bins[name, task], w)
                 for metric, v in values.items():
@@ -161,11 +297,24 @@ def report_metrics(scored: Scored, settings: EvaluationParams) -> dict:
         low, high = interval(np.concatenate(chunks), settings.confidence)
         point[name][task][f"{metric}_ci"] = {"low": low, "high": high}
     overall = point.pop("overall")
+    everything = np.ones(len(scored.labels), bool)
+    for task, rows in scored.populations.items():
+        overall[task]["population"] = (
+            ENTIRE_SPACE if rows.all() and not scored.exposures.all() else "exposures"
+        )
     aucs = [m["auc"] for m in overall.values() if m["auc"] is not None]
     return {
         "overall": overall,
         "mean_auc": float(np.mean(aucs)) if aucs else 0.5,
         "slices": point,
+        # Point values over the exposures and the items sampled beside them (a bootstrap of
+        # every task there would cost more than the rest of the report).
+        ENTIRE_SPACE: {
+            task: {m: _clean(v[0]) for m, v in _point(scored, everything, j).items()}
+            for j, task in enumerate(scored.tasks)
+        }
+        if not scored.exposures.all()
+        else {},
         "bootstrap": {
             "samples": settings.bootstrap_samples,
             "confidence": settings.confidence,
@@ -216,6 +365,32 @@ def _cell(m: dict, metric: str) -> str:
     return f"<td>{text}</td>"
 
 
+def _ranking_html(ranking: dict) -> str:
+    """The taobao-rank-v1 table: per slice, task and score, MRR, HR@3 and AUC in the query."""
+    rows = []
+    for name, block in [("all", ranking.get("overall", {})), *ranking.get("slices", {}).items()]:
+        for task, by_score in block.items():
+            for score, m in by_score.items():
+                cells = "".join(_cell(m, metric) for metric in RANKING_METRICS)
+                rows.append(
+                    f"<tr><td>{html.escape(name)}</td><td>{html.escape(task)}</td>"
+                    f"<td>{html.escape(score)}</td>{cells}<td>{m['queries']}</td>"
+                    f"<td>{m['users']}</td></tr>"
+                )
+    if not rows:
+        return "<p>No ranking queries in the test split.</p>"
+    return (
+        "<h2>Ranking for one user at one moment (protocol taobao-rank-v1)</h2>"
+        "<p>At the moment a user first acts on an item, the item is ranked among the other "
+        "items they viewed in the lookback before. Score: the task's probability, or "
+        "<i>served</i>, the weighted sum a request is ranked by. Brackets: intervals over "
+        "users resampled.</p><table><tr><th>slice</th><th>task</th><th>score</th><th>MRR</th>"
+        "<th>HR@3</th><th>AUC in query</th><th>queries</th><th>users</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def _html(metrics: dict, roc: pd.DataFrame, curve: pd.DataFrame, model_dir: Path) -> str:
     rows = []
     for name, block in [("all", metrics["overall"]), *metrics["slices"].items()]:
@@ -226,6 +401,7 @@ def _html(metrics: dict, roc: pd.DataFrame, curve: pd.DataFrame, model_dir: Path
                 f"<td>{m['positives']}</td><td>{m['rows']}</td></tr>"
             )
     boot = metrics["bootstrap"]
+    ranking = _ranking_html(metrics.get("ranking") or {})
     aux = "".join(
         f"<tr><td>{html.escape(task)}</td><td>{html.escape(json.dumps(m))}</td></tr>"
         for task, m in metrics.get("aux", {}).items()
@@ -244,7 +420,7 @@ percentile bootstrap intervals over test exposures ({boot["samples"]} resamples,
 weighted by the user's exposures, over users with both outcomes. Slices: old / new categories
 (protocol taobao-transfer-v1); head / torso / tail categories by training exposures.</p>
 <table><tr><th>slice</th><th>task</th><th>AUC</th><th>log loss</th><th>ECE</th><th>GAUC</th>
-<th>positives</th><th>rows</th></tr>{"".join(rows)}</table>{aux}
+<th>positives</th><th>rows</th></tr>{"".join(rows)}</table>{ranking}{aux}
 <img alt="ROC curves" src="data:image/png;base64,{_roc_png(roc)}">
 <img alt="Calibration curves" src="data:image/png;base64,{_calibration_png(curve)}">
 </body></html>"""
@@ -252,6 +428,7 @@ weighted by the user's exposures, over users with both outcomes. Slices: old / n
 
 def evaluate_step(
     training_set: Path,
+    ranking_set: Path,
     model_dir: Path,
     metrics_path: Path,
     roc_path: Path,
@@ -259,39 +436,39 @@ def evaluate_step(
     params: Params,
     calibration_path: Path | None = None,
 ) -> dict:
-    """Score the model on the test split and write the metrics, plots and report.
-    `calibration_path` defaults to calibration.csv beside `roc_path`."""
+    """Score the model on the test split and its ranking queries; write the metrics, plots and
+    report. `calibration_path` defaults to calibration.csv beside `roc_path`."""
     model = load_model(model_dir)
     train, test = split_frames(training_set)
     scored = score_model(model, test, slice_masks(test, train, params))
     metrics = report_metrics(scored, params.evaluation)
+    metrics["ranking"] = ranking_report(model, read_ranking_test(ranking_set), train, params)
     if model.config.aux_tasks:
         metrics["aux"] = test_aux_metrics(model, test, training_set)
     metrics["model_dir"] = str(Path(model_dir).resolve())
     metrics["model_fingerprint"] = model_fingerprint(model_dir)
-    roc = pd.DataFrame(roc_points(scored.labels, scored.probs, scored.tasks))
-    curve = pd.DataFrame(
-        [
-            {"task": task, **row}
-            for j, task in enumerate(scored.tasks)
-            for row in calibration_curve(
-                scored.labels[:, j], scored.probs[:, j], params.evaluation.calibration_bins
-            )
-        ]
-    )
+    roc, curve = [], []
+    for j, task in enumerate(scored.tasks):
+        rows = scored.populations[task]
+        y, p = scored.labels[rows, j : j + 1], scored.probs[rows, j : j + 1]
+        roc += roc_points(y, p, (task,))
+        bins = params.evaluation.calibration_bins
+        curve += [{"task": task, **row} for row in calibration_curve(y[:, 0], p[:, 0], bins)]
+    roc_frame, curve_frame = pd.DataFrame(roc), pd.DataFrame(curve)
     calibration_path = calibration_path or Path(roc_path).with_name("calibration.csv")
     write_json(metrics_path, metrics)
     with atomic_path(roc_path) as tmp:
-        roc.to_csv(tmp, index=False)
+        roc_frame.to_csv(tmp, index=False)
     with atomic_path(calibration_path) as tmp:
-        curve.to_csv(tmp, index=False)
+        curve_frame.to_csv(tmp, index=False)
     with atomic_path(report_path) as tmp:
-        tmp.write_text(_html(metrics, roc, curve, model_dir))
+        tmp.write_text(_html(metrics, roc_frame, curve_frame, model_dir))
     log.info(
-        "test AUC %s (mean %.4f), GAUC %s; report %s",
+        "test AUC %s (mean %.4f), GAUC %s; taobao-rank-v1 MRR %s; report %s",
         {t: round(m["auc"] or 0, 4) for t, m in metrics["overall"].items()},
         metrics["mean_auc"],
         {t: round(m["gauc"] or 0, 4) for t, m in metrics["overall"].items()},
+        {t: round(m[t]["mrr"] or 0, 4) for t, m in metrics["ranking"]["overall"].items()},
         report_path,
     )
     return metrics

@@ -1,8 +1,13 @@
-"""Exposures, labels and the time split of protocol taobao-mtl-v1.
+"""Examples, labels and the time split (protocols taobao-mtl-v1 and taobao-rank-v1).
 
-An exposure is a (user, item) pair with at least one `pv` inside the window; t0 is its first
-`pv`; a task label is 1 when the same pair has that behaviour at or after t0. Train/test split
-by t0. One grouped pass over the events, no per-row Python.
+An exposure is a (user, item) pair with at least one `pv` inside the window; its moment t0 is
+the first `pv`. Beside every exposure, `shopguide.sampling` adds items the user did not touch at
+the same moment (`sampled` rows: the entire space). Every row, exposure or sampled, is labelled
+the same way: a task is 1 when the user has the task's event on the item at or after t0 and,
+with `protocol.label_horizon_s`, before t0 + horizon. A row whose horizon passes the end of its
+split's data is censored (dropped): train rows end at test_start, so no label reads the test
+period; test rows end at the last event. Train/test split by t0. Grouped passes in DuckDB, no
+per-row Python.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from shopguide.config import AuxTaskParams, DataParams, ProtocolParams
+from shopguide.config import TASK_BEHAVIOUR, AuxTaskParams, Params, ProtocolParams
 from shopguide.duck import connect, sql_path
 from shopguide.errors import ShopguideError
 from shopguide.io import atomic_path
+from shopguide.sampling import add_sampled_rows
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +34,16 @@ def window_events_sql(events: Path, protocol: ProtocolParams) -> str:
     )
 
 
+def _in_horizon(protocol: ProtocolParams) -> str:
+    """SQL condition on a joined event `e` of row `r`: inside the row's label horizon."""
+    if protocol.label_horizon_s is None:
+        return "e.ts >= r.t0"
+    return f"e.ts >= r.t0 AND e.ts < r.t0 + {protocol.label_horizon_s}"
+
+
 def aux_label_sql(task: AuxTaskParams) -> str:
-    """An auxiliary label from the pair's `task.behavior` events at or after t0 (`first_pv`)."""
-    count = f"count(*) FILTER (WHERE behavior = '{task.behavior}' AND ts >= first_pv)"
+    """An auxiliary label from the row's `task.behavior` events inside its horizon."""
+    count = f"count(e.ts) FILTER (WHERE e.behavior = '{task.behavior}')"
     if task.type == "binary":
         return f"({count} > 0)::TINYINT AS {task.name}"
     if task.type == "multiclass":
@@ -39,53 +52,88 @@ def aux_label_sql(task: AuxTaskParams) -> str:
     return f"({value})::FLOAT AS {task.name}"
 
 
-def build_exposures(events: Path, out: Path, protocol: ProtocolParams, data: DataParams) -> dict:
-    """Write the labelled exposure table to `out` and return split sizes and positive counts."""
-    con = connect(data)
-    labels = ",\n".join(
+def label_columns_sql(protocol: ProtocolParams) -> str:
+    """The task and auxiliary label columns of a row grouped with its in-horizon events `e`."""
+    return ",\n".join(
         [
-            f"coalesce(max(ts) FILTER (WHERE behavior = '{t}') >= "
-            f"min(ts) FILTER (WHERE behavior = 'pv'), false)::TINYINT AS {t}"
+            f"(count(e.ts) FILTER (WHERE e.behavior = '{TASK_BEHAVIOUR[t]}') > 0)::TINYINT AS {t}"
             for t in protocol.tasks
         ]
         + [aux_label_sql(a) for a in protocol.aux_tasks]
     )
-    source = window_events_sql(events, protocol)
-    if protocol.aux_tasks:  # counts at or after t0 need each pair's t0 on its events
-        source = (
-            "(SELECT *, min(CASE WHEN behavior = 'pv' THEN ts END) "
-            f"OVER (PARTITION BY user_id, item_id) AS first_pv FROM {source})"
+
+
+def censor_sql(protocol: ProtocolParams, data_end: int) -> str:
+    """SQL condition keeping the rows (`r`) whose label horizon ends inside their split's data."""
+    if protocol.label_horizon_s is None:
+        return "true"
+    h = protocol.label_horizon_s
+    return (
+        f"(r.t0 + {h} <= {protocol.test_start} OR r.t0 >= {protocol.test_start}) "
+        f"AND r.t0 + {h} <= {data_end}"
+    )
+
+
+def build_exposures(events: Path, out: Path, params: Params) -> dict:
+    """Write the labelled examples (exposures and sampled rows) to `out`; return split sizes,
+    positive counts of the exposures, sampled and censored row counts."""
+    protocol = params.protocol
+    con = connect(params.data)
+    window = window_events_sql(events, protocol)
+    con.execute(f"CREATE TEMP VIEW window_events AS SELECT * FROM {window}")
+    (last,) = con.execute("SELECT max(ts) FROM window_events").fetchone()
+    if last is None:
+        raise ShopguideError(
+            f"{events}: no exposures: no events between {protocol.window_start} and "
+            f"{protocol.window_end}; check protocol.window_start/window_end"
         )
+    data_end = min(protocol.window_end, last + 1)
+    con.execute(
+        """CREATE TEMP TABLE exposures AS
+           SELECT user_id, item_id, arg_min(category_id, ts) AS category_id, min(ts) AS t0
+           FROM window_events WHERE behavior = 'pv' GROUP BY user_id, item_id"""
+    )
+    sampled = add_sampled_rows(con, "window_events", "exposures", params.sampling)
     with atomic_path(out) as tmp:
         con.execute(
             f"""COPY (
-                SELECT user_id, item_id,
-                       arg_min(category_id, ts) FILTER (WHERE behavior = 'pv') AS category_id,
-                       min(ts) FILTER (WHERE behavior = 'pv') AS t0,
-                       {labels},
-                       CASE WHEN min(ts) FILTER (WHERE behavior = 'pv') >= {protocol.test_start}
-                            THEN 'test' ELSE 'train' END AS split
-                FROM {source}
-                GROUP BY user_id, item_id
-                HAVING count(*) FILTER (WHERE behavior = 'pv') > 0
-                ORDER BY t0, user_id, item_id
+                SELECT r.user_id, r.item_id, r.category_id, r.t0,
+                       {label_columns_sql(protocol)},
+                       CASE WHEN r.t0 >= {protocol.test_start} THEN 'test' ELSE 'train' END
+                           AS split,
+                       r.sampled
+                FROM examples r
+                LEFT JOIN window_events e
+                    ON e.user_id = r.user_id AND e.item_id = r.item_id AND {_in_horizon(protocol)}
+                WHERE {censor_sql(protocol, data_end)}
+                GROUP BY ALL
+                ORDER BY r.t0, r.user_id, r.item_id
             ) TO {sql_path(tmp)} (FORMAT parquet)"""
         )
-        sums = ", ".join(f"sum({t})" for t in protocol.tasks)
+        sums = ", ".join(f"sum({t}) FILTER (WHERE NOT sampled)" for t in protocol.tasks)
         rows = con.execute(
-            f"SELECT split, count(*), {sums} FROM read_parquet({sql_path(tmp)}) GROUP BY split"
+            f"""SELECT split, count(*) FILTER (WHERE NOT sampled),
+                       count(*) FILTER (WHERE sampled), {sums}
+                FROM read_parquet({sql_path(tmp)}) GROUP BY split"""
         ).fetchall()
+        (total,) = con.execute("SELECT count(*) FROM examples").fetchone()
         if not rows:
             raise ShopguideError(
-                f"{events}: no exposures (no 'pv' events between {protocol.window_start} and "
-                f"{protocol.window_end}); check protocol.window_start/window_end"
+                f"{events}: no exposures left (no 'pv' events between {protocol.window_start} "
+                f"and {protocol.window_end}, or every one censored by "
+                f"protocol.label_horizon_s={protocol.label_horizon_s})"
             )
-    stats = {
+    stats: dict = {
         split: {
             "exposures": n,
-            **{f"{t}_positives": int(v) for t, v in zip(protocol.tasks, pos, strict=True)},
+            "sampled": s,
+            **{f"{t}_positives": int(v or 0) for t, v in zip(protocol.tasks, pos, strict=True)},
         }
-        for split, n, *pos in rows
+        for split, n, s, *pos in rows
     }
-    log.info("built exposures %s", stats)
+    kept = sum(v["exposures"] + v["sampled"] for v in stats.values())
+    stats["censored_rows"] = total - kept
+    stats["sampled_rows"] = sampled
+    stats["label_horizon_s"] = protocol.label_horizon_s
+    log.info("built examples %s", stats)
     return stats

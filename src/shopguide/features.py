@@ -1,10 +1,10 @@
 """Point-in-time behaviour features: compute them, register them in Feast, join and materialize.
 
-Feature rows are snapshots at multiples of the entity's `features.snapshot_interval_s` (1 s by
+Feature rows are snapshots at multiples of each view's `features.snapshot_interval_s` (1 s by
 default, so exact as of t0): a row at time T counts events with ts < T only (built by
-`shopguide.snapshots`). Rows are written wherever a value changes (an event lands in a bucket
-or leaves a trailing window), so Feast's point-in-time join (latest row at or before t0)
-never sees an event at or after an exposure's t0.
+`shopguide.snapshots` and `shopguide.history`). Rows are written wherever a value changes (an
+event lands in a bucket or leaves a trailing window), so Feast's point-in-time join (latest row
+at or before t0) never sees an event at or after an exposure's t0.
 
 Feast holds the definitions (registry) and serves the online store. The training set is that
 point-in-time join, by default run as DuckDB ASOF JOINs on the same Parquet sources, one hash
@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureStore
 from feast.repo_operations import parse_repo
@@ -37,14 +38,19 @@ from shopguide.feature_spec import (
     ENTITIES,
     FEATURE_SERVICE,
     ITEM_ATTRIBUTES_VIEW,
+    SEQUENCE_VIEW,
+    SPEC_FILE,
     WINDOW_HOURS,
-    stats_view,
+    ViewSpec,
+    feature_views,
+    pass_key,
 )
-from shopguide.io import atomic_path
+from shopguide.history import pair_table, sequence_table, view_schema
+from shopguide.io import atomic_path, write_json
 from shopguide.logs import track
 from shopguide.online_write import online_writer
 from shopguide.snapshots import pass_filter, pass_metadata, snapshot_table, table_schema
-from shopguide.training_join import asof_training_set
+from shopguide.training_join import asof_training_set, service_views
 
 log = logging.getLogger(__name__)
 # Events per pass of the snapshot-table build: bounds the snapshot rows held in memory at once.
@@ -60,32 +66,35 @@ def first_snapshot(params: Params) -> int:
 
 
 def write_feature_tables(events: Path, repo: Path, params: Params) -> dict[str, int]:
-    """Write the Parquet sources of every feature view into `<repo>/data/`."""
+    """Write the Parquet sources of every feature view into `<repo>/data/`, and the spec the
+    repo's definitions read (the sequence length)."""
     con = connect(params.data)
     events_sql = window_events_sql(events, params.protocol)
     data_dir = repo / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     (events_count,) = con.execute(f"SELECT count(*) FROM {events_sql}").fetchone()
     passes = max(1, -(-events_count // EVENTS_PER_PASS))
+    views = feature_views(params.features.sequence_length)
     rows = {}
-    for entity, key in track(ENTITIES.items(), "feature tables", total=len(ENTITIES)):
-        name = stats_view(entity)
-        interval = params.features.snapshot_interval_s[entity]
+    for view in track(views, "feature tables", total=len(views)):
+        interval = params.features.interval(view.grain)
         origin = params.protocol.window_start // interval * interval
+        key = pass_key(view.keys)
+        schema = table_schema(key) if view.grain in ENTITIES else view_schema(view)
         per_pass = []
         with (
-            atomic_path(data_dir / f"{name}.parquet") as tmp,
-            pq.ParquetWriter(tmp, table_schema(key)) as writer,
+            atomic_path(data_dir / f"{view.name}.parquet") as tmp,
+            pq.ParquetWriter(tmp, schema) as writer,
         ):
-            # Each pass takes the entities of one hash bucket, so a pass's rows fit in memory.
+            # Each pass takes the keys of one hash bucket, so a pass's rows fit in memory.
             for i in range(passes):
                 subset = f"(SELECT * FROM {events_sql} WHERE {pass_filter(key, passes, i)})"
-                table = snapshot_table(con, key, subset, interval, origin)
+                table = _view_table(con, view, subset, interval, origin)
                 if table.num_rows:
                     writer.write_table(table)
                 per_pass.append(table.num_rows)
             writer.add_key_value_metadata(pass_metadata(per_pass))
-        rows[name] = sum(per_pass)
+        rows[view.name] = sum(per_pass)
     with atomic_path(data_dir / f"{ITEM_ATTRIBUTES_VIEW}.parquet") as tmp:
         attributes = f"""
             SELECT item_id, arg_min(category_id, ts) AS category_id,
@@ -93,8 +102,18 @@ def write_feature_tables(events: Path, repo: Path, params: Params) -> dict[str, 
             FROM {events_sql} GROUP BY item_id"""
         con.execute(f"COPY ({attributes}) TO {sql_path(tmp)} (FORMAT parquet)")
         rows[ITEM_ATTRIBUTES_VIEW] = _rows(con, tmp)
-    log.info("feature rows per view: %s (%d pass(es) per stats view)", rows, passes)
+    write_json(data_dir / SPEC_FILE, {"sequence_length": params.features.sequence_length})
+    log.info("feature rows per view: %s (%d pass(es) per view)", rows, passes)
     return rows
+
+
+def _view_table(con, view: ViewSpec, events_sql: str, interval: int, origin: int) -> pa.Table:
+    """The snapshot rows of one view for the events of one pass."""
+    if view.grain in ENTITIES:
+        return snapshot_table(con, view.keys[0], events_sql, interval, origin)
+    if view.name == SEQUENCE_VIEW:
+        return sequence_table(con, view, events_sql, interval, origin)
+    return pair_table(con, view, events_sql, interval, origin)
 
 
 def _rows(con, parquet: Path) -> int:
@@ -184,8 +203,11 @@ def feast_training_set(store: FeatureStore, exposures: Path, out: Path) -> int:
     frame["event_timestamp"] = pd.to_datetime(frame["t0"], unit="s", utc=True).astype(
         "datetime64[us, UTC]"
     )
+    for view in service_views(store):
+        for feature, column in zip(view.features, view.columns, strict=True):
+            kind = "int64" if feature in view.ints else "float32"
+            frame[column] = frame[column].fillna(0).astype(kind)
     feature_cols = [c for c in frame.columns if "__" in c]
-    frame[feature_cols] = frame[feature_cols].fillna(0.0).astype("float32")
     frame = frame.sort_values(["t0", "user_id", "item_id"]).reset_index(drop=True)
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
@@ -198,6 +220,16 @@ def training_set(store: FeatureStore, exposures: Path, out: Path, params: Params
     if params.features.offline_join == "duckdb_asof":
         return asof_training_set(store, exposures, out, params)
     return feast_training_set(store, exposures, out)
+
+
+def ranking_set(store: FeatureStore, queries: Path, out: Path, params: Params) -> int:
+    """Every query candidate with its features as of the query's moment: the same join as the
+    training set's. A dataset without queries gets an empty ranking set."""
+    if pq.ParquetFile(queries).metadata.num_rows == 0:
+        with atomic_path(out) as tmp:
+            pq.write_table(pq.read_table(queries), tmp)
+        return 0
+    return training_set(store, queries, out, params)
 
 
 def materialize_online(
@@ -215,29 +247,40 @@ def materialize_online(
     ((max_ts,),) = con.execute(
         f"SELECT max(ts) FROM {window_events_sql(events, params.protocol)}"
     ).fetchall()
-    interval = max(params.features.snapshot_interval_s.values())
+    views = [v for v in store.list_feature_views() if v.online]
+    interval = max(
+        params.features.interval(v.grain) for v in feature_views(params.features.sequence_length)
+    )
     end = datetime.fromtimestamp(max_ts + max(WINDOW_HOURS) * 3600 + 2 * interval, tz=UTC)
     start = datetime.fromtimestamp(first_snapshot(params), tz=UTC)
     repo = Path(store.repo_path)
-    views = [v for v in store.list_feature_views() if v.online]
     with online_writer(store, bulk_sqlite) as write:
         for view in track(views, "online store", total=len(views)):
-            (key,) = view.join_keys
+            keys = ", ".join(view.join_keys)
             latest = f"""
-                SELECT {key}, arg_max(COLUMNS(* EXCLUDE ({key})), event_timestamp)
+                SELECT {keys}, arg_max(COLUMNS(* EXCLUDE ({keys})), event_timestamp)
                 FROM read_parquet({sql_path(repo / view.batch_source.path)})
                 WHERE event_timestamp >= '{start.isoformat()}'
                   AND event_timestamp < '{end.isoformat()}'
-                GROUP BY {key}"""
+                GROUP BY {keys}"""
             for batch in con.sql(latest).to_arrow_reader(ONLINE_WRITE_ROWS):
                 write(view, batch)
     log.info("wrote features up to %s into the online store", end.isoformat())
     return end
 
 
-def build_features(events: Path, exposures: Path, repo: Path, out: Path, params: Params) -> dict:
-    """The `features` step: tables, `feast apply`, training set, online store; with the wall
-    seconds of each part (protocol synth-scale reports them)."""
+def build_features(
+    events: Path,
+    exposures: Path,
+    queries: Path,
+    repo: Path,
+    out: Path,
+    ranking_out: Path,
+    params: Params,
+) -> dict:
+    """The `features` step: tables, `feast apply`, the training set (the labelled examples)
+    and the ranking set (taobao-rank-v1's queries' candidates), both joined point-in-time, and
+    the online store; with the wall seconds of each part (protocol synth-scale reports them)."""
     clock = time.perf_counter()
     seconds = {}
 
@@ -255,11 +298,14 @@ def build_features(events: Path, exposures: Path, repo: Path, out: Path, params:
         lap("tables_and_apply")
         n = training_set(store, exposures, out, params)
         lap("training_set")
+        ranking_rows = ranking_set(store, queries, ranking_out, params)
+        lap("ranking_set")
         end = materialize_online(store, events, params)
         lap("online_store")
     return {
         "feature_rows": rows,
         "training_rows": n,
+        "ranking_rows": ranking_rows,
         "materialized_until": end.isoformat(),
         "offline_join": params.features.offline_join,
         "seconds": seconds,

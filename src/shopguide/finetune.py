@@ -13,9 +13,9 @@ from shopguide.config import Params
 from shopguide.io import atomic_path, write_json
 from shopguide.model.routed import split_routes
 from shopguide.model.store import load_model, save_model
-from shopguide.model.tensors import is_new_category, read_training_set
+from shopguide.model.tensors import is_new_category
 from shopguide.registry import champion
-from shopguide.train import write_history
+from shopguide.train import training_examples, write_history
 from shopguide.transfer import adapt, auc_change, transfer_data
 from shopguide.transfer.common import frame_metrics
 
@@ -44,8 +44,9 @@ def finetune_step(
     metrics_path: Path,
     history_path: Path,
     params: Params,
+    ranking_set: Path | None = None,
 ) -> dict:
-    frame = read_training_set(training_set)
+    frame = training_examples(training_set, ranking_set, params)
     model = load_model(base_model)
     data = transfer_data(frame, params)
     test = frame[frame["split"] == "test"]

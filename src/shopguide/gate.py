@@ -12,6 +12,13 @@ Rules, from `params.yaml` (`gate:`), each a check in the decision file:
 * `no_old_category_forgetting`: a candidate fine-tuned for new categories must not forget the
   old ones: on the old categories' test exposures, no task's AUC may be below the champion's
   by more than `max_old_category_drop`.
+* `gauc_floor`: for each task named, the lower end of the candidate's GAUC interval on the
+  test exposures (evaluate's) is above the floor: it ranks one user's items better than chance.
+* `no_ranking_regression_vs_champion`: on the test queries of protocol taobao-rank-v1, for
+  every task with queries and for its probability and the served score, neither MRR nor the
+  within-query AUC is below the champion's by more than `max_ranking_regression`, judged by a
+  paired bootstrap over users (refused when P(worse by more than that) reaches
+  `regression_confidence`). Fewer than `min_slice_positives` queries: reported, not judged.
 * `serving_*` (`gate.infra`): the candidate is served by a real `shopguide serve` on a free
   loopback port; it must start, answer v1 and v2 requests for test exposures with the
   probabilities the model gives offline for the same exposures and features (within
@@ -34,10 +41,20 @@ import pandas as pd
 
 from shopguide.config import GateParams, Params
 from shopguide.errors import ShopguideError
-from shopguide.evaluate import Scored, score_model, slice_masks, split_frames
+from shopguide.evaluate import (
+    Scored,
+    checked_probabilities,
+    query_scores_of,
+    read_ranking_test,
+    score_model,
+    slice_masks,
+    split_frames,
+)
 from shopguide.io import read_json, write_json
 from shopguide.metrics import bootstrap_weights, interval, weighted_auc
 from shopguide.model.store import load_model
+from shopguide.model.tensors import exposures_of
+from shopguide.ranking.metrics import QueryScores, paired_deltas
 from shopguide.registry import champion, model_fingerprint
 from shopguide.serving.process import log_tail, running_server
 
@@ -64,24 +81,103 @@ def _floor_checks(candidate_auc: dict, gate: GateParams) -> list[dict]:
     return checks
 
 
+def gauc_floor_checks(report: dict, gate: GateParams) -> list[dict]:
+    """The lower end of each named task's GAUC interval must be above its floor."""
+    checks = []
+    for task, floor in gate.gauc_floor.items():
+        m = report["overall"].get(task) or {}
+        low = (m.get("gauc_ci") or {}).get("low")
+        passed = low is not None and low > floor
+        checks.append(
+            {
+                "rule": "gauc_floor",
+                "task": task,
+                "slice": "overall",
+                "value": low,
+                "gauc": m.get("gauc"),
+                "threshold": floor,
+                "passed": passed,
+                "reason": f"gauc_floor {task}: GAUC {_fmt(m.get('gauc'))}, interval low "
+                f"{_fmt(low)} {'>' if passed else '<='} {floor:.4f}",
+            }
+        )
+    return checks
+
+
+def ranking_regression_checks(
+    candidate: dict[str, dict[str, QueryScores]],
+    champion: dict[str, dict[str, QueryScores]],
+    gate: GateParams,
+) -> list[dict]:
+    """Paired bootstrap over users of the ranking metrics, per task and score."""
+    checks = []
+    tol = gate.max_ranking_regression
+    for task, by_score in candidate.items():
+        for score, cand in by_score.items():
+            champ = (champion.get(task) or {}).get(score)
+            if champ is None:
+                continue
+            judged = len(cand.users) >= gate.min_slice_positives
+            deltas = paired_deltas(cand, champ, gate.bootstrap_samples, gate.seed) if judged else {}
+            for metric in ("mrr", "auc"):
+                value, base = float(cand.values[metric].mean()), float(champ.values[metric].mean())
+                check = {
+                    "rule": "no_ranking_regression_vs_champion",
+                    "task": task,
+                    "slice": score,
+                    "metric": metric,
+                    "value": value,
+                    "champion_value": base,
+                    "threshold": -tol,
+                    "queries": len(cand.users),
+                }
+                name = f"no_ranking_regression_vs_champion {task} [{score} {metric}]"
+                if not judged:
+                    check |= {
+                        "passed": True,
+                        "judged": False,
+                        "reason": f"{name}: not judged, {len(cand.users)} queries < "
+                        f"{gate.min_slice_positives}",
+                    }
+                    checks.append(check)
+                    continue
+                draws = deltas[metric]
+                p_worse = float((draws < -tol).mean()) if len(draws) else 0.0
+                low, high = interval(draws, 0.95)
+                passed = p_worse < gate.regression_confidence
+                check |= {
+                    "delta": value - base,
+                    "delta_ci95": {"low": low, "high": high},
+                    "p_worse_than_tolerance": p_worse,
+                    "passed": passed,
+                    "judged": True,
+                    "reason": f"{name}: {value:.4f} vs champion {base:.4f} (delta "
+                    f"{value - base:+.4f}, 95% CI [{_fmt(low)}, {_fmt(high)}] over users); "
+                    f"P(worse by > {tol}) = {p_worse:.3f} "
+                    f"{'<' if passed else '>='} {gate.regression_confidence}",
+                }
+                checks.append(check)
+    return checks
+
+
 def _fmt(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def regression_checks(candidate: Scored, champ: Scored, gate: GateParams) -> list[dict]:
     """Paired-bootstrap AUC comparison per task, overall and per slice."""
-    parts = {"overall": np.ones(len(candidate.labels), bool), **candidate.slices}
     # Champion columns by task name (the two models may list their tasks in another order);
     # a task the champion does not predict has nothing to regress against.
     column = {t: champ.tasks.index(t) for t in candidate.tasks if t in champ.tasks}
     deltas: dict[tuple[str, int], list[np.ndarray]] = {}
     n = len(candidate.labels)
     for weights in bootstrap_weights(n, gate.bootstrap_samples, gate.seed):
-        for name, mask in parts.items():
-            w = weights[:, mask]
-            for j, task in enumerate(candidate.tasks):
-                if task not in column:
-                    continue
+        for j, task in enumerate(candidate.tasks):
+            if task not in column:
+                continue
+            for name in candidate.parts(task):
+                mask = candidate.mask(name, task)
+                w = weights[:, mask]
                 y = candidate.labels[mask, j]
                 delta = weighted_auc(y, candidate.probs[mask, j], w) - weighted_auc(
                     y, champ.probs[mask, column[task]], w
@@ -105,7 +201,8 @@ def regression_checks(candidate: Scored, champ: Scored, gate: GateParams) -> lis
     ]
     tol = gate.max_auc_regression
     for (name, j), chunks in deltas.items():
-        task, mask = candidate.tasks[j], parts[name]
+        task = candidate.tasks[j]
+        mask = candidate.mask(name, task)
         y = candidate.labels[mask, j]
         ones = np.ones((1, len(y)))
         cand_auc = weighted_auc(y, candidate.probs[mask, j], ones)[0]
@@ -153,11 +250,11 @@ def forgetting_checks(candidate: Scored, champ: Scored, gate: GateParams) -> lis
     """No forgetting: on the old categories' test exposures, every task's AUC may fall below the
     champion's (what serves those categories now) by at most `max_old_category_drop`. A point
     comparison on the same exposures: what changed is the model, not the sample."""
-    mask = candidate.slices["old_categories"]
     checks = []
     for j, task in enumerate(candidate.tasks):
         if task not in champ.tasks:
             continue
+        mask = candidate.mask("old_categories", task)
         y = candidate.labels[mask, j]
         ones = np.ones((1, len(y)))
         cand = weighted_auc(y, candidate.probs[mask, j], ones)[0]
@@ -188,7 +285,10 @@ def forgetting_checks(candidate: Scored, champ: Scored, gate: GateParams) -> lis
 
 def infra_requests(test: pd.DataFrame, requests: int, candidates: int) -> list[dict]:
     """v1 instances built from test exposures: the busiest test users, each with their own
-    exposed items first, padded with the split's most exposed items to `candidates`."""
+    exposed items first, padded with the split's most exposed items to `candidates`, ranked at
+    the moment after the split's last exposure."""
+    test = test[exposures_of(test)]
+    moment = int(test["t0"].max()) + 1
     busiest_items = test["item_id"].value_counts().index.to_numpy(np.int64)
     by_user = test.groupby("user_id")["item_id"].agg(lambda s: list(dict.fromkeys(s)))
     users = test["user_id"].value_counts().index.to_numpy(np.int64)
@@ -203,7 +303,7 @@ def infra_requests(test: pd.DataFrame, requests: int, candidates: int) -> list[d
             if int(extra) not in seen:
                 items.append(int(extra))
                 seen.add(int(extra))
-        out.append({"user_id": user, "item_ids": items})
+        out.append({"user_id": user, "item_ids": items, "timestamp": moment})
     return out
 
 
@@ -273,6 +373,12 @@ def infra_checks(
                                 "shape": [len(instances[0]["item_ids"])],
                                 "data": instances[0]["item_ids"],
                             },
+                            {
+                                "name": "timestamp",
+                                "datatype": "INT64",
+                                "shape": [1],
+                                "data": [instances[0]["timestamp"]],
+                            },
                         ]
                     },
                 )
@@ -284,7 +390,8 @@ def infra_checks(
     tasks = model.config.tasks
     users = np.concatenate([np.full(len(i["item_ids"]), i["user_id"]) for i in instances])
     items = np.concatenate([i["item_ids"] for i in instances]).astype(np.int64)
-    offline = reference_probabilities(model, open_store(feature_repo), users, items)
+    moments = np.concatenate([np.full(len(i["item_ids"]), i["timestamp"]) for i in instances])
+    offline = reference_probabilities(model, open_store(feature_repo), users, items, moments)
     n0 = len(instances[0]["item_ids"])
     try:
         got = np.array(
@@ -349,9 +456,16 @@ def _candidate_model(evaluation: dict, model_dir: Path | None) -> Path | None:
     return path
 
 
+def _ranking_scores(model_dir: Path, frame, params: Params) -> dict:
+    model = load_model(model_dir)
+    probs = checked_probabilities(model, frame)
+    return query_scores_of(frame, probs, model.config.tasks, params.serving.ranking_weights)
+
+
 def gate_step(
     evaluation: Path,
     training_set: Path,
+    ranking_set: Path,
     registry: Path,
     decision_path: Path,
     params: Params,
@@ -363,6 +477,7 @@ def gate_step(
     report = read_json(evaluation)
     candidate_auc = {t: m.get("auc") for t, m in report["overall"].items()}
     checks = _floor_checks(candidate_auc, params.gate)
+    checks += gauc_floor_checks(report, params.gate)
     candidate_dir = _candidate_model(report, model_dir)
     candidate_fingerprint = model_fingerprint(candidate_dir) if candidate_dir else None
     evaluated = report.get("model_fingerprint")
@@ -386,6 +501,13 @@ def gate_step(
             champ = score_model(load_model(current.path), test, slices)
             checks += regression_checks(candidate, champ, params.gate)
             checks += forgetting_checks(candidate, champ, params.gate)
+            queries = read_ranking_test(ranking_set)
+            if not queries.empty:
+                checks += ranking_regression_checks(
+                    _ranking_scores(candidate_dir, queries, params),
+                    _ranking_scores(current.path, queries, params),
+                    params.gate,
+                )
             champion_auc = {
                 c["task"]: c["champion_auc"]
                 for c in checks

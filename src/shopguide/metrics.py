@@ -17,11 +17,19 @@ from sklearn.metrics import (
 )
 
 
-def task_metrics(labels: np.ndarray, probs: np.ndarray, tasks: tuple[str, ...]) -> dict:
-    """AUC (None when a task has one class only) and log loss for each task column."""
+def task_metrics(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    tasks: tuple[str, ...],
+    users: np.ndarray | None = None,
+) -> dict:
+    """AUC (None when a task has one class only) and log loss for each task column, over the
+    rows whose label is known (not NaN); with `users`, also GAUC (None without a user who has
+    both classes)."""
     out = {}
     for j, task in enumerate(tasks):
-        y, p = labels[:, j], np.clip(probs[:, j], 1e-7, 1 - 1e-7)
+        known = ~np.isnan(labels[:, j])
+        y, p = labels[known, j], np.clip(probs[known, j], 1e-7, 1 - 1e-7)
         both = 0 < y.sum() < len(y)
         out[task] = {
             "auc": float(roc_auc_score(y, p)) if both else None,
@@ -29,6 +37,22 @@ def task_metrics(labels: np.ndarray, probs: np.ndarray, tasks: tuple[str, ...]) 
             "positives": int(y.sum()),
             "rows": len(y),
         }
+        if users is not None:
+            gauc = weighted_gauc(y, p, users[known], np.ones((1, len(y))))[0]
+            out[task]["gauc"] = None if np.isnan(gauc) else float(gauc)
+    return out
+
+
+def task_populations(
+    labels: np.ndarray, exposures: np.ndarray, tasks: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Each task's rows to judge it on: the exposures, or every row when the task's label is
+    the same on every exposure (a click, on items the user viewed) and so ranks nothing there."""
+    out = {}
+    for j, task in enumerate(tasks):
+        y = labels[exposures, j]
+        constant = len(y) > 0 and (y == y[0]).all() and not exposures.all()
+        out[task] = np.ones(len(labels), bool) if constant else exposures
     return out
 
 
@@ -66,9 +90,10 @@ def aux_task_metrics(kind: str, labels: np.ndarray, predictions: np.ndarray) -> 
     }
 
 
-def mean_auc(metrics: dict) -> float:
-    aucs = [m["auc"] for m in metrics.values() if m["auc"] is not None]
-    return float(np.mean(aucs)) if aucs else 0.5
+def mean_metric(metrics: dict, name: str = "auc") -> float:
+    """The mean of one metric (auc, gauc) over the tasks that have it; 0.5 when none has."""
+    values = [m[name] for m in metrics.values() if m.get(name) is not None]
+    return float(np.mean(values)) if values else 0.5
 
 
 def roc_points(labels: np.ndarray, probs: np.ndarray, tasks: tuple[str, ...]) -> list[dict]:

@@ -52,6 +52,11 @@ def _rule(rule: dict) -> str:
     return rule_text(rule.get("ids"), _fmt(rule.get("modulo")), _fmt(rule.get("remainder")))
 
 
+def _sequence(config: dict) -> str:
+    length, encoder = config.get("sequence_length") or 0, config.get("sequence_encoder") or "none"
+    return "not read" if not length or encoder == "none" else f"the last {length}, {encoder}"
+
+
 def render_model_card(meta: dict, config: dict) -> str:
     version = meta.get("version", "?")
     params = meta.get("params") or {}
@@ -79,7 +84,9 @@ def render_model_card(meta: dict, config: dict) -> str:
         f"| Registered | {_fmt(meta.get('registered_at'))} |",
         f"| Architecture | {kind}, tasks {', '.join(tasks) or 'n/a'}, "
         f"{len(config.get('dense_features') or [])} dense features, embedding dim "
-        f"{_fmt(config.get('embedding_dim'))} |",
+        f"{_fmt(config.get('embedding_dim'))} (ids embedded: "
+        f"{', '.join(config.get('id_embeddings') or ('user', 'item', 'category'))}), recent "
+        f"events: {_sequence(config)} |",
         f"| Code | git commit `{_fmt(meta.get('git_commit'))}` |",
         f"| Model fingerprint | `{_fmt(meta.get('model_fingerprint'))}` |",
         f"| Parent (fine-tuned from) | {_fmt(meta.get('parent_version'))} "
@@ -91,8 +98,9 @@ def render_model_card(meta: dict, config: dict) -> str:
         "## Intended use",
         "",
         "Ranks candidate items for one user on an e-commerce shopping-guide surface. For each "
-        "(user, item) it predicts the probabilities that the user adds the item to the cart, "
-        "favourites it and buys it after viewing it; the ranking score is "
+        "(user, item) at a moment it predicts the probabilities of each task (view, add to the "
+        "cart, favourite, buy the item) within the label horizon from that moment; the ranking "
+        "score is "
         + (
             " + ".join(f"{w} x p({t})" for t, w in (serving.get("ranking_weights") or {}).items())
             or "a weighted sum of them"

@@ -36,6 +36,8 @@ from shopguide.serving.features import SqliteReader, is_sqlite_store
 log = logging.getLogger(__name__)
 # A ValueProto holding only `float_val` (field 6, fixed32): this tag byte + 4 little-endian bytes.
 _FLOAT_TAG = 0x35
+# A ValueProto holding only `int64_val` (field 4, varint): this tag byte + the varint.
+_INT64_TAG = 0x20
 # Page cache of the loading connection: index inserts touch pages all over both indexes.
 _CACHE_KIB = 256 * 1024
 
@@ -49,8 +51,9 @@ def _quote(name: str) -> str:
 def _encode(column: pa.Array, dtype) -> tuple[list[bytes], list[str | None]]:
     """Serialized ValueProtos and their `value_text`, as Feast's write path makes them.
 
-    Float32 values without nulls or NaNs (all the stats features) are encoded in bulk; anything
-    else goes through Feast's converter on the column as Feast receives it (via pandas)."""
+    Float32 values without nulls or NaNs (the counts and rates) and Int64 values without nulls
+    (times, ids, codes) are encoded in bulk; anything else goes through Feast's converter on the
+    column as Feast receives it (via pandas)."""
     if dtype == Float32 and column.type == pa.float32() and column.null_count == 0:
         values = column.to_numpy()
         if not np.isnan(values).any():
@@ -59,12 +62,29 @@ def _encode(column: pa.Array, dtype) -> tuple[list[bytes], list[str | None]]:
             joined = raw.tobytes()
             blobs = [joined[i : i + 5] for i in range(0, len(joined), 5)]
             return blobs, list(map(str, values.tolist()))
+    if dtype == Int64 and column.type == pa.int64() and column.null_count == 0:
+        values = column.to_numpy()
+        return _int64_protos(values), list(map(str, values.tolist()))
     as_feast = pa.array(column.to_pandas(), from_pandas=True).to_numpy(zero_copy_only=False)
     protos = python_values_to_proto_values(as_feast, dtype.to_value_type())
     return (
         [p.SerializeToString() for p in protos],
         [extract_text_and_num(p, False)[0] for p in protos],
     )
+
+
+def _int64_protos(values: np.ndarray) -> list[bytes]:
+    """ValueProtos holding only `int64_val` (field 4, varint): the tag byte, then the value as
+    a base-128 varint (negative values as their 64-bit two's complement, ten bytes)."""
+    v = values.astype(np.int64).view(np.uint64)
+    groups = np.stack([(v >> np.uint64(7 * k)) & np.uint64(0x7F) for k in range(10)], axis=1)
+    nonzero = groups != 0
+    length = np.where(nonzero.any(axis=1), 10 - np.argmax(nonzero[:, ::-1], axis=1), 1)
+    more = np.arange(10)[None, :] < (length - 1)[:, None]
+    raw = (groups | np.where(more, 0x80, 0).astype(np.uint64)).astype(np.uint8)
+    flat = raw.tobytes()
+    tag = bytes([_INT64_TAG])
+    return [tag + flat[10 * i : 10 * i + n] for i, n in enumerate(length.tolist())]
 
 
 def _event_ts(column: pa.Array) -> list[int]:
@@ -125,13 +145,13 @@ class SqliteBulkWriter:
         self.conn.close()
 
     def supports(self, view: FeatureView) -> bool:
-        """Whether this writer stores exactly what Feast would: one int64 join key, no column
+        """Whether this writer stores exactly what Feast would: int64 join keys, no column
         mapping or created timestamp, and a plain SQLite store (no vector or numeric column)."""
         online = self.config.online_store
         source = view.batch_source
         return (
-            len(view.entity_columns) == 1
-            and view.entity_columns[0].dtype == Int64
+            len(view.entity_columns) >= 1
+            and all(c.dtype == Int64 for c in view.entity_columns)
             and source is not None
             and not source.field_mapping
             and not source.created_timestamp_column
@@ -142,16 +162,17 @@ class SqliteBulkWriter:
     def write(self, view: FeatureView, batch: pa.RecordBatch) -> None:
         """Upsert every feature of every row of `batch`, in entity key order (the order of both
         indexes, so inserts land on neighbouring pages), in one transaction."""
-        (key,) = view.join_keys
+        join_keys = tuple(view.join_keys)
         if not len(batch):
             return
-        if batch.column(key).null_count:
-            raise ShopguideError(f"{view.batch_source.path}: rows with a null {key}")
-        # Serialized keys end with the id as little-endian int64: read as big-endian uint64,
-        # those bytes sort as the keys do.
-        ids = batch.column(key).to_numpy().astype("<i8")
-        batch = batch.take(pa.array(np.argsort(ids.view(">u8"), kind="stable")))
-        keys = self.layout.keys(key, batch.column(key).to_numpy())
+        for key in join_keys:
+            if batch.column(key).null_count:
+                raise ShopguideError(f"{view.batch_source.path}: rows with a null {key}")
+        ids = np.stack([batch.column(k).to_numpy() for k in join_keys], axis=1)
+        keys = self.layout.keys(join_keys, ids)
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        batch = batch.take(pa.array(order))
+        keys = [keys[i] for i in order]
         ts = _event_ts(batch.column(view.batch_source.timestamp_field))
         features = sorted(view.features, key=lambda f: f.name)
         width, size = len(features), len(keys) * len(features)

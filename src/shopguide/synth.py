@@ -30,6 +30,8 @@ from shopguide.duck import connect, sql_path
 from shopguide.errors import ShopguideError
 from shopguide.io import atomic_path
 from shopguide.logs import track
+from shopguide.metrics import weighted_gauc
+from shopguide.ranking.metrics import query_scores
 
 log = logging.getLogger(__name__)
 
@@ -179,28 +181,79 @@ def generate(out_csv: Path, truth: Path, params: Params) -> dict:
     return summary
 
 
-def bayes_auc(truth: Path, exposures: Path, data: DataParams, protocol: ProtocolParams) -> dict:
-    """AUC of the true probabilities against the realised labels on the test exposures."""
+def bayes_auc(
+    truth: Path,
+    exposures: Path,
+    data: DataParams,
+    protocol: ProtocolParams,
+    queries: Path | None = None,
+) -> dict:
+    """The Bayes-optimal figures on the test split, from the generator's true probabilities:
+    per task the AUC over the test exposures (`<task>`, and their `mean`), the GAUC within
+    each user (`gauc`), and with `queries` the taobao-rank-v1 metrics (`ranking`).
+
+    A task's events come once per exposure at a uniform delay in [0, MAX_LABEL_DELAY_S) after
+    t0, so a horizon label is positive with probability p * min(h, D) / D: ranking exposures by
+    p is optimal whatever the horizon. In a query at time t, the candidate whose event is the
+    one at t is best told by its hazard at t: p / D / (1 - p (t - t0) / D) while t - t0 < D, 0
+    after (its event would have come already)."""
     for path in (truth, exposures):
         if not Path(path).is_file():
             raise ShopguideError(f"{path}: not found (run `shopguide synth` and `ingest` first)")
     tasks = [t for t in protocol.tasks if t in TASKS]
     con = connect(data)
     cols = ", ".join(f"x.{t}, p.p_{t}" for t in tasks)
+    real = "AND NOT x.sampled" if _has_column(con, exposures, "sampled") else ""
     frame = con.execute(
-        f"""SELECT {cols} FROM read_parquet({sql_path(exposures)}) x
+        f"""SELECT x.user_id, {cols} FROM read_parquet({sql_path(exposures)}) x
             JOIN read_parquet({sql_path(truth)}) p USING (user_id, item_id)
-            WHERE x.split = 'test'"""
+            WHERE x.split = 'test' {real}"""
     ).fetchnumpy()
     if len(frame[tasks[0]]) == 0:
         raise ShopguideError(f"{exposures}: no test exposures match {truth}")
-    result = {}
+    result: dict = {"gauc": {}}
+    ones = np.ones((1, len(frame[tasks[0]])))
     for t in tasks:
-        labels = frame[t]
+        labels = np.asarray(frame[t], np.float64)
         if labels.min() == labels.max():
             raise ShopguideError(f"{exposures}: task {t} has a single class on test exposures")
         result[t] = float(roc_auc_score(labels, frame[f"p_{t}"]))
+        gauc = weighted_gauc(labels, np.asarray(frame[f"p_{t}"]), frame["user_id"], ones)[0]
+        result["gauc"][t] = None if np.isnan(gauc) else float(gauc)
     result["mean"] = float(np.mean([result[t] for t in tasks]))
     result["test_exposures"] = len(frame[tasks[0]])
-    log.info("Bayes-optimal test AUC: %s", result)
+    if queries is not None:
+        result["ranking"] = _bayes_ranking(con, truth, queries, tasks)
+    log.info("Bayes-optimal test figures: %s", result)
     return result
+
+
+def _has_column(con, path: Path, column: str) -> bool:
+    names = [
+        r[0]
+        for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_path(path)})").fetchall()
+    ]
+    return column in names
+
+
+def _bayes_ranking(con, truth: Path, queries: Path, tasks: list[str]) -> dict:
+    """taobao-rank-v1's test MRR, HR@3 and within-query AUC of the candidates' true hazards."""
+    out = {}
+    for t in tasks:
+        frame = con.execute(
+            f"""SELECT q.query_id, q.user_id, q.positive, q.t0 - p.t0 AS since, p.p_{t} AS p
+                FROM read_parquet({sql_path(queries)}) q
+                JOIN read_parquet({sql_path(truth)}) p USING (user_id, item_id)
+                WHERE q.split = 'test' AND q.task = '{t}'"""
+        ).fetchnumpy()
+        if not len(frame["query_id"]):
+            continue
+        since, p = np.asarray(frame["since"], np.float64), np.asarray(frame["p"], np.float64)
+        delay = MAX_LABEL_DELAY_S
+        alive = (since >= 0) & (since < delay)
+        hazard = np.where(alive, p / delay / np.maximum(1 - p * since / delay, 1e-12), 0.0)
+        scores = query_scores(frame["query_id"], frame["user_id"], frame["positive"], hazard)
+        out[t] = {m: float(v.mean()) for m, v in scores.values.items()} | {
+            "queries": len(scores.users)
+        }
+    return out

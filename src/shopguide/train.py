@@ -16,7 +16,13 @@ import torch
 
 from shopguide.config import Params
 from shopguide.errors import ShopguideError
-from shopguide.feature_spec import model_feature_columns
+from shopguide.feature_spec import (
+    SEQUENCE_VIEW,
+    dense_inputs,
+    model_feature_columns,
+    sequence_features,
+    source_column,
+)
 from shopguide.io import atomic_path, write_json
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.fit import (
@@ -36,11 +42,13 @@ log = logging.getLogger(__name__)
 
 
 def _dense_stats(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[list, list]:
-    """Mean and std of log1p of each dense column, one column at a time: a float64 copy of the
-    whole table would cost gigabytes on a 10M-row training set."""
+    """Mean and std of log1p of each dense input (at each row's moment), one input at a time:
+    a float64 copy of the whole table would cost gigabytes on a 10M-row training set."""
     mean, std = [], []
+    moments = frame["t0"].to_numpy(np.int64)
     for column in columns:
-        logged = np.log1p(frame[column].to_numpy(np.float64).clip(min=0))
+        values = dense_inputs(frame, moments, (column,))[:, 0].astype(np.float64)
+        logged = np.log1p(values.clip(min=0))
         mean.append(float(logged.mean()))
         std.append(max(float(logged.std()), 1e-3))
     return mean, std
@@ -49,7 +57,14 @@ def _dense_stats(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[list, l
 def build_model(frame: pd.DataFrame, params: Params) -> MultiTaskModel:
     """The model `params.model.name`, with dense statistics and base rates from `frame`."""
     dense = tuple(model_feature_columns())
-    missing = [c for c in dense if c not in frame.columns]
+    sequence_length = (
+        0 if params.model.sequence_encoder == "none" else (params.features.sequence_length)
+    )
+    needed = [
+        *dict.fromkeys(map(source_column, dense)),
+        *(f"{SEQUENCE_VIEW}__{f}" for f in sequence_features(sequence_length)),
+    ]
+    missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise ShopguideError(
             f"the training set lacks feature columns {missing}; rebuild it (`shopguide features`)"
@@ -70,9 +85,39 @@ def build_model(frame: pd.DataFrame, params: Params) -> MultiTaskModel:
         dense_features=dense,
         dense_mean=mean,
         dense_std=std,
-        aux_tasks=tuple(AuxTask.from_params(a, frame[a.name].to_numpy(np.float64)) for a in aux),
+        sequence_length=sequence_length,
+        aux_tasks=tuple(
+            AuxTask.from_params(a, frame[a.name].dropna().to_numpy(np.float64)) for a in aux
+        ),
     )
     return build(config)
+
+
+def training_examples(training_set: Path, ranking_set: Path | None, params: Params) -> pd.DataFrame:
+    """The training set and, with `train.ranking_queries` and a ranking set, its train
+    split's taobao-rank-v1 queries (protocol rule 5): each candidate labelled for its query's
+    task, 1 for the acted item, and unknown (NaN) for every other task, so only its own task
+    and that query's ranking learn from it."""
+    frame = read_training_set(training_set)
+    if not params.train.ranking_queries or ranking_set is None:
+        return frame
+    queries = pd.read_parquet(ranking_set)
+    queries = queries[queries["split"] == "train"]
+    if queries.empty:
+        return frame
+    heads = [*params.protocol.tasks, *(a.name for a in params.protocol.aux_tasks)]
+    labels = {
+        t: np.where(queries["task"] == t, queries["positive"].astype(np.float64), np.nan)
+        for t in heads
+    }
+    labelled = queries.assign(**labels, sampled=True)
+    rows = labelled[[c for c in frame.columns if c in labelled.columns]]
+    log.info(
+        "training on %d rows of %d train-split ranking queries too",
+        len(rows),
+        queries["query_id"].nunique(),
+    )
+    return pd.concat([frame, rows], ignore_index=True)
 
 
 def write_history(history: list[dict], path: Path) -> None:
@@ -87,11 +132,13 @@ def train_step(
     history_path: Path,
     params: Params,
     checkpoint_dir: Path | None = None,
+    ranking_set: Path | None = None,
 ) -> dict:
     """Train and write the model; with `checkpoint_dir`, checkpoint every epoch and resume
-    from the last checkpoint of an interrupted run with the same settings."""
+    from the last checkpoint of an interrupted run with the same settings. With `ranking_set`
+    (and `train.ranking_queries`), its training queries are trained on too."""
     init_distributed(resolve_device(params.train.device))
-    frame = read_training_set(training_set)
+    frame = training_examples(training_set, ranking_set, params)
     old = frame[
         (frame["split"] == "train") & ~is_new_category(frame["category_id"], params.finetune)
     ]
@@ -101,10 +148,10 @@ def train_step(
     torch.manual_seed(params.train.seed)
     model = build_model(fit_part, params)
     heads = model.config.head_names()
-    valid = to_tensors(valid_part, heads, model.config.dense_features)
+    valid = to_tensors(valid_part, heads, model.config)
     result = fit(
         model,
-        to_tensors(fit_part, heads, model.config.dense_features),
+        to_tensors(fit_part, heads, model.config),
         valid,
         settings_from_params(params.train, heads),
         description=f"train {params.model.name}",

@@ -23,11 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureStore
+from feast.types import Int64
 
 from shopguide.config import Params
 from shopguide.duck import connect, spill_directory, sql_path
 from shopguide.errors import ShopguideError
-from shopguide.feature_spec import FEATURE_SERVICE
+from shopguide.feature_spec import FEATURE_SERVICE, pass_key
 from shopguide.io import atomic_path
 from shopguide.logs import track
 from shopguide.snapshots import TIMESTAMP, pass_filter, pass_row_groups
@@ -38,49 +39,61 @@ CHUNK_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
-class _View:
+class FeatureColumns:
     """One view of the feature service as the join needs it."""
 
     name: str
-    key: str
+    keys: tuple[str, ...]
     source: Path
     features: list[str]
+    ints: frozenset[str]  # the integer features (times, ids); the others are float32
     ttl_s: int | None  # None: no limit (Feast's ttl 0)
 
     @property
     def columns(self) -> list[str]:
         return [f"{self.name}__{f}" for f in self.features]
 
+    @property
+    def pass_key(self) -> str:
+        return pass_key(self.keys)
 
-def _views(store: FeatureStore) -> list[_View]:
+
+def service_views(store: FeatureStore) -> list[FeatureColumns]:
+    """The views of the model's feature service, with their keys, features and types."""
     views = []
     for projection in store.get_feature_service(FEATURE_SERVICE).feature_view_projections:
         view = store.get_feature_view(projection.name)
-        (key,) = view.join_keys
         ttl = int(view.ttl.total_seconds()) if view.ttl else None
         source = Path(store.repo_path) / view.batch_source.path
         features = [f.name for f in projection.features]
-        views.append(_View(projection.name, key, source, features, ttl))
+        ints = frozenset(f.name for f in projection.features if f.dtype == Int64)
+        keys = tuple(view.join_keys)
+        views.append(FeatureColumns(projection.name, keys, source, features, ints, ttl))
     return views
 
 
-def _pass_sql(view: _View, ordered: Path, passes: int, i: int) -> str:
+def _pass_sql(view: FeatureColumns, ordered: Path, passes: int, i: int) -> str:
     """The features of the exposures in hash pass `i`, by their row in the output order."""
     t0 = "to_timestamp(e.t0)"
     in_ttl = f"s.event_timestamp >= {t0} - INTERVAL {view.ttl_s} SECOND" if view.ttl_s else "true"
     columns = ", ".join(
-        f'coalesce(CASE WHEN {in_ttl} THEN s."{f}" END, 0)::FLOAT AS "{c}"'
+        f'coalesce(CASE WHEN {in_ttl} THEN s."{f}" END, 0)::'
+        f'{"BIGINT" if f in view.ints else "FLOAT"} AS "{c}"'
         for f, c in zip(view.features, view.columns, strict=True)
     )
-    where = f"WHERE {pass_filter(view.key, passes, i)}" if passes > 1 else ""
+    where = f"WHERE {pass_filter(view.pass_key, passes, i)}" if passes > 1 else ""
+    keys = ", ".join(view.keys)
+    match = " AND ".join(f"e.{k} = s.{k}" for k in view.keys)
     return f"""
         SELECT e.file_row_number AS row_id, {columns}
-        FROM (SELECT file_row_number, {view.key}, t0
+        FROM (SELECT file_row_number, {keys}, t0
               FROM read_parquet({sql_path(ordered)}, file_row_number = true) {where}) e
-        ASOF LEFT JOIN snap s ON e.{view.key} = s.{view.key} AND {t0} >= s.event_timestamp"""
+        ASOF LEFT JOIN snap s ON {match} AND {t0} >= s.event_timestamp"""
 
 
-def _join_view(con, view: _View, ordered: Path, chunk_starts: np.ndarray, work: Path) -> list[Path]:
+def _join_view(
+    con, view: FeatureColumns, ordered: Path, chunk_starts: np.ndarray, work: Path
+) -> list[Path]:
     """Join one view pass by pass; append its values to one file per output chunk."""
     source = pq.ParquetFile(view.source)
     passes = pass_row_groups(source)
@@ -89,7 +102,7 @@ def _join_view(con, view: _View, ordered: Path, chunk_starts: np.ndarray, work: 
     try:
         for i, groups in enumerate(passes):
             snap = source.read_row_groups(
-                groups, columns=[view.key, "event_timestamp", *view.features]
+                groups, columns=[*view.keys, "event_timestamp", *view.features]
             )
             con.register("snap", snap)
             reader = con.sql(_pass_sql(view, ordered, len(passes), i)).to_arrow_reader(CHUNK_ROWS)
@@ -111,7 +124,7 @@ def _join_view(con, view: _View, ordered: Path, chunk_starts: np.ndarray, work: 
     return paths
 
 
-def _chunk_values(path: Path, view: _View, size: int) -> list[pa.Array]:
+def _chunk_values(path: Path, view: FeatureColumns, size: int) -> list[pa.Array]:
     """A view's values for the `size` rows of one output chunk, in output order."""
     table = pq.read_table(path)
     if table.num_rows != size:  # a LEFT ASOF JOIN gives every exposure exactly one row
@@ -121,7 +134,7 @@ def _chunk_values(path: Path, view: _View, size: int) -> list[pa.Array]:
 
 
 def _assembled(
-    source: pq.ParquetFile, group_bounds: np.ndarray, views: list[_View], files: dict
+    source: pq.ParquetFile, group_bounds: np.ndarray, views: list[FeatureColumns], files: dict
 ) -> Iterator[pa.Table]:
     """The training set chunk by chunk: the ordered exposures, event_timestamp, features."""
     for k, (g0, g1) in enumerate(itertools.pairwise(group_bounds)):
@@ -146,7 +159,7 @@ def asof_training_set(store: FeatureStore, exposures: Path, out: Path, params: P
     (count,) = con.execute(f"SELECT count(*) FROM read_parquet({sql_path(exposures)})").fetchone()
     if count == 0:
         raise ShopguideError(f"{exposures}: no exposures to build a training set from")
-    views = _views(store)
+    views = service_views(store)
     spill = spill_directory(params.data)
     spill.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=spill, prefix="training-join-") as tmp:

@@ -2,8 +2,10 @@
 
 Canonical events: user_id, item_id, category_id (BIGINT), behavior (VARCHAR), ts (BIGINT epoch
 seconds). Canonical exposures: user_id, item_id, category_id, t0, one 0/1 column per task, split
-(train/test), optionally followed by the dataset's own feature columns. `data.adapter` picks one;
-every adapter has the signature of `Ingest` and returns the data card of what it wrote.
+(train/test), `sampled` for event logs (shopguide.sampling), optionally followed by the
+dataset's own feature columns. `data.adapter` picks one; every adapter has the signature of
+`Ingest` and returns the data card of what it wrote. The ranking queries of taobao-rank-v1 are
+built from the canonical events, whatever the adapter.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from shopguide.adapters import aliccp, aliexpress, rees46, taobao
 from shopguide.config import Params
 from shopguide.io import all_or_none
+from shopguide.ranking.queries import build_queries
 
 Ingest = Callable[[Path, Path, Path, Params], dict]
 
@@ -36,13 +39,16 @@ BEHAVIOURS: dict[str, tuple[str, ...]] = {
 }
 
 
-def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
-    """Run the adapter named by `data.adapter`; returns its data card. All of the adapter's
-    outputs are replaced or none: raw data that yields events but no exposures leaves the
-    previous tables as they were, never new events beside old exposures."""
-    events, exposures = Path(events), Path(exposures)
-    with all_or_none([events, exposures, *SIDE_OUTPUTS.get(params.data.adapter, _none)(events)]):
-        return ADAPTERS[params.data.adapter](Path(source), events, exposures, params)
+def ingest(source: Path, events: Path, exposures: Path, queries: Path, params: Params) -> dict:
+    """Run the adapter named by `data.adapter`, then build the ranking queries; returns the
+    data card. All outputs are replaced or none: raw data that yields events but no exposures
+    leaves the previous tables as they were, never new events beside old exposures."""
+    events, exposures, queries = Path(events), Path(exposures), Path(queries)
+    side = SIDE_OUTPUTS.get(params.data.adapter, _none)(events)
+    with all_or_none([events, exposures, queries, *side]):
+        card = ADAPTERS[params.data.adapter](Path(source), events, exposures, params)
+        card["ranking_queries"] = build_queries(events, queries, params)
+        return card
 
 
 def _none(_: Path) -> list[Path]:

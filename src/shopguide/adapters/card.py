@@ -27,12 +27,20 @@ def data_card(
     behaviours = dict(
         con.execute(f"SELECT behavior, count(*) FROM {ev} GROUP BY 1 ORDER BY 1").fetchall()
     )
-    rates = ", ".join(f"avg({t})" for t in tasks)
+    table = f"read_parquet({sql_path(exposures)})"
+    columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {table}").fetchall()}
+    # Positive rates of the exposures; sampled rows (the entire space) are counted apart.
+    real = "NOT sampled" if "sampled" in columns else "true"
+    rates = ", ".join(f"avg({t}) FILTER (WHERE {real})" for t in tasks)
     splits = {
-        split: {"exposures": n, "positive_rate": dict(zip(tasks, vals, strict=True))}
-        for split, n, *vals in con.execute(
-            f"SELECT split, count(*), {rates} FROM read_parquet({sql_path(exposures)}) "
-            "GROUP BY split ORDER BY split"
+        split: {
+            "exposures": n,
+            "sampled": sampled,
+            "positive_rate": dict(zip(tasks, vals, strict=True)),
+        }
+        for split, n, sampled, *vals in con.execute(
+            f"SELECT split, count(*) FILTER (WHERE {real}), count(*) FILTER (WHERE NOT {real}), "
+            f"{rates} FROM {table} GROUP BY split ORDER BY split"
         ).fetchall()
     }
     return {

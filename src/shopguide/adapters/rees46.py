@@ -95,7 +95,7 @@ def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
                         FROM {raw_sql} GROUP BY product_id)
                 ) TO {sql_path(items)} (FORMAT parquet)"""
             )
-    build_exposures(events, exposures, params.protocol, params.data)
+    build_exposures(events, exposures, params)
     log.info("rees46: %d rows (%d remove_from_cart dropped) from %s", rows, removed, source)
     return data_card(
         "rees46",

@@ -14,7 +14,7 @@ BEHAVIOURS: tuple[str, ...] = ("pv", "cart", "fav", "buy")
 
 def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
     summary = ingest_taobao(source, events, params.data)
-    build_exposures(events, exposures, params.protocol, params.data)
+    build_exposures(events, exposures, params)
     return data_card(
         "taobao",
         source,

@@ -1,16 +1,18 @@
 """What every multi-task model shares: the config fields that rebuild its inputs, one fused
-embedding lookup for the hashed ids, and the interface that training, fine-tuning and serving
-rely on (`forward(user, item, category, dense)` -> logits (batch, tasks))."""
+embedding lookup for the hashed ids, the encoder of the user's recent events, and the interface
+that training, fine-tuning and serving rely on (`forward(user, item, category, dense,
+sequence)` -> logits (batch, tasks))."""
 
 from __future__ import annotations
 
 import itertools
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from shopguide.feature_spec import OTHER_BEHAVIOUR_CODE
 from shopguide.model.tasks import AuxTask, log_odds
 
 # Multiplicative hashing spreads raw ids over the buckets; unknown ids need no vocabulary.
@@ -37,6 +39,22 @@ class ModelConfig(BaseModel):
     # Empty (configs saved before output layers existed): no output layer, as those models.
     base_rates: tuple[float, ...] = ()
     wide: bool = False  # the output layer also has a linear term on the dense features
+    # The user's last events in the input (features.sequence_length) and how they are read:
+    # din (target attention, the candidate as the query), mean, or none. Models saved before
+    # sequences existed have neither.
+    sequence_length: int = 0
+    sequence_encoder: Literal["din", "mean", "none"] = "none"
+    # The ids with rows of their own in the embedding table; the others share one row.
+    id_embeddings: tuple[Literal["user", "item", "category"], ...] = ("user", "item", "category")
+
+    def table_buckets(self) -> tuple[int, int, int]:
+        """Rows of the user, item and category parts of the embedding table (1: not embedded,
+        every id reads the same learned row)."""
+        buckets = (self.user_buckets, self.item_buckets, self.category_buckets)
+        names = ("user", "item", "category")
+        return tuple(
+            b if n in self.id_embeddings else 1 for n, b in zip(names, buckets, strict=True)
+        )
 
     def head_names(self) -> tuple[str, ...]:
         """Every task with a head: the binary `tasks`, then the auxiliary ones."""
@@ -44,8 +62,14 @@ class ModelConfig(BaseModel):
 
     def id_width(self) -> int:
         """Columns of an encoder block taken by the user, item and category embeddings (the
-        dense features follow them)."""
+        sequence's summary and the dense features follow them)."""
         return 3 * self.embedding_dim
+
+    def sequence_width(self) -> int:
+        """Columns of an encoder block taken by the summary of the user's recent events."""
+        if self.sequence_encoder == "none" or not self.sequence_length:
+            return 0
+        return 2 * self.embedding_dim
 
     def head_widths(self) -> tuple[int, ...]:
         """Output columns of each head, in `head_names` order."""
@@ -115,13 +139,57 @@ def tower(in_dim: int, config: ModelConfig, width: int = 1) -> nn.Sequential:
     )
 
 
-class Encoder(nn.Module):
-    """Hashed user/item/category embeddings from one table (a single fused lookup per batch)
-    next to log1p-standardised dense features."""
+# Ages of the recent events fall into buckets of whole powers of two seconds (1 s to 97 days).
+AGE_BUCKETS = 24
+
+
+class SequencePooling(nn.Module):
+    """The user's recent events as one vector. Each event is its item's and category's rows of
+    the encoder's table (the same rows a candidate with that item or category gets, so an item
+    seen before matches itself) plus embeddings of its behaviour and its age bucket. `din`
+    weighs the events by a small MLP of [candidate, event, product, difference] (Deep Interest
+    Network, Zhou et al. 2018: sigmoid weights, not normalised, so how much of the history
+    matches counts too) and sums them over the sequence length; `mean` averages them."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.buckets = (config.user_buckets, config.item_buckets, config.category_buckets)
+        width = 2 * config.embedding_dim
+        self.kind = config.sequence_encoder
+        self.length = config.sequence_length
+        self.behaviour = nn.Embedding(OTHER_BEHAVIOUR_CODE + 1, width, padding_idx=0)
+        self.age = nn.Embedding(AGE_BUCKETS + 1, width)
+        for table in (self.behaviour, self.age):
+            nn.init.normal_(table.weight, std=0.01)
+        self.attention = (
+            nn.Sequential(nn.Linear(4 * width, 32), nn.ReLU(), nn.Linear(32, 1))
+            if self.kind == "din"
+            else None
+        )
+
+    def forward(
+        self, query: torch.Tensor, events: torch.Tensor, sequence: torch.Tensor
+    ) -> torch.Tensor:
+        """`query` (batch, width) the candidate's item and category rows; `events` (batch,
+        length, width) the events' item and category rows; `sequence` the raw input."""
+        behaviour, age = sequence[..., 2], sequence[..., 3].clamp_min(0)
+        valid = (behaviour > 0).float().unsqueeze(-1)
+        bucket = torch.log2(age.float() + 1).floor().long().clamp_max(AGE_BUCKETS)
+        events = events + self.behaviour(behaviour) + self.age(bucket)
+        if self.attention is None:
+            return (events * valid).sum(1) / valid.sum(1).clamp_min(1.0)
+        q = query.unsqueeze(1).expand_as(events)
+        weight = torch.sigmoid(self.attention(torch.cat([q, events, q * events, q - events], -1)))
+        return (weight * valid * events).sum(1) / self.length
+
+
+class Encoder(nn.Module):
+    """Hashed user/item/category embeddings from one table (a single fused lookup per batch),
+    the summary of the user's recent events (`SequencePooling`, when the config has one), and
+    log1p-standardised dense features."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.buckets = config.table_buckets()
         self.embedding = nn.Embedding(sum(self.buckets), config.embedding_dim)
         nn.init.normal_(self.embedding.weight, std=0.01)
         offsets = torch.tensor([0, self.buckets[0], self.buckets[0] + self.buckets[1]])
@@ -130,22 +198,37 @@ class Encoder(nn.Module):
         self.register_buffer("dense_mean", torch.tensor(config.dense_mean, dtype=torch.float32))
         self.register_buffer("dense_std", torch.tensor(config.dense_std, dtype=torch.float32))
         self.id_width = config.id_width()
-        self.out_dim = self.id_width + len(config.dense_features)
+        self.dense_width = len(config.dense_features)
+        self.sequence = SequencePooling(config) if config.sequence_width() else None
+        self.out_dim = self.id_width + config.sequence_width() + self.dense_width
 
     def rows(self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
-        """(batch, 3) rows of the fused table that the user, item and category ids hash to."""
-        ids = torch.stack([user, item, category], dim=1)
+        """(..., 3) rows of the fused table that the user, item and category ids hash to."""
+        ids = torch.stack([user, item, category], dim=-1)
         return (ids * _HASH) % self.sizes + self.offsets
 
     def forward(
-        self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor, dense: torch.Tensor
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        category: torch.Tensor,
+        dense: torch.Tensor,
+        sequence: torch.Tensor,
     ) -> torch.Tensor:
         dense = (torch.log1p(dense.clamp_min(0)) - self.dense_mean) / self.dense_std
-        return torch.cat([self.embedding(self.rows(user, item, category)).flatten(1), dense], dim=1)
+        ids = self.embedding(self.rows(user, item, category))  # (batch, 3, dim)
+        parts = [ids.flatten(1)]
+        if self.sequence is not None:
+            seq_item, seq_category = sequence[..., 0], sequence[..., 1]
+            # the events' item and category rows (the user slot is unused: any valid id)
+            rows = self.rows(seq_item, seq_item, seq_category)[..., 1:]
+            events = self.embedding(rows).flatten(2)  # (batch, length, 2 * dim)
+            parts.append(self.sequence(ids[:, 1:].flatten(1), events, sequence))
+        return torch.cat([*parts, dense], dim=1)
 
     def split(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A `forward` output as (id embeddings, standardised dense features)."""
-        return block[:, : self.id_width], block[:, self.id_width :]
+        return block[:, : self.id_width], block[:, block.shape[1] - self.dense_width :]
 
 
 class OutputLayer(nn.Module):
@@ -197,11 +280,16 @@ class MultiTaskModel(nn.Module):
         return list(self.config.base_rates)
 
     def encode(
-        self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor, dense: torch.Tensor
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        category: torch.Tensor,
+        dense: torch.Tensor,
+        sequence: torch.Tensor,
     ) -> torch.Tensor:
         """(batch, encoders * in_dim): one block per encoder (only the single-task model has
         more than one)."""
-        return torch.cat([e(user, item, category, dense) for e in self.encoders], dim=1)
+        return torch.cat([e(user, item, category, dense, sequence) for e in self.encoders], dim=1)
 
     def blocks(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """`encode`'s output `x` as (id embeddings, dense features), one pair per encoder."""
@@ -223,17 +311,28 @@ class MultiTaskModel(nn.Module):
         return self.combine(logits)
 
     def outputs(
-        self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor, dense: torch.Tensor
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        category: torch.Tensor,
+        dense: torch.Tensor,
+        sequence: torch.Tensor,
     ) -> torch.Tensor:
         """Every head's outputs from raw inputs, (batch, sum of `config.head_widths()`)."""
-        return self.heads(self.encode(user, item, category, dense))
+        return self.heads(self.encode(user, item, category, dense, sequence))
 
     def forward(
-        self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor, dense: torch.Tensor
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        category: torch.Tensor,
+        dense: torch.Tensor,
+        sequence: torch.Tensor,
     ) -> torch.Tensor:
         """Logits of the binary tasks, (batch, tasks): what evaluation, the gate and serving
-        use. Ids are raw int64; dense features are raw counts."""
-        return self.outputs(user, item, category, dense)[:, : len(self.config.tasks)]
+        use. Ids are raw int64; dense features are raw values (`feature_spec.dense_inputs`);
+        `sequence` (batch, length, 4) int64 (`feature_spec.sequence_inputs`)."""
+        return self.outputs(user, item, category, dense, sequence)[:, : len(self.config.tasks)]
 
     def shared_modules(self) -> list[nn.Module]:
         """The representation layers (beyond the embeddings) that fine-tuning freezes."""

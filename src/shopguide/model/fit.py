@@ -33,11 +33,11 @@ from shopguide.config import TrainParams
 from shopguide.errors import ShopguideError
 from shopguide.io import atomic_path
 from shopguide.logs import progress
-from shopguide.metrics import aux_task_metrics, mean_auc, task_metrics
+from shopguide.metrics import aux_task_metrics, mean_metric, task_metrics
 from shopguide.model.balance import make_balancer
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.optim import EngineOptimizer, row_sparse
-from shopguide.model.tasks import aux_predictions, task_losses
+from shopguide.model.tasks import aux_predictions, listwise_losses, task_losses
 from shopguide.model.tensors import Tensors
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,12 @@ class FitSettings:
     compile: bool = False
     device: str = "cpu"
     sparse_embeddings: bool = False  # sparse id-table gradients + SparseAdam (not with PCGrad)
+    # The validation metric that picks the epoch (mean over tasks): auc, pooled over the rows,
+    # or gauc, within each user (what a ranking for one user is judged by).
+    selection: str = "auc"
+    # Weight of the listwise loss within each group (one user at one moment) beside the
+    # pointwise one; batches then hold whole groups. 0: pointwise only.
+    listwise_weight: float = 0.0
 
 
 @dataclass
@@ -117,6 +123,8 @@ def settings_from_params(train: TrainParams, tasks: tuple[str, ...]) -> FitSetti
         compile=train.compile,
         device=resolve_device(train.device),
         sparse_embeddings=train.sparse_embeddings,
+        selection=train.selection,
+        listwise_weight=train.listwise_weight,
     )
 
 
@@ -178,6 +186,32 @@ def _fingerprint(model: MultiTaskModel, train: Tensors, settings: FitSettings) -
         sort_keys=True,
     )
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class GroupIndex:
+    """Rows sorted by group, and where each group starts: what `grouped_order` permutes."""
+
+    rows: torch.Tensor  # (rows,) row indices in group order
+    starts: torch.Tensor  # (groups,)
+    sizes: torch.Tensor  # (groups,)
+
+    @classmethod
+    def of(cls, group: torch.Tensor) -> GroupIndex:
+        rows = torch.argsort(group, stable=True)
+        _, sizes = torch.unique_consecutive(group[rows], return_counts=True)
+        return cls(rows, torch.cumsum(sizes, 0) - sizes, sizes)
+
+
+def grouped_order(index: GroupIndex, generator: torch.Generator) -> torch.Tensor:
+    """A random order of the rows that keeps each group's rows together (the groups shuffled),
+    so that batches cut from it hold whole groups but at their edges."""
+    perm = torch.randperm(len(index.sizes), generator=generator)
+    sizes, starts = index.sizes[perm], index.starts[perm]
+    offsets = torch.arange(int(sizes.sum())) - torch.repeat_interleave(
+        torch.cumsum(sizes, 0) - sizes, sizes
+    )
+    return index.rows[torch.repeat_interleave(starts, sizes) + offsets]
 
 
 def _all_reduce_grads(params: list[nn.Parameter], size: int) -> None:
@@ -251,6 +285,7 @@ def _fit(
                 f"the model has tasks {list(model.config.head_names())}"
             )
     weights = list(settings.task_weights) or [1.0] * heads_count
+    groups = GroupIndex.of(train.group) if settings.listwise_weight > 0 else None
     balancer = make_balancer(settings.loss_balancing, weights, settings.gradnorm_alpha).to(device)
     embeddings = [p for p in model.embedding_parameters() if p.requires_grad]
     # PCGrad flattens every task's gradient into one dense vector, so it keeps dense tables.
@@ -301,8 +336,11 @@ def _fit(
             # each process its own dropout masks; process 0 those of a single-process run
             torch.manual_seed(settings.seed * 100_003 + epoch + rank * 1_000_003)
             model.train()
-            order = torch.randperm(
-                len(train), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
+            generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
+            order = (
+                grouped_order(groups, generator)
+                if groups is not None
+                else torch.randperm(len(train), generator=generator)
             ).to(device)
             mask = torch.ones(heads_count, device=device)
             if epoch < settings.warmup_epochs:
@@ -320,6 +358,16 @@ def _fit(
                         representation.requires_grad_()
                     logits = heads(representation).float()
                 losses = task_losses(logits, batch.labels, len(tasks), model.config.aux_tasks)
+                if groups is not None:
+                    listwise = listwise_losses(
+                        logits[:, : len(tasks)], batch.labels[:, : len(tasks)], batch.group
+                    )
+                    losses = torch.cat(
+                        [
+                            losses[: len(tasks)] + settings.listwise_weight * listwise,
+                            losses[len(tasks) :],
+                        ]
+                    )
                 extra = model.penalty(logits)
                 if extra_loss is not None:
                     extra = extra + extra_loss(model, batch, representation)
@@ -341,15 +389,22 @@ def _fit(
                 total += losses.detach().sum()
                 batches += 1
             metrics = task_metrics(
-                valid.labels[:, : len(tasks)].numpy(), predict(model, valid), tasks
+                valid.labels[:, : len(tasks)].numpy(),
+                predict(model, valid),
+                tasks,
+                users=valid.user.numpy() if settings.selection == "gauc" else None,
             )
-            score = mean_auc(metrics)
+            score = mean_metric(metrics, settings.selection)
             row = {
                 "epoch": epoch,
                 "train_loss": float(total) / max(batches, 1),
-                "val_mean_auc": score,
+                f"val_mean_{settings.selection}": score,
             }
-            row |= {f"val_{t}_auc": metrics[t]["auc"] for t in tasks}
+            row |= {
+                f"val_{t}_{m}": metrics[t].get(m)
+                for t in tasks
+                for m in dict.fromkeys(("auc", settings.selection))
+            }
             row |= {
                 f"weight_{t}": w
                 for t, w in zip(model.config.head_names(), balancer.current_weights(), strict=True)

@@ -61,13 +61,20 @@ class RoutedConfig(BaseModel):
         for i, route in enumerate(self.routes):
             if _interface(route.model) != want:
                 raise ValueError(
-                    f"routes[{i}] has other tasks, heads or dense features than the base model"
+                    f"routes[{i}] has other tasks, heads, dense features or sequence than the "
+                    "base model"
                 )
         return self
 
 
 def _interface(config: ModelConfig) -> tuple:
-    return config.tasks, config.head_names(), config.head_widths(), config.dense_features
+    return (
+        config.tasks,
+        config.head_names(),
+        config.head_widths(),
+        config.dense_features,
+        config.sequence_length,
+    )
 
 
 Routes = list[tuple[CategoryRule, MultiTaskModel]]
@@ -98,20 +105,24 @@ class Routed(nn.Module):
             return torch.isin(category, getattr(self, f"ids_{i}"))
         return torch.remainder(category, rule.modulo) == rule.remainder
 
-    def outputs(
-        self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor, dense: torch.Tensor
-    ) -> torch.Tensor:
-        out = self.base.outputs(user, item, category, dense)
+    def outputs(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Every head's outputs from (user, item, category, dense, sequence)."""
+        out = self.base.outputs(*inputs)
+        category = inputs[2]
         for i, model in enumerate(self.routed):
             rows = self.members(category, i).nonzero().squeeze(1)
-            inputs = (t.index_select(0, rows) for t in (user, item, category, dense))
-            out = out.index_copy(0, rows, model.outputs(*inputs))
+            out = out.index_copy(0, rows, model.outputs(*(t.index_select(0, rows) for t in inputs)))
         return out
 
     def forward(
-        self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor, dense: torch.Tensor
+        self,
+        user: torch.Tensor,
+        item: torch.Tensor,
+        category: torch.Tensor,
+        dense: torch.Tensor,
+        sequence: torch.Tensor,
     ) -> torch.Tensor:
-        return self.outputs(user, item, category, dense)[:, : len(self.config.tasks)]
+        return self.outputs(user, item, category, dense, sequence)[:, : len(self.config.tasks)]
 
 
 AnyModel = MultiTaskModel | Routed

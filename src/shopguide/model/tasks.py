@@ -87,23 +87,63 @@ def aux_loss(task: AuxTask, output: torch.Tensor, label: torch.Tensor) -> torch.
     return F.mse_loss(output[:, 0], target)
 
 
+def _masked(loss: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """The mean of `loss` over the rows whose label is known (0 when none is)."""
+    return (loss * known).sum(0) / known.sum(0).clamp_min(1.0)
+
+
 def task_losses(
     outputs: torch.Tensor, labels: torch.Tensor, binary: int, aux: tuple[AuxTask, ...]
 ) -> torch.Tensor:
-    """Per-task mean losses (binary tasks first, then auxiliary ones), shape (tasks,).
-    `outputs` (batch, binary + aux widths); `labels` (batch, binary + len(aux))."""
-    losses = F.binary_cross_entropy_with_logits(
-        outputs[:, :binary], labels[:, :binary], reduction="none"
-    ).mean(dim=0)
+    """Per-task mean losses (binary tasks first, then auxiliary ones), shape (tasks,), each over
+    the rows whose label for it is known: a NaN label (a ranking query's other tasks) takes no
+    part. `outputs` (batch, binary + aux widths); `labels` (batch, binary + len(aux))."""
+    known = ~torch.isnan(labels)
+    labels = torch.nan_to_num(labels, nan=0.0)
+    losses = _masked(
+        F.binary_cross_entropy_with_logits(
+            outputs[:, :binary], labels[:, :binary], reduction="none"
+        ),
+        known[:, :binary].float(),
+    )
     if not aux:
         return losses
     column, extra = binary, []
     for j, task in enumerate(aux):
+        rows = known[:, binary + j]
         extra.append(
-            aux_loss(task, outputs[:, column : column + task.width], labels[:, binary + j])
+            aux_loss(task, outputs[rows, column : column + task.width], labels[rows, binary + j])
+            if bool(rows.any())
+            else outputs.new_zeros(())
         )
         column += task.width
     return torch.cat([losses, torch.stack(extra)])
+
+
+def listwise_losses(
+    outputs: torch.Tensor, labels: torch.Tensor, group: torch.Tensor
+) -> torch.Tensor:
+    """Per binary task (columns of `outputs` and `labels`), the softmax cross-entropy of each
+    group's rows (one user at one moment) against its positives, averaged over the groups with
+    a positive and a negative: a loss on the ranking within a group only, blind to what shifts
+    a whole group (the user's activity, the moment). Rows with a NaN label take no part."""
+    _, g = torch.unique(group, return_inverse=True)
+    groups, tasks = int(g.max()) + 1 if len(g) else 0, outputs.shape[1]
+    known = ~torch.isnan(labels)
+    positive = known & (labels > 0.5)
+    z = outputs.masked_fill(~known, float("-inf"))
+    index = g.unsqueeze(1).expand(-1, tasks)
+    top = torch.full((groups, tasks), float("-inf"), device=outputs.device, dtype=outputs.dtype)
+    top = top.scatter_reduce(0, index, z, reduce="amax", include_self=True).detach()
+    top = torch.nan_to_num(top, neginf=0.0)
+    weights = torch.exp(z - top[g])  # 0 for unknown rows
+    total = torch.zeros_like(top).index_add(0, g, weights)
+    counts = torch.zeros_like(top).index_add(0, g, known.float())
+    hits = torch.zeros_like(top).index_add(0, g, positive.float())
+    hit_logits = torch.zeros_like(top).index_add(0, g, torch.where(positive, outputs, 0.0))
+    valid = (hits > 0) & (hits < counts)
+    loss = torch.log(total.clamp_min(1e-30)) + top - hit_logits / hits.clamp_min(1.0)
+    return (loss * valid).sum(0) / valid.sum(0).clamp_min(1)
 
 
 def aux_predictions(outputs: torch.Tensor, binary: int, aux: tuple[AuxTask, ...]) -> dict:

@@ -13,6 +13,14 @@ import torch
 
 from shopguide.config import FinetuneParams
 from shopguide.errors import ShopguideError
+from shopguide.feature_spec import (
+    SEQUENCE_VIEW,
+    dense_inputs,
+    sequence_features,
+    sequence_inputs,
+    source_column,
+)
+from shopguide.model.base import ModelConfig
 
 KEYS = ("user_id", "item_id", "category_id")
 
@@ -23,22 +31,22 @@ class Tensors:
     item: torch.Tensor
     category: torch.Tensor
     dense: torch.Tensor
-    labels: torch.Tensor  # (rows, tasks) float32
+    sequence: torch.Tensor  # (rows, length, 4) int64; length 0 for a model without one
+    labels: torch.Tensor  # (rows, tasks) float32, NaN where a row's label is unknown
+    group: torch.Tensor  # (rows,) int64: rows of one user at one moment share a group
 
     def __len__(self) -> int:
         return self.user.shape[0]
 
     def take(self, index: torch.Tensor) -> Tensors:
-        return Tensors(
-            *(t[index] for t in (self.user, self.item, self.category, self.dense, self.labels))
-        )
+        return Tensors(*(t[index] for t in vars(self).values()))
 
     def rows(self, part: slice) -> Tensors:
         """A view of the rows in `part` (no copy)."""
         return Tensors(*(t[part] for t in vars(self).values()))
 
     def inputs(self) -> tuple[torch.Tensor, ...]:
-        return self.user, self.item, self.category, self.dense
+        return self.user, self.item, self.category, self.dense, self.sequence
 
 
 def read_training_set(path: Path) -> pd.DataFrame:
@@ -48,18 +56,43 @@ def read_training_set(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def to_tensors(frame: pd.DataFrame, tasks: tuple[str, ...], dense: tuple[str, ...]) -> Tensors:
-    missing = [c for c in (*KEYS, *dense, *tasks) if c not in frame.columns]
+def input_columns(config: ModelConfig) -> list[str]:
+    """The training-set columns the model's inputs are computed from."""
+    sequence = [f"{SEQUENCE_VIEW}__{f}" for f in sequence_features(config.sequence_length)]
+    return [*KEYS, "t0", *dict.fromkeys(map(source_column, config.dense_features)), *sequence]
+
+
+def to_tensors(frame: pd.DataFrame, tasks: tuple[str, ...], config: ModelConfig) -> Tensors:
+    """The model's inputs (at each row's moment t0) and the `tasks`' labels of `frame`."""
+    missing = [c for c in (*input_columns(config), *tasks) if c not in frame.columns]
     if missing:  # a label column filled in would score (and gate) against nothing
         raise ShopguideError(f"training set lacks columns {missing}")
     labels = frame[list(tasks)].to_numpy(np.float32)
+    moments = frame["t0"].to_numpy(np.int64)
     return Tensors(
         user=torch.from_numpy(frame["user_id"].to_numpy(np.int64)),
         item=torch.from_numpy(frame["item_id"].to_numpy(np.int64)),
         category=torch.from_numpy(frame["category_id"].to_numpy(np.int64)),
-        dense=torch.from_numpy(frame[list(dense)].to_numpy(np.float32)),
+        dense=torch.from_numpy(dense_inputs(frame, moments, config.dense_features)),
+        sequence=torch.from_numpy(sequence_inputs(frame, moments, config.sequence_length)),
         labels=torch.from_numpy(labels),
+        group=torch.from_numpy(moment_groups(frame)),
     )
+
+
+def moment_groups(frame: pd.DataFrame) -> np.ndarray:
+    """(rows,) int64: one group per (user, moment t0), the candidates ranked together."""
+    keys = frame[["user_id", "t0"]].to_numpy(np.int64)
+    if not len(keys):
+        return np.zeros(0, np.int64)
+    return np.unique(keys, axis=0, return_inverse=True)[1].ravel().astype(np.int64)
+
+
+def exposures_of(frame: pd.DataFrame) -> np.ndarray:
+    """(rows,) bool: the real exposures, not the items sampled beside them."""
+    if "sampled" not in frame.columns:
+        return np.ones(len(frame), bool)
+    return ~frame["sampled"].to_numpy(bool)
 
 
 def is_new_category(category_id: pd.Series, params: FinetuneParams) -> pd.Series:

@@ -1,8 +1,9 @@
-"""Online feature lookup for a batch of (user, candidate item) rows.
+"""Online feature lookup for a batch of (user, candidate item) rows scored at a moment.
 
-Each entity type is read from the Feast online store once per batch, for its distinct ids
-only; the rows then gather their values by index, so cost grows with distinct entities, not
-with rows.
+Each view is read from the Feast online store once per batch, for its distinct keys only (ids,
+or user x item and user x category pairs); the rows then gather their values by index, so cost
+grows with distinct keys, not with rows. The model's inputs follow from the raw values and the
+moment by `shopguide.feature_spec` (ages, the recent-event sequence), as in training.
 
 Two readers of the same online store:
 
@@ -37,9 +38,14 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from shopguide.errors import ShopguideError
 from shopguide.feature_spec import (
-    ENTITIES,
     ITEM_ATTRIBUTES_VIEW,
+    PAIRS,
+    SEQUENCE_VIEW,
+    dense_inputs,
     model_feature_columns,
+    pair_features,
+    sequence_features,
+    sequence_inputs,
     stat_features,
     stats_view,
 )
@@ -50,11 +56,17 @@ _FLOAT_TAG = 0x35
 _FLOAT_LEN = 5
 _MAX_PARAMS = 900  # ids per statement, below SQLite's bound-parameter limit
 _MMAP_BYTES = 1 << 30
+_MARK = 0x0102030405060708  # an id whose bytes locate its place in a serialized key
+_UNKNOWN_ENCODING = (
+    "Feast's entity key serialization is not the one the SQLite reader knows; configure "
+    "another online store type to serve through Feast"
+)
 
 
 @dataclass(frozen=True)
 class OnlineFeatures:
     dense: np.ndarray  # (rows, features) float32 in the model's dense feature order, 0 if absent
+    sequence: np.ndarray  # (rows, length, 4) int64, the model's sequence input
     categories: np.ndarray  # (rows,) int64, 0 where the item is unknown
     user_known: np.ndarray  # (rows,) bool
     item_known: np.ndarray  # (rows,) bool
@@ -112,24 +124,39 @@ def decode_ints(blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     return values, valid
 
 
-def _entity_key(join_key: str, entity_id: int, version: int) -> bytes:
-    proto = EntityKeyProto(join_keys=[join_key])
-    proto.entity_values.add().int64_val = entity_id
-    return serialize_entity_key(proto, entity_key_serialization_version=version)
+def entity_key_proto(join_keys: tuple[str, ...], values: tuple[int, ...]) -> EntityKeyProto:
+    proto = EntityKeyProto(join_keys=list(join_keys))
+    for value in values:
+        proto.entity_values.add().int64_val = value
+    return proto
+
+
+def _entity_key(join_keys: tuple[str, ...], values: tuple[int, ...], version: int) -> bytes:
+    return serialize_entity_key(
+        entity_key_proto(join_keys, values), entity_key_serialization_version=version
+    )
+
+
+def key_rows(ids: np.ndarray) -> np.ndarray:
+    """Ids as a (rows, keys) int64 matrix: one column per join key."""
+    ids = np.asarray(ids, np.int64)
+    return ids.reshape(len(ids), -1)
 
 
 class Reader(Protocol):
     def read(
-        self, view: str, join_key: str, ids: np.ndarray, features: list[str]
+        self, view: str, join_keys: tuple[str, ...], ids: np.ndarray, features: list[str]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Values (len(ids), len(features)) float64, NaN where absent, and whether the online
-        store holds the id at all (len(ids),) bool."""
+        store holds the key at all (len(ids),) bool. `ids`: (rows,) for one join key, else
+        (rows, keys) in `join_keys` order."""
         ...
 
     def read_ints(
-        self, view: str, join_key: str, ids: np.ndarray, feature: str
+        self, view: str, join_keys: tuple[str, ...], ids: np.ndarray, features: list[str]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One integer feature: (len(ids),) int64 values and whether each is present."""
+        """Integer features, exact: (len(ids), len(features)) int64 values, 0 where absent,
+        and whether the online store holds the key at all."""
         ...
 
 
@@ -149,7 +176,7 @@ class SqliteReader:
             view.name: compute_table_id(config.project, view, versioning)
             for view in store.list_feature_views()
         }
-        self._prefixes: dict[str, bytes] = {}
+        self._layouts_by_keys: dict[tuple[str, ...], tuple[np.ndarray, list[int]]] = {}
         self._layouts: dict[tuple, np.ndarray] = {}
         self._local = threading.local()
 
@@ -171,35 +198,55 @@ class SqliteReader:
             self._local.conn = conn
         return conn
 
-    def _prefix(self, join_key: str) -> bytes:
-        """Feast's serialized entity key is a fixed prefix (key count, name and value type)
-        followed by the id as little-endian int64. The prefix comes from Feast's serializer
-        and the layout is checked against it for ids of every magnitude, so a change in
-        Feast's encoding fails at start-up instead of silently missing every row."""
-        prefix = self._prefixes.get(join_key)
-        if prefix is None:
-            prefix = _entity_key(join_key, 0, self.version)[:-8]
-            for sample in (1, 255, 65_536, 2**31, 2**62 + 12_345, 2**63 - 1):
-                expected = prefix + struct.pack("<q", sample)
-                if _entity_key(join_key, sample, self.version) != expected:
-                    raise ShopguideError(
-                        "Feast's entity key serialization is not the one the SQLite reader "
-                        "knows; configure another online store type to serve through Feast"
-                    )
-            self._prefixes[join_key] = prefix
-        return prefix
+    def _layout(self, join_keys: tuple[str, ...]) -> tuple[np.ndarray, list[int]]:
+        """Feast's serialized entity key of int64 ids is a fixed template (key count, names,
+        value types and lengths) with each id as little-endian int64 at a fixed offset. The
+        template and offsets come from Feast's serializer and are checked against it for ids
+        of every magnitude, so a change in Feast's encoding fails at start-up instead of
+        silently missing every row."""
+        layout = self._layouts_by_keys.get(join_keys)
+        if layout is None:
+            zeros = (0,) * len(join_keys)
+            template = np.frombuffer(_entity_key(join_keys, zeros, self.version), np.uint8)
+            offsets = []
+            for j in range(len(join_keys)):
+                marked = tuple(_MARK if i == j else 0 for i in range(len(join_keys)))
+                probe = np.frombuffer(_entity_key(join_keys, marked, self.version), np.uint8)
+                start = probe.tobytes().find(struct.pack("<q", _MARK))
+                if start < 0 or len(probe) != len(template):
+                    raise ShopguideError(_UNKNOWN_ENCODING)
+                offsets.append(start)
+            layout = (template, offsets)
+            samples = (1, 255, 65_536, 2**31, 2**62 + 12_345, 2**63 - 1)
+            for sample in samples:
+                values = tuple(sample + i for i in range(len(join_keys)))
+                values = tuple(min(v, 2**63 - 1) for v in values)
+                built = self._build(layout, np.array([values], np.int64))[0]
+                if built != _entity_key(join_keys, values, self.version):
+                    raise ShopguideError(_UNKNOWN_ENCODING)
+            self._layouts_by_keys[join_keys] = layout
+        return layout
 
-    def keys(self, join_key: str, ids: np.ndarray) -> list[bytes]:
-        prefix = self._prefix(join_key)
-        raw = np.ascontiguousarray(ids, "<i8").tobytes()
-        return [prefix + raw[i : i + 8] for i in range(0, len(raw), 8)]
+    @staticmethod
+    def _build(layout: tuple[np.ndarray, list[int]], ids: np.ndarray) -> list[bytes]:
+        template, offsets = layout
+        rows = np.tile(template, (len(ids), 1))
+        for j, offset in enumerate(offsets):
+            rows[:, offset : offset + 8] = ids[:, j].astype("<i8").view(np.uint8).reshape(-1, 8)
+        raw = rows.tobytes()
+        width = len(template)
+        return [raw[i : i + width] for i in range(0, len(raw), width)]
+
+    def keys(self, join_keys: tuple[str, ...], ids: np.ndarray) -> list[bytes]:
+        """Serialized entity keys of `ids` ((rows,) or (rows, keys) in `join_keys` order)."""
+        return self._build(self._layout(tuple(join_keys)), key_rows(ids))
 
     def _rows(
-        self, view: str, join_key: str, ids: np.ndarray, features: list[str]
+        self, view: str, join_keys: tuple[str, ...], ids: np.ndarray, features: list[str]
     ) -> tuple[np.ndarray, np.ndarray, tuple[bytes, ...]]:
         """(row index, feature index, value blob) of every stored value of `ids`."""
         table = self._table(view)
-        keys = self.keys(join_key, ids)
+        keys = self.keys(join_keys, ids)
         rows: list[tuple[bytes, bytes, bytes]] = []
         conn = self._conn()
         for start in range(0, len(keys), _MAX_PARAMS):
@@ -219,7 +266,7 @@ class SqliteReader:
         return row, col, blobs
 
     def read(
-        self, view: str, join_key: str, ids: np.ndarray, features: list[str]
+        self, view: str, join_keys: tuple[str, ...], ids: np.ndarray, features: list[str]
     ) -> tuple[np.ndarray, np.ndarray]:
         """One row per entity: SQLite concatenates an entity's feature names and value blobs
         (in the same order: both aggregates run over the same rows), so Python handles 100
@@ -235,7 +282,7 @@ class SqliteReader:
         if not len(ids):
             return out, present
         table = self._table(view)
-        keys = self.keys(join_key, ids)
+        keys = self.keys(join_keys, ids)
         position = {k: i for i, k in enumerate(keys)}
         rows = []
         conn = self._conn()
@@ -267,8 +314,8 @@ class SqliteReader:
             out[np.ix_(index[plain], columns[keep])] = values[:, keep]
             slow += index[~plain].tolist()
         if slow:
-            slow_ids = np.asarray(ids)[slow]
-            row, col, blobs = self._rows(view, join_key, slow_ids, features)
+            slow_ids = key_rows(ids)[slow]
+            row, col, blobs = self._rows(view, join_keys, slow_ids, features)
             keep = col >= 0
             out[np.asarray(slow)[row[keep]], col[keep]] = decode_values(blobs)[keep]
         return out, present
@@ -285,18 +332,18 @@ class SqliteReader:
         return columns
 
     def read_ints(
-        self, view: str, join_key: str, ids: np.ndarray, feature: str
+        self, view: str, join_keys: tuple[str, ...], ids: np.ndarray, features: list[str]
     ) -> tuple[np.ndarray, np.ndarray]:
-        out = np.zeros(len(ids), np.int64)
-        valid = np.zeros(len(ids), bool)
+        out = np.zeros((len(ids), len(features)), np.int64)
+        present = np.zeros(len(ids), bool)
         if not len(ids):
-            return out, valid
-        row, col, blobs = self._rows(view, join_key, ids, [feature])
+            return out, present
+        row, col, blobs = self._rows(view, join_keys, ids, features)
+        present[row] = True
         keep = col >= 0
         values, ok = decode_ints([b for b, k in zip(blobs, keep, strict=True) if k])
-        out[row[keep][ok]] = values[ok]
-        valid[row[keep][ok]] = True
-        return out, valid
+        out[row[keep][ok], col[keep][ok]] = values[ok]
+        return out, present
 
 
 class FeastReader:
@@ -307,30 +354,22 @@ class FeastReader:
         self.online_store = store._get_provider().online_store
         self.views = {view.name: view for view in store.list_feature_views()}
 
-    @staticmethod
-    def _keys(join_key: str, ids: np.ndarray) -> list[EntityKeyProto]:
-        keys = []
-        for i in ids.tolist():
-            key = EntityKeyProto(join_keys=[join_key])
-            key.entity_values.add().int64_val = i
-            keys.append(key)
-        return keys
-
-    def _online_read(self, view: str, join_key: str, ids: np.ndarray, features: list[str]):
+    def _online_read(
+        self, view: str, join_keys: tuple[str, ...], ids: np.ndarray, features: list[str]
+    ):
         if view not in self.views:
             raise ShopguideError(f"feature view {view!r} is not registered in the Feast repo")
-        return self.online_store.online_read(
-            self.config, self.views[view], self._keys(join_key, ids), features
-        )
+        keys = [entity_key_proto(join_keys, tuple(row)) for row in key_rows(ids).tolist()]
+        return self.online_store.online_read(self.config, self.views[view], keys, features)
 
     def read(
-        self, view: str, join_key: str, ids: np.ndarray, features: list[str]
+        self, view: str, join_keys: tuple[str, ...], ids: np.ndarray, features: list[str]
     ) -> tuple[np.ndarray, np.ndarray]:
         out = np.full((len(ids), len(features)), np.nan)
         present = np.zeros(len(ids), bool)
         if not len(ids):
             return out, present
-        for r, (_, values) in enumerate(self._online_read(view, join_key, ids, features)):
+        for r, (_, values) in enumerate(self._online_read(view, join_keys, ids, features)):
             if not values:
                 continue
             present[r] = True
@@ -340,18 +379,22 @@ class FeastReader:
         return out, present
 
     def read_ints(
-        self, view: str, join_key: str, ids: np.ndarray, feature: str
+        self, view: str, join_keys: tuple[str, ...], ids: np.ndarray, features: list[str]
     ) -> tuple[np.ndarray, np.ndarray]:
-        out = np.zeros(len(ids), np.int64)
-        valid = np.zeros(len(ids), bool)
+        out = np.zeros((len(ids), len(features)), np.int64)
+        present = np.zeros(len(ids), bool)
         if not len(ids):
-            return out, valid
-        for r, (_, values) in enumerate(self._online_read(view, join_key, ids, [feature])):
-            value = (values or {}).get(feature)
-            kind = value.WhichOneof("val") if value is not None else None
-            if kind in ("int64_val", "int32_val"):
-                out[r], valid[r] = getattr(value, kind), True
-        return out, valid
+            return out, present
+        for r, (_, values) in enumerate(self._online_read(view, join_keys, ids, features)):
+            if not values:
+                continue
+            present[r] = True
+            for j, name in enumerate(features):
+                value = values.get(name)
+                kind = value.WhichOneof("val") if value is not None else None
+                if kind in ("int64_val", "int32_val"):
+                    out[r, j] = getattr(value, kind)
+        return out, present
 
 
 def is_sqlite_store(store: FeatureStore) -> bool:
@@ -374,54 +417,73 @@ def make_reader(store: FeatureStore, kind: str = "auto") -> Reader:
     return FeastReader(store)
 
 
-class OnlineFeatureReader:
-    """Everything the model needs for (user, item) rows, in four batched reads: users, items
-    (stats and category), then the categories of the known items."""
+def pairs_of(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (first, second) pairs as a (pairs, 2) matrix, and each row's pair index."""
+    pairs, row = np.unique(np.stack([first, second], axis=1), axis=0, return_inverse=True)
+    return pairs.reshape(-1, 2), row.ravel()
 
-    def __init__(self, reader: Reader, dense_order: tuple[str, ...]) -> None:
+
+class OnlineFeatureReader:
+    """Everything the model needs for (user, item) rows at their moments: one batched read per
+    view (users, items, the items' categories, their categories, user x item and user x
+    category pairs, the users' recent events), then the model's inputs from those values."""
+
+    def __init__(
+        self, reader: Reader, dense_order: tuple[str, ...], sequence_length: int = 0
+    ) -> None:
         check_dense_order(dense_order)
         self.reader = reader
         self.dense_order = dense_order
-        position = {f: k for k, f in enumerate(stat_features())}
-        views = [stats_view(e) for e in ENTITIES]
-        # Where each model feature sits in the concatenated [user | item | category] block.
-        self._gather = np.array(
-            [
-                views.index(name.partition("__")[0]) * len(position)
-                + position[name.partition("__")[2]]
-                for name in dense_order
-            ],
-            np.int64,
-        )
+        self.sequence_length = sequence_length
 
-    def _stats(self, entity: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.reader.read(stats_view(entity), ENTITIES[entity], ids, stat_features())
+    def _read(self, view: str, keys: tuple[str, ...], ids: np.ndarray, features: list[str]):
+        return self.reader.read(view, keys, ids, features)
 
-    def fetch(self, user_ids: np.ndarray, item_ids: np.ndarray) -> OnlineFeatures:
+    def fetch(
+        self, user_ids: np.ndarray, item_ids: np.ndarray, moments: np.ndarray
+    ) -> OnlineFeatures:
+        """The model inputs of rows (user_ids[i], item_ids[i]) scored at moments[i]."""
         users, user_row = np.unique(user_ids, return_inverse=True)
         items, item_row = np.unique(item_ids, return_inverse=True)
-        user_values, user_present = self._stats("user", users)
-        item_values, _ = self._stats("item", items)
+        columns: dict[str, np.ndarray] = {}
+
+        def put(view: str, features: list[str], values: np.ndarray, rows: np.ndarray) -> None:
+            for j, name in enumerate(features):
+                columns[f"{view}__{name}"] = values[rows, j]
+
+        stats = stat_features()
+        user_values, user_present = self._read(stats_view("user"), ("user_id",), users, stats)
+        item_values, _ = self._read(stats_view("item"), ("item_id",), items, stats)
         item_category, item_known = self.reader.read_ints(
-            ITEM_ATTRIBUTES_VIEW, ENTITIES["item"], items, CATEGORY_FEATURE
+            ITEM_ATTRIBUTES_VIEW, ("item_id",), items, [CATEGORY_FEATURE]
         )
-        categories, category_of_item = np.unique(item_category[item_known], return_inverse=True)
-        category_values, _ = self._stats("category", categories)
-        category_rows = np.full(len(items), len(categories))  # unknown items -> a NaN row
+        item_category = item_category[:, 0]
+        categories = item_category[item_row]
+        known_rows = item_known[item_row]
+        put(stats_view("user"), stats, user_values, user_row)
+        put(stats_view("item"), stats, item_values, item_row)
+        # Unknown items have no category: a row of NaN (served as 0) after the known ones.
+        category_ids, category_of_item = np.unique(item_category[item_known], return_inverse=True)
+        category_values, _ = self._read(
+            stats_view("category"), ("category_id",), category_ids, stats
+        )
+        category_values = np.vstack([category_values, np.full((1, len(stats)), np.nan)])
+        category_rows = np.full(len(items), len(category_ids))
         category_rows[item_known] = category_of_item
-        category_values = np.vstack([category_values, np.full((1, len(stat_features())), np.nan)])
-        block = np.concatenate(
-            [
-                user_values[user_row],
-                item_values[item_row],
-                category_values[category_rows[item_row]],
-            ],
-            axis=1,
-        )
-        dense = np.nan_to_num(block[:, self._gather], nan=0.0).astype(np.float32)
-        return OnlineFeatures(
-            dense,
-            item_category[item_row],
-            user_present[user_row],
-            item_known[item_row],
-        )
+        put(stats_view("category"), stats, category_values, category_rows[item_row])
+        for pair, keys in PAIRS.items():
+            second = item_ids if keys[1] == "item_id" else categories
+            pairs, pair_row = pairs_of(np.asarray(user_ids, np.int64), second)
+            values, _ = self._read(stats_view(pair), keys, pairs, pair_features())
+            if keys[1] == "category_id":  # an unknown item's category is no category
+                values[~np.isin(pairs[:, 1], category_ids)] = np.nan
+            put(stats_view(pair), pair_features(), values, pair_row)
+        moments = np.asarray(moments, np.int64)
+        dense = dense_inputs(columns, moments, self.dense_order)
+        sequence = np.zeros((len(item_ids), 0, 4), np.int64)
+        if self.sequence_length:
+            names = sequence_features(self.sequence_length)
+            values, _ = self.reader.read_ints(SEQUENCE_VIEW, ("user_id",), users, names)
+            put(SEQUENCE_VIEW, names, values, user_row)
+            sequence = sequence_inputs(columns, moments, self.sequence_length)
+        return OnlineFeatures(dense, sequence, categories, user_present[user_row], known_rows)

@@ -69,7 +69,17 @@ def compiled(net: MultiTaskModel) -> tuple[torch.nn.Module, bool]:
             pick = torch.randint(0, len(routed), (n,), generator=g)
             ids[2] = torch.where(torch.rand(n, generator=g) < 0.5, routed[pick], ids[2])
         dense = torch.rand(n, len(net.config.dense_features), generator=g) * 20
-        return (*ids, dense)
+        length = net.config.sequence_length
+        sequence = torch.stack(
+            [
+                torch.randint(0, 2**40, (n, length), generator=g),
+                torch.randint(0, 2**40, (n, length), generator=g),
+                torch.randint(0, 6, (n, length), generator=g),  # 0: an empty slot
+                torch.randint(0, 10**8, (n, length), generator=g),
+            ],
+            dim=-1,
+        )
+        return (*ids, dense, sequence)
 
     try:
         with torch.inference_mode(), warnings.catch_warnings():
@@ -163,9 +173,9 @@ class ShopguidePredictor(kserve.Model):
             runnable,
             tasks,
             ranking_weights(self.serving, tasks),
-            OnlineFeatureReader(self.reader, net.config.dense_features),
+            OnlineFeatureReader(self.reader, net.config.dense_features, net.config.sequence_length),
         )
-        warm_up = Batch(np.zeros(1, np.int64), np.zeros(1, np.int64), [1])
+        warm_up = Batch(np.zeros(1, np.int64), np.zeros(1, np.int64), [1], np.zeros(1, np.int64))
         self._score([warm_up], loaded)  # a version that cannot score is never swapped in
         return loaded
 
@@ -248,14 +258,16 @@ class ShopguidePredictor(kserve.Model):
         loaded = loaded or self.current
         users = np.concatenate([b.users for b in batches])
         items = np.concatenate([b.items for b in batches])
+        moments = np.concatenate([b.moments for b in batches])
         started = time.perf_counter()
-        feats = loaded.features.fetch(users, items)
+        feats = loaded.features.fetch(users, items, moments)
         looked_up = time.perf_counter()
         logits = loaded.net(
             torch.from_numpy(users),
             torch.from_numpy(items),
             torch.from_numpy(feats.categories),
             torch.from_numpy(feats.dense),
+            torch.from_numpy(feats.sequence),
         )
         probs = torch.sigmoid(logits.float()).numpy()
         metrics.FEATURE_SECONDS.observe(looked_up - started)
@@ -406,6 +418,7 @@ class ShopguidePredictor(kserve.Model):
         return [
             {"name": "user_id", "datatype": "INT64", "shape": [-1]},
             {"name": "item_id", "datatype": "INT64", "shape": [-1]},
+            {"name": "timestamp", "datatype": "INT64", "shape": [-1], "optional": True},
         ]
 
     def get_output_types(self) -> list[dict]:

@@ -1,10 +1,14 @@
 """Request schemas of the two protocols; every violation becomes a 400 naming the field.
 
 * v1 (`POST /v1/models/<name>:predict`): `{"instances": [{"user_id": 1, "item_ids": [2, 3]}]}`,
-  one ranking per instance.
+  one ranking per instance; an instance may name the moment to rank at, `"timestamp"` (epoch
+  seconds; default: the server's clock).
 * v2, the Open Inference Protocol (`POST /v2/models/<name>/infer`): two INT64 tensors,
-  `user_id` (shape [1], broadcast, or [N]) and `item_id` (shape [N]); one row per
-  (user, item) pair.
+  `user_id` (shape [1], broadcast, or [N]) and `item_id` (shape [N]), and optionally
+  `timestamp` (shape [1] or [N]); one row per (user, item) pair.
+
+The moment matters because the model reads ages: the seconds since the user last viewed,
+carted, ... each candidate, and since each of their recent events.
 
 `max_candidates` bounds the rows of a whole request (all of it is scored as one batch), so many
 small instances cannot add up to an unbounded request.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import reprlib
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -26,6 +31,7 @@ MAX_ID = 2**63 - 1
 Id = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
 MAX_REPORTED_ERRORS = 5
 V2_INPUTS = ("user_id", "item_id")
+V2_OPTIONAL_INPUTS = ("timestamp",)
 V2_INTEGER_TYPES = ("INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
 
 
@@ -34,6 +40,7 @@ class Instance(BaseModel):
 
     user_id: Id
     item_ids: Annotated[list[Id], Field(min_length=1)]
+    timestamp: Id | None = None  # the moment to rank at, epoch seconds; None: now
 
 
 class PredictRequest(BaseModel):
@@ -49,6 +56,11 @@ class Batch:
     users: np.ndarray  # (rows,) int64
     items: np.ndarray  # (rows,) int64
     sizes: list[int]  # rows per instance (v1) or [rows] (v2)
+    moments: np.ndarray  # (rows,) int64 epoch seconds each row is scored at
+
+
+def now() -> int:
+    return int(time.time())
 
 
 def describe(errors: list[dict], prefix: tuple = ()) -> str:
@@ -108,7 +120,12 @@ def v1_batch(request: PredictRequest) -> Batch:
     items = np.fromiter(
         (x for inst in request.instances for x in inst.item_ids), np.int64, sum(sizes)
     )
-    return Batch(users, items, sizes)
+    clock = now()
+    moments = np.repeat(
+        np.array([clock if i.timestamp is None else i.timestamp for i in request.instances]),
+        sizes,
+    ).astype(np.int64)
+    return Batch(users, items, sizes, moments)
 
 
 _IDS = TypeAdapter(list[Id])
@@ -158,10 +175,11 @@ def parse_infer_request(request: object, max_candidates: int) -> Batch:
     """Validate a v2 `InferRequest` (KServe has parsed the JSON envelope already)."""
     inputs = list(getattr(request, "inputs", None) or [])
     names = [getattr(t, "name", None) for t in inputs]
-    unknown = [n for n in names if n not in V2_INPUTS]
+    unknown = [n for n in names if n not in (*V2_INPUTS, *V2_OPTIONAL_INPUTS)]
     if unknown:
         raise ShopguideError(
-            f"invalid request: unknown inputs {unknown}; expected exactly {list(V2_INPUTS)}"
+            f"invalid request: unknown inputs {unknown}; expected {list(V2_INPUTS)} and "
+            f"optionally {list(V2_OPTIONAL_INPUTS)}"
         )
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
@@ -174,11 +192,23 @@ def parse_infer_request(request: object, max_candidates: int) -> Batch:
     tensors = dict(zip(names, inputs, strict=True))
     items = _v2_ids(tensors["item_id"], "item_id", max_candidates)
     users = _v2_ids(tensors["user_id"], "user_id", max_candidates)
-    if len(users) == 1:
-        users = np.repeat(users, len(items))
-    elif len(users) != len(items):
-        raise ShopguideError(
-            f"invalid request: inputs.user_id has {len(users)} values; it must have 1 (the "
-            f"same user for every item) or one per item_id ({len(items)})"
+    users = _broadcast(users, "user_id", len(items))
+    if "timestamp" in tensors:
+        moments = _broadcast(
+            _v2_ids(tensors["timestamp"], "timestamp", max_candidates), "timestamp", len(items)
         )
-    return Batch(users, items, [len(items)])
+    else:
+        moments = np.full(len(items), now(), np.int64)
+    return Batch(users, items, [len(items)], moments)
+
+
+def _broadcast(values: np.ndarray, name: str, rows: int) -> np.ndarray:
+    """One value for every item_id, or one per item_id."""
+    if len(values) == 1:
+        return np.repeat(values, rows)
+    if len(values) != rows:
+        raise ShopguideError(
+            f"invalid request: inputs.{name} has {len(values)} values; it must have 1 (the "
+            f"same for every item) or one per item_id ({rows})"
+        )
+    return values

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from shopguide.config import FinetuneParams, Params
 from shopguide.errors import ShopguideError
-from shopguide.metrics import mean_auc
+from shopguide.metrics import mean_metric
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.routed import AnyModel, CategoryRule, Routed, split_routes
 from shopguide.transfer import adversarial, coldstart, frozen, l2sp
@@ -122,7 +122,7 @@ def adapt(
         tuned, candidate = _trainee(model, params.finetune)
         outcome = STRATEGIES[strategy](tuned, data, params)
         model = candidate(tuned)
-        score = mean_auc(outcome.result.best_metrics)
+        score = mean_metric(outcome.result.best_metrics, params.train.selection)
         drop = largest_drop(before, frame_metrics(model, data.old_valid))
         return Adapted(model, tuned, strategy, outcome, {strategy: score}, {strategy: drop})
     tried = {

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import pandas as pd
 from torch import nn
 
 from shopguide.config import Params
-from shopguide.metrics import task_metrics
+from shopguide.metrics import task_metrics, task_populations
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.fit import ExtraLoss, FitResult, fit, predict, settings_from_params
-from shopguide.model.tensors import Tensors, to_tensors
+from shopguide.model.tensors import Tensors, exposures_of, to_tensors
 from shopguide.transfer.data import TransferData
 
 
@@ -24,13 +25,17 @@ class Outcome:
 
 def tensors(model: MultiTaskModel, frame: pd.DataFrame) -> Tensors:
     """`frame` as the model's inputs, with a label column for each of its heads."""
-    return to_tensors(frame, model.config.head_names(), model.config.dense_features)
+    return to_tensors(frame, model.config.head_names(), model.config)
 
 
 def frame_metrics(model: MultiTaskModel, frame: pd.DataFrame) -> dict:
-    """Per-task AUC and log loss of `model` on the exposures of `frame`."""
+    """Per-task AUC and log loss of `model` on the rows of `frame` each task is judged on
+    (`shopguide.metrics.task_populations`)."""
     data, tasks = tensors(model, frame), model.config.tasks
-    return task_metrics(data.labels.numpy()[:, : len(tasks)], predict(model, data), tasks)
+    labels = data.labels.numpy()[:, : len(tasks)].copy()
+    for j, rows in enumerate(task_populations(labels, exposures_of(frame), tasks).values()):
+        labels[~rows, j] = np.nan
+    return task_metrics(labels, predict(model, data), tasks)
 
 
 def fit_rows(data: TransferData, params: Params) -> pd.DataFrame:
