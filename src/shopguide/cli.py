@@ -555,6 +555,41 @@ def pipeline_schedule(
     kfp_runs.schedule(client, settings, name, arguments, cron or settings.schedule_cron, pin=pin)
 
 
+cluster_app = typer.Typer(
+    no_args_is_help=True,
+    help="The Kubernetes cluster of the cluster path: check what it needs, seed the data volume.",
+)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("check")
+@step
+def cluster_check(
+    namespace: Annotated[
+        str | None, typer.Option(help="the profile namespace; default deploy.namespace")
+    ] = None,
+    kubeconfig: Annotated[
+        str | None, typer.Option(envvar="KUBECONFIG", help="default ~/.kube/config")
+    ] = None,
+    context: Annotated[str | None, typer.Option(help="kubeconfig context")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Read the live cluster (kubeconfig) and report what the cluster path lacks: CRDs, KServe's
+    mode and Knative's config-features, the profile, ClusterRoles, storage, GPU nodes, the
+    overlay. Reads only; exit code 2 when something is missing."""
+    from shopguide.cluster import check_cluster, connect
+
+    p = load_params(params)
+    namespace = namespace or p.deploy.namespace
+    findings = check_cluster(connect(kubeconfig, context), p, namespace)
+    for finding in findings:
+        typer.echo(finding.line())
+    missing = [f.check for f in findings if f.status == "missing"]
+    if missing:
+        raise ShopguideError(f"the cluster lacks {len(missing)}: {', '.join(missing)}")
+    typer.echo(f"nothing missing for namespace {namespace}")
+
+
 def main() -> None:
     app()
 
