@@ -590,6 +590,23 @@ def cluster_check(
     typer.echo(f"nothing missing for namespace {namespace}")
 
 
+@cluster_app.command("seed")
+@step
+def cluster_seed(
+    data_mount: Annotated[
+        Path, typer.Option(help="where the data volume is mounted (deploy.data_mount)")
+    ] = Path("/mnt/shopguide"),
+    template: Annotated[
+        Path, typer.Option(help="Feast repo whose definitions (*.py) to copy")
+    ] = Path("feature_repo"),
+) -> None:
+    """Lay out the data volume (raw/, feature_repo/, registry/, validation/; group-writable,
+    setgid) and copy the Feast definitions in; what k8s/jobs/seed/seed.yaml runs."""
+    from shopguide.volume import seed_volume
+
+    seed_volume(data_mount, template)
+
+
 def main() -> None:
     app()
 
