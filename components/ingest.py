@@ -8,12 +8,18 @@ from components.settings import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def ingest(
-    raw_path: str, params_json: str, events: Output[Dataset], exposures: Output[Dataset]
+    raw_path: str,
+    params_json: str,
+    events: Output[Dataset],
+    exposures: Output[Dataset],
+    raw_fingerprint: str = "",
 ) -> None:
     """Raw data (format: data.adapter) -> canonical events and labelled exposures with the
     time split, as `shopguide ingest`.
 
     The data card goes into the exposures' metadata, where the KFP UI shows it next to the data.
+    `raw_fingerprint` (the raw file's sha256, from `fingerprint_inputs`) is recorded there too;
+    as a parameter it is what makes the step's cache key change when the data does.
     """
     from pathlib import Path
 
@@ -26,3 +32,4 @@ def ingest(
     p = params_from_json(params_json)
     card = ingest_raw(Path(raw_path), Path(events.path), Path(exposures.path), p)
     exposures.metadata.update(card)
+    exposures.metadata["raw_fingerprint"] = raw_fingerprint

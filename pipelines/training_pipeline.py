@@ -48,7 +48,10 @@ def training_pipeline(
     """
     data, checked = training_set(raw_path, feature_repo, validation_dir, params_json)
     trained = on_cluster(
-        train(training_set=data, params_json=params_json).after(checked), gpu=True, retry=True
+        train(training_set=data, params_json=params_json).after(checked),
+        gpu=True,
+        retry=True,
+        gpus=PARAMS.kubeflow.train_accelerator_limit,
     )
     tuned = on_cluster(
         finetune(training_set=data, pretrained=trained.outputs["model"], params_json=params_json),

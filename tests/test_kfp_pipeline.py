@@ -69,6 +69,88 @@ def test_compiled_training_pipeline_asks_for_gpus_and_retries() -> None:
     assert "retryPolicy" not in tasks["evaluate"]
 
 
+def _tasks(spec: dict) -> dict[str, dict]:
+    """Every task of a compiled pipeline, sub-DAGs (conditions, loops) included."""
+    found = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        found.update(component.get("dag", {}).get("tasks", {}))
+    return found
+
+
+def test_only_steps_whose_inputs_are_all_they_read_are_cached() -> None:
+    for module in (training_module, finetune_module):
+        pipeline, platform = yaml.safe_load_all(module.COMPILED.read_text())
+        tasks = _tasks(pipeline)
+        cached = {n for n, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")}
+        uncached = {n for n, t in tasks.items() if "componentRef" in t} - cached
+        assert {"ingest", "features", "validate-2", "finetune", "evaluate"} <= cached
+        assert {
+            "fingerprint-inputs",
+            "validate",
+            "sync-feature-repo",
+            "gate",
+            "promote",
+            "deploy-champion",
+        } <= uncached
+        # The paths' data goes into the cache keys as parameters.
+        ingest = tasks["ingest"]["inputs"]["parameters"]["raw_fingerprint"]
+        assert ingest["taskOutputParameter"] == {
+            "outputParameterKey": "raw",
+            "producerTask": "fingerprint-inputs",
+        }
+        features = tasks["features"]["inputs"]["parameters"]["repo_fingerprint"]
+        assert features["taskOutputParameter"]["producerTask"] == "fingerprint-inputs"
+        # Every step reads the namespace's one Feast config, the ConfigMap the predictor reads.
+        executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        for name, executor in executors.items():
+            (config_map,) = executor["configMapAsVolume"]
+            assert config_map["configMapName"] == "shopguide-feast", name
+            assert config_map["mountPath"] == "/etc/shopguide/feast"
+            (env,) = executor["fieldPathAsEnv"]
+            assert env["name"] == "FEAST_FS_YAML_FILE_PATH"
+            annotation = env["fieldPath"].split("'")[1]
+            assert executor["podMetadata"]["annotations"][annotation] == (
+                "/etc/shopguide/feast/feature_store.yaml"
+            )
+    pipeline, _ = yaml.safe_load_all(finetune_module.COMPILED.read_text())
+    tasks = _tasks(pipeline)
+    assert "cachingOptions" not in tasks["current-champion"] or not tasks["current-champion"][
+        "cachingOptions"
+    ].get("enableCache")
+    assert tasks["champion-model"]["cachingOptions"]["enableCache"] is True
+
+
+def test_a_multi_gpu_step_gets_its_gpus_and_shared_memory(tmp_path: Path) -> None:
+    from kfp import dsl
+
+    from pipelines.cluster import on_cluster
+
+    # No parameters: this module's postponed annotations would reach kfp as strings.
+    @dsl.pipeline(name="gpus")
+    def gpus():
+        on_cluster(with_new_categories(params_json="{}", new_category_ids=[1]), gpu=True, gpus=4)
+        on_cluster(with_new_categories(params_json="{}", new_category_ids=[2]), gpu=True)
+
+    pipeline, platform = yaml.safe_load_all(
+        compile_pipeline(gpus, tmp_path / "gpus.yaml").read_text()
+    )
+    executors = pipeline["deploymentSpec"]["executors"]
+    counts = sorted(
+        e["container"]["resources"]["accelerator"]["resourceCount"] for e in executors.values()
+    )
+    assert counts == ["1", "4"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    four = next(
+        k8s[n]
+        for n, e in executors.items()
+        if e["container"]["resources"]["accelerator"]["resourceCount"] == "4"
+    )
+    assert four["emptyDirMounts"] == [
+        {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "8Gi"}
+    ]
+    assert sum("emptyDirMounts" in e for e in k8s.values()) == 1
+
+
 def _artifact(path: Path) -> Artifact:
     """An artifact at `path`, for calling a component's function directly."""
     artifact = Artifact()
@@ -177,7 +259,7 @@ def test_failed_validation_stops_the_run(
     with pytest.raises(RuntimeError, match=r"Inner task failed: .*validate"):
         _run(root, params, sample, feature_repo, tmp_path / "registry")
     (run_dir,) = root.iterdir()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["ingest", "validate"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["fingerprint-inputs", "ingest", "validate"]
     assert not (feature_repo / "data").exists()
 
 
@@ -267,3 +349,81 @@ def test_gpu_steps_run_in_the_cuda_image() -> None:
     }
     assert images["train"] == images["finetune"] == DEFAULT_GPU_IMAGE
     assert images["ingest"] == images["gate"] == DEFAULT_IMAGE
+
+
+def _cached_run(root: Path, cache: Path, params: Params, raw: Path, feature_repo: Path):
+    """One training-pipeline run under the local runner with KFP's caching on (kfp 2.17 keys it
+    like the backend: component, image, parameter values, input artifacts); returns the run's
+    directory, where only the tasks that executed have a subdirectory."""
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        enable_caching=True,
+        cache_root=str(cache),
+    )
+    training_pipeline(
+        raw_path=str(raw),
+        feature_repo=str(feature_repo),
+        registry=str(feature_repo.parent / "registry"),
+        validation_dir=str(feature_repo.parent / "validation"),
+        params_json=params.model_dump_json(),
+        deploy=False,
+    )
+    (run_dir,) = root.iterdir()
+    return run_dir
+
+
+@pytest.mark.slow
+def test_an_unchanged_rerun_hits_the_cache_and_new_data_does_not(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Caching is correct and useful: a re-run on the same data takes ingest, features, the
+    checks, train, finetune and evaluate from the cache and runs only the steps that read
+    state outside their inputs; it still puts the Feast repo right when another run rewrote
+    it; and a raw file replaced at the same path is read again."""
+    from shopguide.caching import REPO_MARK, mark_feature_repo
+
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "raw.csv"
+    raw.write_bytes(sample.read_bytes())
+    feature_repo = copy_feature_repo(tmp_path / "feature_repo")
+    params = load_params(write_params(tmp_path, raw, gate={"infra": {"enabled": False}}))
+    cache = tmp_path / "kfp_cache"
+
+    first = _cached_run(tmp_path / "run1", cache, params, raw, feature_repo)
+    ran_first = {p.name for p in first.iterdir()}
+    assert {"ingest", "features", "train", "finetune", "evaluate"} <= ran_first
+    training_set = first / "features" / "training_set"
+    assert (feature_repo / REPO_MARK).read_text() == str(training_set)
+    # ROC and confusion matrix of every task as KFP ClassificationMetrics, which the UI plots.
+    evaluation = read_json(first / "evaluate" / "evaluation")
+    plotted = {}
+    for output in first.glob("for-loop-*/task-plots/executor_output.json"):
+        (plots,) = read_json(output)["artifacts"]["plots"]["artifacts"]
+        plotted[plots["metadata"]["task"]] = plots["metadata"]
+    assert set(plotted) == set(params.protocol.tasks)
+    for task, metadata in plotted.items():
+        curve = metadata["confidenceMetrics"]
+        assert len(curve) > 10 and {"recall", "falsePositiveRate"} <= set(curve[0])
+        matrix = metadata["confusionMatrix"]
+        assert [c["displayName"] for c in matrix["annotationSpecs"]] == ["negative", "positive"]
+        counts = [row["row"] for row in matrix["rows"]]
+        assert sum(counts[1]) == evaluation["overall"][task]["positives"]
+        assert sum(map(sum, counts)) == evaluation["overall"][task]["rows"]
+
+    # Another run rewrote the shared Feast repo in between.
+    mark_feature_repo(feature_repo, "another run's training set")
+    second = _cached_run(tmp_path / "run2", cache, params, raw, feature_repo)
+    ran = {p.name for p in second.iterdir()}
+    assert ran == {"fingerprint-inputs", "validate", "sync-feature-repo", "gate", "promote"}, ran
+    # The cached training set is the first run's, and the repo holds it again.
+    assert (feature_repo / REPO_MARK).read_text() == str(training_set)
+    assert (feature_repo / "data" / "online_store.db").is_file()
+
+    # The raw file replaced at the same path: ingest reads it again (and its validation fails
+    # on the few events left, which ends the run early).
+    raw.write_text("".join(sample.read_text().splitlines(keepends=True)[:500]))
+    with pytest.raises(RuntimeError, match=r"Inner task failed: .*validate"):
+        _cached_run(tmp_path / "run3", cache, params, raw, feature_repo)
+    (third,) = (tmp_path / "run3").iterdir()
+    assert {"fingerprint-inputs", "ingest", "validate"} <= {p.name for p in third.iterdir()}
