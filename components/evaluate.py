@@ -1,7 +1,7 @@
 """Component of the `evaluate` step (as `shopguide evaluate`)."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from components.settings import IMAGE
 
@@ -30,6 +30,7 @@ def evaluate(
     setup_logging()
     from shopguide.config import params_from_json
     from shopguide.evaluate import evaluate_step
+    from shopguide.io import write_json
 
     scored = evaluate_step(
         Path(training_set.path),
@@ -48,3 +49,42 @@ def evaluate(
         if by_score[task]["mrr"] is not None:
             metrics.log_metric(f"test_mrr_{task}", by_score[task]["mrr"])
     metrics.log_metric("test_mean_auc", scored["mean_auc"])
+    # The logged values as the artifact's file too: a cached artifact is reused by its file.
+    write_json(Path(metrics.path), dict(metrics.metadata))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluated_tasks(evaluation: Input[Artifact]) -> list:
+    """The tasks the evaluation scored with both classes in the test split (a ROC curve needs
+    both), to plot one ClassificationMetrics each."""
+    from pathlib import Path
+
+    from shopguide.io import read_json
+
+    overall = read_json(Path(evaluation.path))["overall"]
+    return [task for task, m in overall.items() if 0 < m["positives"] < m["rows"]]
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def task_plots(
+    task: str,
+    evaluation: Input[Artifact],
+    roc: Input[Dataset],
+    plots: Output[ClassificationMetrics],
+) -> None:
+    """`task`'s test ROC curve and its confusion matrix (at the threshold of largest
+    tpr - fpr) as a ClassificationMetrics artifact, which the KFP UI plots."""
+    from pathlib import Path
+
+    from shopguide.logs import setup_logging
+
+    setup_logging()
+    from shopguide.classification import task_curves
+    from shopguide.io import read_json, write_json
+
+    curves = task_curves(Path(roc.path), read_json(Path(evaluation.path)), task)
+    plots.log_roc_curve(curves["fpr"], curves["tpr"], curves["threshold"])
+    plots.log_confusion_matrix(curves["categories"], curves["matrix"])
+    plots.metadata["task"] = task
+    plots.metadata["confusion_matrix_threshold"] = curves["operating_threshold"]
+    write_json(Path(plots.path), {"task": task, **curves})

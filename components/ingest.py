@@ -13,11 +13,14 @@ def ingest(
     events: Output[Dataset],
     exposures: Output[Dataset],
     queries: Output[Dataset],
+    raw_fingerprint: str = "",
 ) -> None:
     """Raw data (format: data.adapter) -> canonical events, labelled examples (exposures and
     sampled items) with the time split and taobao-rank-v1 queries, as `shopguide ingest`.
 
     The data card goes into the exposures' metadata, where the KFP UI shows it next to the data.
+    `raw_fingerprint` (the raw file's sha256, from `fingerprint_inputs`) is recorded there too;
+    as a parameter it is what makes the step's cache key change when the data does.
     """
     from pathlib import Path
 
@@ -32,3 +35,4 @@ def ingest(
         Path(raw_path), Path(events.path), Path(exposures.path), Path(queries.path), p
     )
     exposures.metadata.update(card)
+    exposures.metadata["raw_fingerprint"] = raw_fingerprint

@@ -57,7 +57,9 @@ def promote(
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def deploy_champion(promotion: Input[Artifact], params_json: str) -> str:
     """Create or patch the promoted version's InferenceService through the Kubernetes API
-    (KServe client, as the pod's service account).
+    (KServe client, as the pod's service account), in the namespace the run runs in: the
+    profile whose volume holds the registry and whose RoleBinding allows it
+    (`deploy.namespace` outside a pod).
 
     A task of its own so that retrying a transient API failure never registers the model twice.
     Returns "created <namespace>/<name>" or "patched <namespace>/<name>".
@@ -68,11 +70,12 @@ def deploy_champion(promotion: Input[Artifact], params_json: str) -> str:
 
     setup_logging()
     from shopguide.config import params_from_json
-    from shopguide.deploy import deploy_version
+    from shopguide.deploy import deploy_version, pod_namespace
     from shopguide.io import read_json
 
     p = params_from_json(params_json)
-    return deploy_version(read_json(Path(promotion.path))["version"], p.deploy, p.serving)
+    deploy = p.deploy.model_copy(update={"namespace": pod_namespace() or p.deploy.namespace})
+    return deploy_version(read_json(Path(promotion.path))["version"], deploy, p.serving)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

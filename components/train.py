@@ -16,7 +16,8 @@ def train(
     history: Output[Dataset],
 ) -> None:
     """Pre-train the model on the old categories (examples and training queries) with early
-    stopping.
+    stopping, on every GPU the task was given (`kubeflow.train_accelerator_limit`: one
+    `torchrun` process per GPU, one node).
 
     The metrics file holds the step's full JSON; the logged scalars (per-task validation AUC)
     are what the KFP UI compares across runs.
@@ -27,9 +28,9 @@ def train(
 
     setup_logging()
     from shopguide.config import params_from_json
-    from shopguide.train import train_step
+    from shopguide.launch import train_on_all_gpus
 
-    result = train_step(
+    result = train_on_all_gpus(
         Path(training_set.path),
         Path(model.path),
         Path(metrics.path),
@@ -41,3 +42,4 @@ def train(
         if m["auc"] is not None:
             metrics.log_metric(f"validation_auc_{task}", m["auc"])
     metrics.log_metric("best_epoch", result["best_epoch"])
+    metrics.log_metric("processes", result["processes"])

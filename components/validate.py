@@ -32,6 +32,7 @@ def validate(
     setup_logging()
     from shopguide.config import params_from_json
     from shopguide.errors import ShopguideError
+    from shopguide.io import write_json
     from shopguide.validation import raise_on_failure, validate_events, validate_training_set
 
     suites = ("events", "training-set")
@@ -46,6 +47,8 @@ def validate(
         result = validate_training_set(source, params, report_dir)
     metrics.log_metric("expectations", len(result.results))
     metrics.log_metric("failed_expectations", sum(not r["success"] for r in result.results))
+    # The logged values as the artifact's file too: a cached artifact is reused by its file.
+    write_json(Path(metrics.path), dict(metrics.metadata))
     pages = sorted((report_dir / "data_docs" / "validations").rglob("*.html"))
     shutil.copyfile(pages[-1], docs.path)
     raise_on_failure(result, source)

@@ -7,7 +7,7 @@ test fails when that file is stale.
 
 from kfp import dsl
 
-from components.champion import champion_model, with_new_categories
+from components.champion import champion_model, current_champion, with_new_categories
 from components.finetune import finetune
 from pipelines.cluster import ROOT, compile_pipeline, on_cluster
 from pipelines.stages import (
@@ -46,9 +46,13 @@ def finetune_pipeline(
         with_new_categories(params_json=params_json, new_category_ids=new_category_ids)
     ).outputs["Output"]
     data, ranking, checked = training_set(raw_path, feature_repo, validation_dir, params_json)
-    # The champion changes with every promotion, so its copy is never taken from the cache.
-    current = on_cluster(champion_model(registry=registry), retry=True).after(checked)
-    current.set_caching_options(enable_caching=False)
+    # The champion changes with every promotion: it is looked up every run, and its copy is
+    # cached per version and weights.
+    named = on_cluster(current_champion(registry=registry), retry=True).after(checked)
+    named.set_caching_options(enable_caching=False)
+    current = on_cluster(
+        champion_model(registry=registry, champion=named.output), retry=True
+    ).set_display_name("champion-model")
     tuned = on_cluster(
         finetune(
             training_set=data,

@@ -1,6 +1,15 @@
 """The stages both pipelines share: data to a validated training set, and gate to promotion.
 
 Called inside a `@dsl.pipeline` function; every task goes through `on_cluster`.
+
+Caching (KFP reuses a task's outputs when its component, image, parameter values and input
+artifacts are the same; shopguide.caching): a step is cached only when its inputs are all it
+reads, so the same inputs mean the same data. The path parameters' data is fingerprinted every
+run (`fingerprint-inputs`) and passed on as parameters, so on an unchanged re-run ingest,
+features, the training-set check, train, finetune and evaluate all come from the cache, and a
+raw file replaced at the same path runs them again. Uncached, because they read or write state
+outside their inputs: the fingerprints, validate-events (the accepted drift profile on the
+volume), the Feast repo's sync, the gate (the registry's champion), promote and deploy.
 """
 
 from __future__ import annotations
@@ -8,8 +17,9 @@ from __future__ import annotations
 from kfp import dsl
 from kfp.dsl.pipeline_channel import PipelineChannel
 
-from components.evaluate import evaluate
-from components.features import features
+from components.evaluate import evaluate, evaluated_tasks, task_plots
+from components.features import features, sync_feature_repo
+from components.fingerprint import fingerprint_inputs
 from components.gate import gate
 from components.ingest import ingest
 from components.promote import deploy_champion, promote, report_refusal
@@ -27,16 +37,25 @@ VALIDATION_DIR = f"{PARAMS.deploy.data_mount}/validation"
 def training_set(
     raw_path: str, feature_repo: str, validation_dir: str, params_json: str
 ) -> tuple[PipelineChannel, PipelineChannel, dsl.PipelineTask]:
-    """Ingest, validate the events (drift against the profile accepted in `validation_dir`),
-    build features (Feast), validate the training set.
+    """Fingerprint the inputs, ingest, validate the events (drift against the profile accepted
+    in `validation_dir`), build features (Feast) and make sure the shared Feast repo holds them,
+    validate the training set.
 
     Returns the training set, the ranking set (taobao-rank-v1's query candidates with their
     features) and the training set's validation task, which training must run after.
     """
-    ingested = on_cluster(ingest(raw_path=raw_path, params_json=params_json), retry=True)
-    # The raw file's path is the cache key, not its contents: a scheduled run on a file
-    # replaced at the same path must read it again.
-    ingested.set_caching_options(False)
+    fingerprints = on_cluster(fingerprint_inputs(raw_path=raw_path, feature_repo=feature_repo))
+    fingerprints.set_caching_options(enable_caching=False)
+    ingested = on_cluster(
+        ingest(
+            raw_path=raw_path,
+            params_json=params_json,
+            raw_fingerprint=fingerprints.outputs["raw"],
+        ),
+        retry=True,
+    )
+    # Reads the accepted event profile from `validation_dir` and replaces it on success: state
+    # no cache key sees.
     events_checked = on_cluster(
         validate(
             suite="events",
@@ -45,6 +64,7 @@ def training_set(
             profile_dir=validation_dir,
         )
     ).set_display_name("validate-events")
+    events_checked.set_caching_options(enable_caching=False)
     featured = on_cluster(
         features(
             events=ingested.outputs["events"],
@@ -52,15 +72,27 @@ def training_set(
             queries=ingested.outputs["queries"],
             feature_repo=feature_repo,
             params_json=params_json,
+            repo_fingerprint=fingerprints.outputs["feature_repo"],
         ).after(events_checked),
         retry=True,
     )
-    # Writes the Feast repo, which a cache hit would leave stale.
-    featured.set_caching_options(enable_caching=False)
+    # A cached features step wrote the repo in an earlier run, and another run may have
+    # rewritten it since: rebuild it then, before anything reads it.
+    synced = on_cluster(
+        sync_feature_repo(
+            events=ingested.outputs["events"],
+            exposures=ingested.outputs["exposures"],
+            training_set=featured.outputs["training_set"],
+            feature_repo=feature_repo,
+            params_json=params_json,
+        ),
+        retry=True,
+    )
+    synced.set_caching_options(enable_caching=False)
     checked = on_cluster(
         validate(
             suite="training-set", table=featured.outputs["training_set"], params_json=params_json
-        )
+        ).after(synced)
     ).set_display_name("validate-training-set")
     return featured.outputs["training_set"], featured.outputs["ranking_set"], checked
 
@@ -83,6 +115,16 @@ def gate_and_promote(
     evaluated = on_cluster(
         evaluate(training_set=data, ranking_set=ranking, model=candidate, params_json=params_json)
     )
+    # One ClassificationMetrics per task (ROC curve and confusion matrix), which the UI plots.
+    tasks = on_cluster(evaluated_tasks(evaluation=evaluated.outputs["evaluation"]))
+    with dsl.ParallelFor(tasks.output, name="plot-tasks") as task:
+        on_cluster(
+            task_plots(
+                task=task,
+                evaluation=evaluated.outputs["evaluation"],
+                roc=evaluated.outputs["roc"],
+            )
+        )
     # The decision depends on the registry's current champion, not only on the inputs.
     decided = on_cluster(
         gate(

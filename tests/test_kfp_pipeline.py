@@ -69,6 +69,88 @@ def test_compiled_training_pipeline_asks_for_gpus_and_retries() -> None:
     assert "retryPolicy" not in tasks["evaluate"]
 
 
+def _tasks(spec: dict) -> dict[str, dict]:
+    """Every task of a compiled pipeline, sub-DAGs (conditions, loops) included."""
+    found = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        found.update(component.get("dag", {}).get("tasks", {}))
+    return found
+
+
+def test_only_steps_whose_inputs_are_all_they_read_are_cached() -> None:
+    for module in (training_module, finetune_module):
+        pipeline, platform = yaml.safe_load_all(module.COMPILED.read_text())
+        tasks = _tasks(pipeline)
+        cached = {n for n, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")}
+        uncached = {n for n, t in tasks.items() if "componentRef" in t} - cached
+        assert {"ingest", "features", "validate-2", "finetune", "evaluate"} <= cached
+        assert {
+            "fingerprint-inputs",
+            "validate",
+            "sync-feature-repo",
+            "gate",
+            "promote",
+            "deploy-champion",
+        } <= uncached
+        # The paths' data goes into the cache keys as parameters.
+        ingest = tasks["ingest"]["inputs"]["parameters"]["raw_fingerprint"]
+        assert ingest["taskOutputParameter"] == {
+            "outputParameterKey": "raw",
+            "producerTask": "fingerprint-inputs",
+        }
+        features = tasks["features"]["inputs"]["parameters"]["repo_fingerprint"]
+        assert features["taskOutputParameter"]["producerTask"] == "fingerprint-inputs"
+        # Every step reads the namespace's one Feast config, the ConfigMap the predictor reads.
+        executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        for name, executor in executors.items():
+            (config_map,) = executor["configMapAsVolume"]
+            assert config_map["configMapName"] == "shopguide-feast", name
+            assert config_map["mountPath"] == "/etc/shopguide/feast"
+            (env,) = executor["fieldPathAsEnv"]
+            assert env["name"] == "FEAST_FS_YAML_FILE_PATH"
+            annotation = env["fieldPath"].split("'")[1]
+            assert executor["podMetadata"]["annotations"][annotation] == (
+                "/etc/shopguide/feast/feature_store.yaml"
+            )
+    pipeline, _ = yaml.safe_load_all(finetune_module.COMPILED.read_text())
+    tasks = _tasks(pipeline)
+    assert "cachingOptions" not in tasks["current-champion"] or not tasks["current-champion"][
+        "cachingOptions"
+    ].get("enableCache")
+    assert tasks["champion-model"]["cachingOptions"]["enableCache"] is True
+
+
+def test_a_multi_gpu_step_gets_its_gpus_and_shared_memory(tmp_path: Path) -> None:
+    from kfp import dsl
+
+    from pipelines.cluster import on_cluster
+
+    # No parameters: this module's postponed annotations would reach kfp as strings.
+    @dsl.pipeline(name="gpus")
+    def gpus():
+        on_cluster(with_new_categories(params_json="{}", new_category_ids=[1]), gpu=True, gpus=4)
+        on_cluster(with_new_categories(params_json="{}", new_category_ids=[2]), gpu=True)
+
+    pipeline, platform = yaml.safe_load_all(
+        compile_pipeline(gpus, tmp_path / "gpus.yaml").read_text()
+    )
+    executors = pipeline["deploymentSpec"]["executors"]
+    counts = sorted(
+        e["container"]["resources"]["accelerator"]["resourceCount"] for e in executors.values()
+    )
+    assert counts == ["1", "4"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    four = next(
+        k8s[n]
+        for n, e in executors.items()
+        if e["container"]["resources"]["accelerator"]["resourceCount"] == "4"
+    )
+    assert four["emptyDirMounts"] == [
+        {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "8Gi"}
+    ]
+    assert sum("emptyDirMounts" in e for e in k8s.values()) == 1
+
+
 def _artifact(path: Path) -> Artifact:
     """An artifact at `path`, for calling a component's function directly."""
     artifact = Artifact()
@@ -179,7 +261,7 @@ def test_failed_validation_stops_the_run(
     with pytest.raises(RuntimeError, match=r"Inner task failed: .*validate"):
         _run(root, params, sample, feature_repo, tmp_path / "registry")
     (run_dir,) = root.iterdir()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["ingest", "validate"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["fingerprint-inputs", "ingest", "validate"]
     assert not (feature_repo / "data").exists()
 
 

@@ -1,7 +1,8 @@
 """`shopguide pipeline upload|run|schedule` against a recording KFP endpoint on 127.0.0.1.
 
 The kfp client sends real HTTP to tests/fake_api.py, which answers like the KFP v2beta1 API;
-the tests assert the requests that would reach the cluster.
+the tests assert the requests that would reach the cluster, their credentials included (a
+multi-user Kubeflow refuses a request without them).
 """
 
 from __future__ import annotations
@@ -51,10 +52,24 @@ class Kfp:
         return 404, {"error": f"no route {r.method} {r.path}"}
 
 
-def invoke(kfp: Kfp, *args: str) -> tuple[int, list[Request], str]:
+AUTH_ENV = ("SHOPGUIDE_KFP_TOKEN", "SHOPGUIDE_KFP_COOKIE", "KF_PIPELINES_SA_TOKEN_PATH")
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials come only from what a test sets."""
+    for name in (*AUTH_ENV, "SHOPGUIDE_KFP_NAMESPACE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def invoke(
+    kfp: Kfp, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, list[Request], str]:
     with fake_api(kfp) as api:
         result = CliRunner().invoke(
-            app, ["pipeline", *args, "--host", api.url, "--params", str(ROOT / "params.yaml")]
+            app,
+            ["pipeline", *args, "--host", api.url, "--params", str(ROOT / "params.yaml")],
+            env=env,
         )
     # Rich wraps log lines to the terminal width; compare the words.
     return result.exit_code, api.requests, " ".join(result.output.split())
@@ -157,3 +172,94 @@ def test_endpoint_errors_and_bad_arguments_fail_without_traceback(tmp_path: Path
     assert code == 2
     assert "KFP list pipelines: 500" in output
     assert "Traceback" not in output
+
+
+def test_no_credentials_sends_none() -> None:
+    """A single-user or port-forwarded KFP: nothing to send, and nothing is made up."""
+    code, requests, output = invoke(Kfp(uploaded=True), "run")
+    assert code == 0, output
+    assert requests
+    for r in requests:
+        assert "authorization" not in r.headers and "cookie" not in r.headers
+    assert "with no credentials" in output
+
+
+def test_a_pod_sends_its_projected_token_read_again_for_every_request(tmp_path: Path) -> None:
+    """The CronJob's pod: kfp.Client given a host ignores KF_PIPELINES_SA_TOKEN_PATH, so the
+    token file goes in as credentials, re-read per request as the kubelet rotates it."""
+    token = tmp_path / "token"
+    token.write_text("pod-token-1\n")
+    kfp = Kfp(uploaded=True)
+
+    def rotating(r: Request) -> tuple[int, object]:
+        token.write_text("pod-token-2\n")  # the kubelet rotates the projected token
+        return kfp(r)
+
+    code, requests, output = invoke(rotating, "run", env={"KF_PIPELINES_SA_TOKEN_PATH": str(token)})
+    assert code == 0, output
+    assert requests[0].headers["authorization"] == "Bearer pod-token-1"
+    assert len(requests) > 2
+    for r in requests[1:]:
+        assert r.headers["authorization"] == "Bearer pod-token-2", (r.method, r.path)
+    assert writes(requests) == [("POST", f"{API}/runs")]
+    assert "pod-token" not in output  # the log names the file, never the token
+    assert "with the token file" in output
+
+
+def test_a_named_token_file_that_is_missing_is_an_error(tmp_path: Path) -> None:
+    code, requests, output = invoke(
+        Kfp(uploaded=True), "run", env={"KF_PIPELINES_SA_TOKEN_PATH": str(tmp_path / "none")}
+    )
+    assert code == 2
+    assert "no token file there" in output
+    assert requests == []
+
+
+@pytest.mark.parametrize("how", ["env", "option"])
+def test_a_laptop_sends_its_bearer_token(how: str) -> None:
+    """E.g. `kubectl create token default-editor --audience pipelines.kubeflow.org`; it wins over
+    a token file."""
+    env = {"KF_PIPELINES_SA_TOKEN_PATH": "/nonexistent/token"}
+    if how == "env":
+        code, requests, output = invoke(
+            Kfp(uploaded=False), "upload", env={**env, "SHOPGUIDE_KFP_TOKEN": "laptop-token"}
+        )
+    else:
+        code, requests, output = invoke(
+            Kfp(uploaded=False), "upload", "--token", "laptop-token", env=env
+        )
+    assert code == 0, output
+    assert len(writes(requests)) == 2
+    assert {r.headers["authorization"] for r in requests} == {"Bearer laptop-token"}
+    assert "laptop-token" not in output
+
+
+def test_a_laptop_sends_its_login_cookie() -> None:
+    """The session cookie of the Kubeflow login (oauth2-proxy), from the environment or
+    --cookie; schedule goes through the raw recurring-run API and carries it too."""
+    cookie = "oauth2_proxy_kubeflow=abc123"
+    code, requests, output = invoke(
+        Kfp(uploaded=True), "schedule", env={"SHOPGUIDE_KFP_COOKIE": cookie}
+    )
+    assert code == 0, output
+    assert writes(requests) == [("POST", f"{API}/recurringruns")]
+    for r in requests:
+        assert r.headers["cookie"] == cookie
+        assert "authorization" not in r.headers
+    code, requests, _ = invoke(Kfp(uploaded=True), "run", "--cookie", "session=x")
+    assert code == 0
+    assert {r.headers["cookie"] for r in requests} == {"session=x"}
+
+
+def test_namespace_option_or_env_moves_the_run_into_that_profile() -> None:
+    """The dev CronJob sets SHOPGUIDE_KFP_NAMESPACE from its pod's namespace, so it submits
+    into shopguide-dev, not the kubeflow.namespace (prod) of the image's params.yaml."""
+    for args, env in (
+        (("--namespace", "shopguide-dev"), None),
+        ((), {"SHOPGUIDE_KFP_NAMESPACE": "shopguide-dev"}),
+    ):
+        code, requests, output = invoke(Kfp(uploaded=True), "run", *args, env=env)
+        assert code == 0, output
+        experiments = [r for r in requests if r.path == f"{API}/experiments"]
+        assert experiments
+        assert all(r.query["namespace"] == ["shopguide-dev"] for r in experiments)

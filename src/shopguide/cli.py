@@ -453,6 +453,31 @@ PackageOpt = Annotated[
     Path, typer.Option("--package", help="compiled pipeline YAML (python -m pipelines.<name>)")
 ]
 HostOpt = Annotated[str | None, typer.Option(help="KFP endpoint; default kubeflow.host")]
+NamespaceOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="SHOPGUIDE_KFP_NAMESPACE",
+        help="the Kubeflow profile namespace to work in; default kubeflow.namespace",
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="SHOPGUIDE_KFP_TOKEN",
+        show_envvar=True,
+        help="bearer token for a multi-user KFP (prefer the environment variable: an option "
+        "shows in the process list); in a pod the projected token at "
+        "KF_PIPELINES_SA_TOKEN_PATH is used",
+    ),
+]
+CookieOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="SHOPGUIDE_KFP_COOKIE",
+        show_envvar=True,
+        help="Cookie header of a Kubeflow login session, e.g. 'oauth2_proxy_kubeflow=...'",
+    ),
+]
 ArgOpt = Annotated[
     list[str] | None,
     typer.Option("--arg", help="pipeline argument NAME=VALUE (VALUE read as JSON if it parses)"),
@@ -475,18 +500,33 @@ def _pipeline_arguments(pairs: list[str] | None) -> dict[str, object]:
     return arguments
 
 
+def _kfp_client(params: Path, host: str | None, namespace: str | None, token, cookie):
+    """The KFP settings (with `namespace` if given) and a client authenticated as
+    `kfp_runs.resolve_auth` finds."""
+    from shopguide import kfp_runs
+
+    settings = load_params(params).kubeflow
+    if namespace:
+        settings = settings.model_copy(update={"namespace": namespace})
+    auth = kfp_runs.resolve_auth(token, cookie)
+    return settings, kfp_runs.connect(settings, host, auth)
+
+
 @pipeline_app.command("upload")
 @step
 def pipeline_upload(
     package: PackageOpt = TRAINING_PACKAGE,
     host: HostOpt = None,
+    namespace: NamespaceOpt = None,
+    token: TokenOpt = None,
+    cookie: CookieOpt = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Upload the compiled pipeline, as a new version when it exists already."""
     from shopguide import kfp_runs
 
-    p = load_params(params)
-    kfp_runs.upload(kfp_runs.connect(p.kubeflow, host), package)
+    _, client = _kfp_client(params, host, namespace, token, cookie)
+    kfp_runs.upload(client, package)
 
 
 @pipeline_app.command("run")
@@ -495,14 +535,17 @@ def pipeline_run(
     package: PackageOpt = TRAINING_PACKAGE,
     arg: ArgOpt = None,
     host: HostOpt = None,
+    namespace: NamespaceOpt = None,
+    token: TokenOpt = None,
+    cookie: CookieOpt = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Start one run of the uploaded pipeline's latest version (what the CronJob calls)."""
     from shopguide import kfp_runs
 
-    p = load_params(params)
     name, arguments = kfp_runs.pipeline_name(package), _pipeline_arguments(arg)
-    kfp_runs.run(kfp_runs.connect(p.kubeflow, host), p.kubeflow, name, arguments)
+    settings, client = _kfp_client(params, host, namespace, token, cookie)
+    kfp_runs.run(client, settings, name, arguments)
 
 
 @pipeline_app.command("schedule")
@@ -518,16 +561,69 @@ def pipeline_schedule(
     ] = False,
     arg: ArgOpt = None,
     host: HostOpt = None,
+    namespace: NamespaceOpt = None,
+    token: TokenOpt = None,
+    cookie: CookieOpt = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Retrain on a schedule: a recurring run of the latest version, one at a time, no catch-up."""
     from shopguide import kfp_runs
 
-    p = load_params(params)
     name, arguments = kfp_runs.pipeline_name(package), _pipeline_arguments(arg)
-    client = kfp_runs.connect(p.kubeflow, host)
-    cron = cron or p.kubeflow.schedule_cron
-    kfp_runs.schedule(client, p.kubeflow, name, arguments, cron, pin=pin)
+    settings, client = _kfp_client(params, host, namespace, token, cookie)
+    kfp_runs.schedule(client, settings, name, arguments, cron or settings.schedule_cron, pin=pin)
+
+
+cluster_app = typer.Typer(
+    no_args_is_help=True,
+    help="The Kubernetes cluster of the cluster path: check what it needs, seed the data volume.",
+)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("check")
+@step
+def cluster_check(
+    namespace: Annotated[
+        str | None, typer.Option(help="the profile namespace; default deploy.namespace")
+    ] = None,
+    kubeconfig: Annotated[
+        str | None, typer.Option(envvar="KUBECONFIG", help="default ~/.kube/config")
+    ] = None,
+    context: Annotated[str | None, typer.Option(help="kubeconfig context")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Read the live cluster (kubeconfig) and report what the cluster path lacks: CRDs, KServe's
+    mode and Knative's config-features, the profile, ClusterRoles, storage, GPU nodes, the
+    overlay. Reads only; exit code 2 when something is missing."""
+    from shopguide.cluster import check_cluster, connect
+
+    p = load_params(params)
+    namespace = namespace or p.deploy.namespace
+    findings = check_cluster(connect(kubeconfig, context), p, namespace)
+    for finding in findings:
+        typer.echo(finding.line())
+    missing = [f.check for f in findings if f.status == "missing"]
+    if missing:
+        raise ShopguideError(f"the cluster lacks {len(missing)}: {', '.join(missing)}")
+    typer.echo(f"nothing missing for namespace {namespace}")
+
+
+@cluster_app.command("seed")
+@step
+def cluster_seed(
+    data_mount: Annotated[
+        Path, typer.Option(help="where the data volume is mounted (deploy.data_mount)")
+    ] = Path("/mnt/shopguide"),
+    template: Annotated[
+        Path, typer.Option(help="Feast repo whose definitions (*.py) to copy")
+    ] = Path("feature_repo"),
+) -> None:
+    """Lay out the data volume (raw/, feature_repo/, registry/, validation/; group-writable,
+    setgid) and copy the Feast definitions in; what k8s/jobs/seed/seed.yaml runs."""
+    from shopguide.volume import seed_volume
+
+    seed_volume(data_mount, template)
 
 
 def main() -> None:

@@ -428,7 +428,9 @@ class KubeflowParams(Strict):
     gpu_cpu_request: str = "4"
     gpu_memory_request: str = "16Gi"
     accelerator_type: str = "nvidia.com/gpu"
-    accelerator_limit: PositiveInt = 1
+    accelerator_limit: PositiveInt = 1  # GPUs of the finetune step
+    # GPUs of the train step, on one node: more than one starts `torchrun`, one process each.
+    train_accelerator_limit: PositiveInt = 1
     gpu_node_selector: dict[str, str] = Field(
         default_factory=lambda: {"nvidia.com/gpu.present": "true"}
     )

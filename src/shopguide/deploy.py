@@ -33,6 +33,17 @@ from shopguide.config import DeployParams, ServingParams
 from shopguide.errors import ShopguideError
 from shopguide.io import atomic_path
 
+# The Feast configuration (online store) every pod reads: the overlay's ConfigMap, mounted at
+# FEAST_CONFIG_DIR in the predictor and in every pipeline step (pipelines/cluster.py) and named
+# by Feast's own FEAST_FS_YAML_FILE_PATH, which FeatureStore(repo_path=...) reads. One config
+# for both sides, and no subPath over the read-only data volume.
+FEAST_CONFIG_MAP = "shopguide-feast"
+FEAST_CONFIG_DIR = "/etc/shopguide/feast"
+FEAST_CONFIG_ENV = "FEAST_FS_YAML_FILE_PATH"
+FEAST_CONFIG_FILE = f"{FEAST_CONFIG_DIR}/feature_store.yaml"
+# A pod's own namespace, as the kubelet mounts it with the ServiceAccount token.
+POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
 
 def inference_service_model(
     version: str, deploy: DeployParams, serving: ServingParams
@@ -53,20 +64,15 @@ def inference_service_model(
             V1EnvVar(name="STORAGE_URI", value=f"{deploy.storage_uri_prefix}/{version}"),
             # torch would otherwise size its thread pool by the node's cores, not the limit.
             V1EnvVar(name="OMP_NUM_THREADS", value="2"),
+            V1EnvVar(name=FEAST_CONFIG_ENV, value=FEAST_CONFIG_FILE),
         ],
         resources=V1ResourceRequirements(
             requests={"cpu": "1", "memory": "2Gi"}, limits={"cpu": "2", "memory": "4Gi"}
         ),
-        # The Feast repo on the shared volume, with the overlay's feature_store.yaml (online store)
-        # laid over the one the features step wrote.
+        # The Feast repo on the shared volume; its configuration from the overlay's ConfigMap.
         volume_mounts=[
             V1VolumeMount(name="data", mount_path=deploy.data_mount, read_only=True),
-            V1VolumeMount(
-                name="feast-config",
-                mount_path=f"{deploy.data_mount}/feature_repo/feature_store.yaml",
-                sub_path="feature_store.yaml",
-                read_only=True,
-            ),
+            V1VolumeMount(name="feast-config", mount_path=FEAST_CONFIG_DIR, read_only=True),
         ],
         security_context=V1SecurityContext(
             run_as_non_root=True, run_as_user=1000, allow_privilege_escalation=False
@@ -96,7 +102,7 @@ def inference_service_model(
                     ),
                     V1Volume(
                         name="feast-config",
-                        config_map=V1ConfigMapVolumeSource(name="shopguide-feast"),
+                        config_map=V1ConfigMapVolumeSource(name=FEAST_CONFIG_MAP),
                     ),
                 ],
             )
@@ -159,6 +165,14 @@ def apply_inference_service(isvc: V1beta1InferenceService, client: KServeClient)
         return "created"
     client.patch(name, promotion_patch(isvc), namespace=namespace)
     return "patched"
+
+
+def pod_namespace(path: Path | None = None) -> str | None:
+    """The namespace this process's pod runs in, or None outside a pod."""
+    try:
+        return (path or POD_NAMESPACE_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def deploy_version(

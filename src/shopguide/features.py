@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureStore
+from feast.constants import FEAST_FS_YAML_FILE_PATH_ENV_NAME
 from feast.repo_operations import parse_repo
 
 from shopguide.config import Params
@@ -135,9 +136,17 @@ def _inside(repo: Path):
 
 
 def _feast_repo(path: Path) -> Path:
-    """`path`, resolved, if it is a Feast repo; else a clear error."""
+    """`path`, resolved, if it is a Feast repo; else a clear error. Its configuration is its
+    feature_store.yaml, or the file Feast's FEAST_FS_YAML_FILE_PATH names (on the cluster: the
+    overlay's ConfigMap, the same for the pipeline steps and the predictor)."""
     repo = Path(path).resolve()
-    if not (repo / "feature_store.yaml").is_file():
+    named = os.environ.get(FEAST_FS_YAML_FILE_PATH_ENV_NAME)
+    if named:
+        if not Path(named).is_file():
+            raise ShopguideError(f"{FEAST_FS_YAML_FILE_PATH_ENV_NAME}={named}: no such file")
+        if not repo.is_dir():
+            raise ShopguideError(f"{repo}: no Feast repo there")
+    elif not (repo / "feature_store.yaml").is_file():
         raise ShopguideError(f"{repo}: not a Feast repo (no feature_store.yaml)")
     return repo
 

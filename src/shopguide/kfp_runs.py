@@ -3,18 +3,28 @@ when the pipeline exists), start one run, or schedule recurring runs.
 
 Runs and schedules start the uploaded pipeline's latest version, so a schedule (unless pinned)
 and the Kubernetes CronJob (which calls `shopguide pipeline run`) pick up each upload.
+
+Authentication (`KfpAuth`): a multi-user Kubeflow's API wants a credential on every request.
+From a pod, the projected ServiceAccount token (audience `pipelines.kubeflow.org`) at
+KF_PIPELINES_SA_TOKEN_PATH, read again for every request as the kubelet rotates it; from a
+laptop, a bearer token (SHOPGUIDE_KFP_TOKEN or --token, e.g. `kubectl create token`) or the
+session cookie of the Kubeflow login (SHOPGUIDE_KFP_COOKIE or --cookie).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import kfp
 import kfp_server_api
 import yaml
+from kfp.client import KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH
+from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
 from kfp_server_api.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
@@ -49,10 +59,78 @@ def version_name(package: Path) -> str:
     return "sha256-" + hashlib.sha256(package.read_bytes()).hexdigest()[:16]
 
 
-def connect(settings: KubeflowParams, host: str | None = None) -> kfp.Client:
-    """A client for the endpoint; in a pod, kfp reads the projected token named by
-    KF_PIPELINES_SA_TOKEN_PATH (see k8s/jobs/schedule/cronjob.yaml)."""
-    return kfp.Client(host=host or settings.host, namespace=settings.namespace)
+TOKEN_ENV = "SHOPGUIDE_KFP_TOKEN"
+COOKIE_ENV = "SHOPGUIDE_KFP_COOKIE"
+
+
+@dataclass(frozen=True)
+class KfpAuth:
+    """What authenticates the client: a bearer token, a cookie header value
+    (`name=value[; name2=value2]`) and/or a token file read again for every request."""
+
+    token: str | None = None
+    cookie: str | None = None
+    token_path: Path | None = None
+
+    def describe(self) -> str:
+        """For the log: which credential, never its value."""
+        parts = [
+            *(["a bearer token"] if self.token else []),
+            *(["a session cookie"] if self.cookie else []),
+            *([f"the token file {self.token_path}"] if self.token_path else []),
+        ]
+        return " and ".join(parts) or "no credentials"
+
+
+def resolve_auth(
+    token: str | None = None,
+    cookie: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+    default_token_path: Path = Path(KF_PIPELINES_SA_TOKEN_PATH),
+) -> KfpAuth:
+    """The credentials to send: an explicit token and/or cookie (option or environment) first;
+    else the projected ServiceAccount token named by KF_PIPELINES_SA_TOKEN_PATH, or at kfp's
+    default path when a pod has one there; else none (a single-user or port-forwarded KFP).
+
+    A token path that is named but missing is an error: sending nothing would only come back
+    as a 401/403 that no longer says why."""
+    token = token or environ.get(TOKEN_ENV) or None
+    cookie = cookie or environ.get(COOKIE_ENV) or None
+    if token or cookie:
+        return KfpAuth(token=token, cookie=cookie)
+    named = environ.get(KF_PIPELINES_SA_TOKEN_ENV)
+    if named:
+        if not Path(named).is_file():
+            raise ShopguideError(
+                f"{KF_PIPELINES_SA_TOKEN_ENV}={named}: no token file there (is the projected "
+                "ServiceAccount token volume mounted? see k8s/jobs/schedule/cronjob.yaml)"
+            )
+        return KfpAuth(token_path=Path(named))
+    if default_token_path.is_file():
+        return KfpAuth(token_path=default_token_path)
+    return KfpAuth()
+
+
+def connect(
+    settings: KubeflowParams, host: str | None = None, auth: KfpAuth | None = None
+) -> kfp.Client:
+    """A client for the endpoint (`host` or kubeflow.host) in kubeflow.namespace, sending
+    `auth` (default: `resolve_auth()`) with every request.
+
+    kfp.Client reads KF_PIPELINES_SA_TOKEN_PATH only when it is given no host, so the token
+    file goes in explicitly as credentials."""
+    auth = resolve_auth() if auth is None else auth
+    host = host or settings.host
+    log.info("KFP %s, namespace %s, with %s", host, settings.namespace, auth.describe())
+    return kfp.Client(
+        host=host,
+        namespace=settings.namespace,
+        existing_token=auth.token,
+        cookies=auth.cookie,
+        credentials=(
+            ServiceAccountTokenVolumeCredentials(str(auth.token_path)) if auth.token_path else None
+        ),
+    )
 
 
 def _call(what: str, func, *args, **kwargs):

@@ -97,16 +97,18 @@ def mean_metric(metrics: dict, name: str = "auc") -> float:
 
 
 def roc_points(labels: np.ndarray, probs: np.ndarray, tasks: tuple[str, ...]) -> list[dict]:
-    """ROC curve rows (task, fpr, tpr), thinned to at most ~200 points per task."""
+    """ROC curve rows (task, fpr, tpr, threshold: predicted positive at probability >= it; the
+    first point's, scikit-learn's infinity, is written 1.0), thinned to at most ~200 points per
+    task."""
     rows = []
     for j, task in enumerate(tasks):
         if not 0 < labels[:, j].sum() < len(labels):
             continue
-        fpr, tpr, _ = roc_curve(labels[:, j], probs[:, j])
+        fpr, tpr, thresholds = roc_curve(labels[:, j], probs[:, j])
         keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))
         rows += [
-            {"task": task, "fpr": float(f), "tpr": float(t)}
-            for f, t in zip(fpr[keep], tpr[keep], strict=True)
+            {"task": task, "fpr": float(f), "tpr": float(t), "threshold": float(min(h, 1.0))}
+            for f, t, h in zip(fpr[keep], tpr[keep], thresholds[keep], strict=True)
         ]
     return rows
 

@@ -101,6 +101,11 @@ def training_examples(training_set: Path, ranking_set: Path | None, params: Para
     frame = read_training_set(training_set)
     if not params.train.ranking_queries or ranking_set is None:
         return frame
+    if not Path(ranking_set).is_file():
+        raise ShopguideError(
+            f"{ranking_set}: ranking set not found (run `shopguide features` first, or set "
+            "train.ranking_queries: false)"
+        )
     queries = pd.read_parquet(ranking_set)
     queries = queries[queries["split"] == "train"]
     if queries.empty:
