@@ -261,6 +261,9 @@ class TrainParams(Strict):
     # Weight of a listwise loss (softmax over each user-moment's candidates, per task) beside
     # the pointwise one: it trains the ranking within one user at one moment only. 0: off.
     listwise_weight: Annotated[float, Field(ge=0)] = 1.0
+    # The listwise loss's groups: one user at one moment (0), or one user's rows within
+    # windows of this many seconds, several moments ranked together as GAUC ranks them.
+    listwise_group_s: Annotated[int, Field(ge=0)] = 0
     # Also fit on the train split's taobao-rank-v1 queries (protocol rule 5: training queries
     # for a learned ranker), each labelled for its own task only.
     ranking_queries: bool = True

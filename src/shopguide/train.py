@@ -156,7 +156,7 @@ def train_step(
     valid = to_tensors(valid_part, heads, model.config)
     result = fit(
         model,
-        to_tensors(fit_part, heads, model.config),
+        to_tensors(fit_part, heads, model.config, params.train.listwise_group_s),
         valid,
         settings_from_params(params.train, heads),
         description=f"train {params.model.name}",

@@ -62,8 +62,11 @@ def input_columns(config: ModelConfig) -> list[str]:
     return [*KEYS, "t0", *dict.fromkeys(map(source_column, config.dense_features)), *sequence]
 
 
-def to_tensors(frame: pd.DataFrame, tasks: tuple[str, ...], config: ModelConfig) -> Tensors:
-    """The model's inputs (at each row's moment t0) and the `tasks`' labels of `frame`."""
+def to_tensors(
+    frame: pd.DataFrame, tasks: tuple[str, ...], config: ModelConfig, group_s: int = 0
+) -> Tensors:
+    """The model's inputs (at each row's moment t0) and the `tasks`' labels of `frame`; rows
+    are grouped by user and moment, or with `group_s` by user and `group_s`-second window."""
     missing = [c for c in (*input_columns(config), *tasks) if c not in frame.columns]
     if missing:  # a label column filled in would score (and gate) against nothing
         raise ShopguideError(f"training set lacks columns {missing}")
@@ -76,13 +79,17 @@ def to_tensors(frame: pd.DataFrame, tasks: tuple[str, ...], config: ModelConfig)
         dense=torch.from_numpy(dense_inputs(frame, moments, config.dense_features)),
         sequence=torch.from_numpy(sequence_inputs(frame, moments, config.sequence_length)),
         labels=torch.from_numpy(labels),
-        group=torch.from_numpy(moment_groups(frame)),
+        group=torch.from_numpy(moment_groups(frame, group_s)),
     )
 
 
-def moment_groups(frame: pd.DataFrame) -> np.ndarray:
-    """(rows,) int64: one group per (user, moment t0), the candidates ranked together."""
+def moment_groups(frame: pd.DataFrame, window_s: int = 0) -> np.ndarray:
+    """(rows,) int64: one group per (user, moment t0), the candidates ranked together; with
+    `window_s`, per user and window of that many seconds (the user's rows of several moments
+    ranked together, as GAUC ranks a user's exposures)."""
     keys = frame[["user_id", "t0"]].to_numpy(np.int64)
+    if window_s:
+        keys[:, 1] //= window_s
     if not len(keys):
         return np.zeros(0, np.int64)
     return np.unique(keys, axis=0, return_inverse=True)[1].ravel().astype(np.int64)

@@ -23,9 +23,9 @@ class Outcome:
     trainable: int  # parameters the strategy let move
 
 
-def tensors(model: MultiTaskModel, frame: pd.DataFrame) -> Tensors:
+def tensors(model: MultiTaskModel, frame: pd.DataFrame, group_s: int = 0) -> Tensors:
     """`frame` as the model's inputs, with a label column for each of its heads."""
-    return to_tensors(frame, model.config.head_names(), model.config)
+    return to_tensors(frame, model.config.head_names(), model.config, group_s)
 
 
 def frame_metrics(model: MultiTaskModel, frame: pd.DataFrame) -> dict:
@@ -69,7 +69,7 @@ def fine_tune(
     )
     result = fit(
         model,
-        tensors(model, fit_rows(data, params)),
+        tensors(model, fit_rows(data, params), params.train.listwise_group_s),
         tensors(model, data.valid),
         settings,
         trainable=trainable,
