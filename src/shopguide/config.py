@@ -91,6 +91,9 @@ class ValidationParams(Strict):
     min_events: PositiveInt = 1000
     min_exposures: PositiveInt = 1000
     max_out_of_window_fraction: Fraction = 0.001
+    # Share of events that repeat another exactly (every copy counts, as in Great Expectations'
+    # uniqueness check).
+    max_duplicate_fraction: Fraction = 0.0
     positive_rate: dict[str, RateBounds] = Field(
         default_factory=lambda: {
             "cart": RateBounds(min=0.001, max=0.2),
