@@ -38,7 +38,7 @@ def params(adapter: str, **sections: dict) -> Params:
     }
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
-    return Params.model_validate({**raw, "data": {"adapter": adapter}})
+    return Params.model_validate({**raw, "data": {**raw.get("data", {}), "adapter": adapter}})
 
 
 def outputs(tmp_path: Path) -> tuple[Path, Path]:
@@ -123,6 +123,36 @@ def test_rees46_unknown_event_type_reaches_validation(tmp_path: Path) -> None:
         ("expect_column_values_to_be_in_set", "behavior")
     ]
     assert failed[0]["unexpected_examples"][0]["behavior"] == "wishlist"
+
+
+def test_rees46_crlf_file_whose_last_line_ends_in_lf(tmp_path: Path) -> None:
+    """The issue's reproduction: a header and two rows, the first ending in CRLF, the last
+    in a bare LF (DuckDB's parser refuses the mix; the adapter reads an LF copy)."""
+    first, second = rees46_rows()[:2]
+    csv = tmp_path / "2019-Oct.csv"
+    csv.write_bytes(f"{REES46_HEADER}\r\n{first}\r\n{second}\n".encode())
+    events, exposures = outputs(tmp_path)
+    card = ingest(csv, events, exposures, params("rees46", protocol=REES46_PROTOCOL))
+    assert card["events"]["rows"] == 2 and card["malformed_rows"] == 0
+    assert sorted(pd.read_parquet(events)["item_id"]) == [3900821, 44600062]
+
+
+def test_rees46_exact_duplicates_dropped_on_request(tmp_path: Path) -> None:
+    rows = rees46_rows()
+    csv = tmp_path / "2019-Oct.csv"
+    csv.write_text("\n".join([REES46_HEADER, *rows, rows[1], rows[4], rows[4]]) + "\n")
+    events, exposures = outputs(tmp_path)
+    kept = ingest(csv, events, exposures, params("rees46", protocol=REES46_PROTOCOL))
+    assert (kept["events"]["rows"], kept["duplicate_events_dropped"]) == (11, 0)
+    dedupe = params(
+        "rees46",
+        protocol=REES46_PROTOCOL,
+        data={"drop_duplicate_events": True},
+        validation={"min_events": 1},
+    )
+    card = ingest(csv, events, exposures, dedupe)
+    assert (card["events"]["rows"], card["duplicate_events_dropped"]) == (8, 3)
+    assert validate_events(events, dedupe, tmp_path / "report").success
 
 
 @pytest.mark.parametrize(

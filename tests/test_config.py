@@ -36,6 +36,7 @@ def test_project_params_load() -> None:
         ("train:\n  learning_rate: .inf\n", "train.learning_rate"),
         ("protocol:\n  tasks: []\n", "protocol.tasks"),
         ("model:\n  expert_hidden: []\n", "model.expert_hidden"),
+        ("data:\n  adapter: aliccp\n  drop_duplicate_events: true\n", "for the taobao and"),
     ],
 )
 def test_bad_params_name_the_field(tmp_path: Path, text: str, fragment: str) -> None:

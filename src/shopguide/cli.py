@@ -56,9 +56,10 @@ def ingest(
     """Raw data (format: data.adapter) -> canonical events, labelled exposures, the time split;
     the summary is the data card."""
     from shopguide.adapters import ingest as ingest_raw
-    from shopguide.io import write_json
+    from shopguide.io import refuse_directories, write_json
 
     p = load_params(params)
+    refuse_directories(summary)
     write_json(summary, ingest_raw(source or p.data.raw_path, events, exposures, p))
 
 

@@ -41,6 +41,18 @@ class DataParams(Strict):
     duckdb_threads: PositiveInt = 2
     # Where DuckDB spills past its memory limit; None: <system temp dir>/shopguide-duckdb.
     duckdb_temp_directory: Path | None = None
+    # Drop events that repeat another exactly (all five canonical columns; real REES46 files
+    # hold a few), counted on the data card; else validation judges them
+    # (validation.max_duplicate_fraction). The taobao and rees46 adapters.
+    drop_duplicate_events: bool = False
+
+    @model_validator(mode="after")
+    def _dedupe_supported(self) -> DataParams:
+        if self.drop_duplicate_events and self.adapter not in ("taobao", "rees46"):
+            raise ValueError(
+                f"drop_duplicate_events is for the taobao and rees46 adapters, not {self.adapter}"
+            )
+        return self
 
 
 class AuxTaskParams(Strict):
@@ -92,7 +104,7 @@ class ValidationParams(Strict):
     min_exposures: PositiveInt = 1000
     max_out_of_window_fraction: Fraction = 0.001
     # Share of events that repeat another exactly (every copy counts, as in Great Expectations'
-    # uniqueness check).
+    # uniqueness check); data.drop_duplicate_events drops them at ingest instead.
     max_duplicate_fraction: Fraction = 0.0
     positive_rate: dict[str, RateBounds] = Field(
         default_factory=lambda: {

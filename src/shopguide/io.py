@@ -15,6 +15,13 @@ from typing import Any
 from shopguide.errors import ShopguideError
 
 
+def refuse_directories(*paths: Path | str) -> None:
+    """An output file path that is a directory is an error, found before any work."""
+    for path in map(Path, paths):
+        if path.is_dir() and not path.is_symlink():
+            raise ShopguideError(f"{path}: is a directory; expected a file path for the output")
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; move it into place only if the block succeeds.
@@ -45,7 +52,8 @@ def all_or_none(paths: list[Path]) -> Iterator[None]:
     """Run a block that replaces several files (each atomically); if it fails, put back every
     one it had already replaced and remove any it created, so a failed step never leaves new
     files beside old ones. The old files are kept as hard links (a copy where the file system
-    has none) until the block ends."""
+    has none) until the block ends. A path that is a directory is refused first."""
+    refuse_directories(*paths)
     Path(paths[0]).parent.mkdir(parents=True, exist_ok=True)
     keep = Path(tempfile.mkdtemp(prefix=".previous-", dir=Path(paths[0]).parent))
     saved: dict[Path, Path | None] = {}

@@ -24,4 +24,5 @@ def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
         params.data,
         malformed_rows=summary.malformed_rows,
         malformed_examples=summary.malformed_examples,
+        duplicate_events_dropped=summary.duplicate_events_dropped,
     )
