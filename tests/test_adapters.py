@@ -55,6 +55,27 @@ def test_taobao_card_matches_protocol(sample: Path, tmp_path: Path) -> None:
     assert card["exposures"]["test"]["exposures"] == 15_562
     assert card["exposures"]["test"]["positive_rate"]["buy"] == pytest.approx(162 / 15_562)
     assert card["malformed_rows"] == 1
+    assert "proposed_split" not in card  # 44,312 train against 15,562 test: no warning
+
+
+def test_a_window_that_leaves_a_tiny_train_split_is_warned_about(
+    sample: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """test_start a few hours into the sample's window: the card proposes a test_start that
+    leaves the last quarter of the exposures for testing."""
+    early = TAOBAO.protocol.window_start + 20_000
+    protocol = TAOBAO.protocol.model_copy(update={"test_start": early})
+    events, exposures = outputs(tmp_path)
+    card = ingest(sample, events, exposures, TAOBAO.model_copy(update={"protocol": protocol}))
+    train, test = (card["exposures"][s]["exposures"] for s in ("train", "test"))
+    assert train < test / 10
+    proposed = card["proposed_split"]
+    assert proposed["train_exposures"] + proposed["test_exposures"] == train + test
+    assert proposed["test_exposures"] / (train + test) == pytest.approx(0.25, abs=0.01)
+    assert protocol.window_start < proposed["protocol.test_start"] < protocol.window_end
+    x = pd.read_parquet(exposures)
+    assert (x["t0"] < proposed["protocol.test_start"]).sum() == proposed["train_exposures"]
+    assert f"leaves {train} train against {test} test exposures" in caplog.text
 
 
 HEATER = "3900821,2053013552326770905,appliances.environment.water_heater,aqua"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from shopguide.adapters.card import data_card
+from shopguide.adapters.card import data_card, time_split_check
 from shopguide.config import Params
 from shopguide.duck import connect, sql_path
 from shopguide.errors import ShopguideError
@@ -114,6 +114,7 @@ def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
         params.data,
         malformed_rows=bad,
         remove_from_cart_rows=removed,
+        **time_split_check(exposures, params.data),
         duplicate_events_dropped=duplicates,
         item_features=str(item_features_path(events)),
     )
