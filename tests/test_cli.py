@@ -136,6 +136,31 @@ def test_gate_refusal_has_its_own_exit_code(pipeline_run: PipelineRun, tmp_path:
     assert out.returncode == 3
     assert "gate refused" in out.stderr
     assert (tmp_path / "decision.json").is_file()
+    # promote after the refusal: an error as the README says, the champion unchanged
+    registry = strict.parent / "registry"
+    promote = shopguide(
+        "promote",
+        "--params",
+        str(strict),
+        "--model-dir",
+        str(pipeline_run.candidate),
+        "--decision",
+        str(tmp_path / "decision.json"),
+        "--evaluation",
+        str(pipeline_run.evaluation),
+        "--training-set",
+        str(pipeline_run.training_set),
+        "--parent",
+        str(pipeline_run.pretrained),
+        "--out",
+        str(tmp_path / "promotion.json"),
+    )
+    assert promote.returncode == 3
+    text = " ".join(promote.stderr.split())
+    assert "the gate refused the candidate; not promoted, champion unchanged" in text
+    assert "auc_floor" in text and "Traceback" not in text
+    assert not registry.exists()
+    assert '"promoted": false' in (tmp_path / "promotion.json").read_text()
 
 
 @pytest.mark.parametrize(

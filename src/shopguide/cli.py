@@ -259,14 +259,13 @@ def promote(
         recorded = read_json(finetune_metrics) if finetune_metrics.is_file() else {}
         parent = Path(recorded.get("base_model", PRETRAINED))
     record = promote_step(model_dir, decision, evaluation, training_set, out, p, parent)
-    if record["promoted"]:
-        log.info(
-            "champion is %s. Report: reports/evaluation.html. Start the endpoint with "
-            "`shopguide serve` and POST to http://localhost:%d/v1/models/%s:predict",
-            record["version"],
-            p.serving.http_port,
-            p.serving.model_name,
-        )
+    log.info(
+        "champion is %s. Report: reports/evaluation.html. Start the endpoint with "
+        "`shopguide serve` and POST to http://localhost:%d/v1/models/%s:predict",
+        record["version"],
+        p.serving.http_port,
+        p.serving.model_name,
+    )
 
 
 @app.command()
