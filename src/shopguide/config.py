@@ -6,6 +6,7 @@ so a typo in `params.yaml` fails fast instead of silently falling back to a defa
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
@@ -436,10 +437,14 @@ class Params(Strict):
 
 
 def _format_errors(err: ValidationError) -> str:
+    """One line per problem: where, what, and the value given, cut short (not for a section,
+    whose value is the whole mapping: a check of several fields names them itself)."""
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
+        value = e.get("input")
+        shown = e["type"] != "missing" and not isinstance(value, dict)
+        lines.append(f"  {where}: {e['msg']}" + (f" (got {reprlib.repr(value)})" if shown else ""))
     return "\n".join(lines)
 
 
