@@ -113,7 +113,7 @@ def _only_fields(obj: dict, allowed: tuple[str, ...], where: str) -> None:
 def _bounded_v1(payload: dict, max_candidates: int) -> None:
     """What pydantic would otherwise pay for or echo in full: unknown fields (a name of any
     length, any number of them) and lists longer than any valid request."""
-    _only_fields(payload, ("instances",), "")
+    _only_fields(payload, tuple(PredictRequest.model_fields), "")
     instances = payload.get("instances")
     if not isinstance(instances, list):
         return
@@ -122,7 +122,7 @@ def _bounded_v1(payload: dict, max_candidates: int) -> None:
     for i, inst in enumerate(instances):
         if not isinstance(inst, dict):
             continue
-        _only_fields(inst, ("user_id", "item_ids"), f"instances.{i}.")
+        _only_fields(inst, tuple(Instance.model_fields), f"instances.{i}.")
         ids = inst.get("item_ids")
         if isinstance(ids, list) and len(ids) > max_candidates:
             raise ShopguideError(
