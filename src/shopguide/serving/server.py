@@ -67,6 +67,7 @@ class RequestGuard:
 
     @staticmethod
     async def _reply(send, status: int, error: str) -> None:
+        log.info("rejected request: %s", error)
         body = json.dumps({"error": error}).encode()
         metrics.RESPONSES.labels(code=str(status)).inc()
         await send(
