@@ -78,6 +78,27 @@ def test_bad_csv_exits_with_clear_error_and_registry_untouched(
     assert champion(pipeline_run.registry).name == champ
 
 
+@pytest.mark.parametrize("output", ["--events", "--summary"])
+def test_ingest_refuses_an_output_path_that_is_a_directory(
+    sample: Path, tmp_path: Path, output: str
+) -> None:
+    """Was an IsADirectoryError traceback, exit 1, for --events (issue 27)."""
+    outputs = {
+        "--events": tmp_path / "e.parquet",
+        "--exposures": tmp_path / "x.parquet",
+        "--summary": tmp_path / "s.json",
+    }
+    outputs[output].mkdir()
+    (outputs[output] / "keep.txt").write_text("mine")
+    params = write_params(tmp_path, sample)
+    args = [a for option, path in outputs.items() for a in (option, str(path))]
+    out = shopguide("ingest", "--params", str(params), *args)
+    assert out.returncode == 2
+    assert f"{outputs[output]}: is a directory" in " ".join(out.stderr.split())
+    assert "Traceback" not in out.stderr
+    assert (outputs[output] / "keep.txt").read_text() == "mine"
+
+
 def test_unknown_param_key_is_named(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("train:\n  epochz: 3\n")
