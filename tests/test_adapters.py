@@ -38,7 +38,7 @@ def params(adapter: str, **sections: dict) -> Params:
     }
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
-    return Params.model_validate({**raw, "data": {"adapter": adapter}})
+    return Params.model_validate({**raw, "data": {**raw.get("data", {}), "adapter": adapter}})
 
 
 def outputs(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -56,6 +56,29 @@ def test_taobao_card_matches_protocol(sample: Path, tmp_path: Path) -> None:
     assert card["exposures"]["test"]["exposures"] == 15_562
     assert card["exposures"]["test"]["positive_rate"]["buy"] == pytest.approx(162 / 15_562)
     assert card["malformed_rows"] == 1
+    assert "proposed_split" not in card  # 44,312 train against 15,562 test: no warning
+
+
+def test_a_window_that_leaves_a_tiny_train_split_is_warned_about(
+    sample: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """test_start a few hours into the sample's window: the card proposes a test_start that
+    leaves the last quarter of the exposures for testing."""
+    early = TAOBAO.protocol.window_start + 20_000
+    protocol = TAOBAO.protocol.model_copy(update={"test_start": early})
+    events, exposures, queries = outputs(tmp_path)
+    card = ingest(
+        sample, events, exposures, queries, TAOBAO.model_copy(update={"protocol": protocol})
+    )
+    train, test = (card["exposures"][s]["exposures"] for s in ("train", "test"))
+    assert train < test / 10
+    proposed = card["proposed_split"]
+    assert proposed["train_exposures"] + proposed["test_exposures"] == train + test
+    assert proposed["test_exposures"] / (train + test) == pytest.approx(0.25, abs=0.01)
+    assert protocol.window_start < proposed["protocol.test_start"] < protocol.window_end
+    x = pd.read_parquet(exposures)
+    assert (x["t0"] < proposed["protocol.test_start"]).sum() == proposed["train_exposures"]
+    assert f"leaves {train} train against {test} test exposures" in caplog.text
 
 
 HEATER = "3900821,2053013552326770905,appliances.environment.water_heater,aqua"
@@ -124,6 +147,36 @@ def test_rees46_unknown_event_type_reaches_validation(tmp_path: Path) -> None:
         ("expect_column_values_to_be_in_set", "behavior")
     ]
     assert failed[0]["unexpected_examples"][0]["behavior"] == "wishlist"
+
+
+def test_rees46_crlf_file_whose_last_line_ends_in_lf(tmp_path: Path) -> None:
+    """The issue's reproduction: a header and two rows, the first ending in CRLF, the last
+    in a bare LF (DuckDB's parser refuses the mix; the adapter reads an LF copy)."""
+    first, second = rees46_rows()[:2]
+    csv = tmp_path / "2019-Oct.csv"
+    csv.write_bytes(f"{REES46_HEADER}\r\n{first}\r\n{second}\n".encode())
+    events, exposures, queries = outputs(tmp_path)
+    card = ingest(csv, events, exposures, queries, params("rees46", protocol=REES46_PROTOCOL))
+    assert card["events"]["rows"] == 2 and card["malformed_rows"] == 0
+    assert sorted(pd.read_parquet(events)["item_id"]) == [3900821, 44600062]
+
+
+def test_rees46_exact_duplicates_dropped_on_request(tmp_path: Path) -> None:
+    rows = rees46_rows()
+    csv = tmp_path / "2019-Oct.csv"
+    csv.write_text("\n".join([REES46_HEADER, *rows, rows[1], rows[4], rows[4]]) + "\n")
+    events, exposures, queries = outputs(tmp_path)
+    kept = ingest(csv, events, exposures, queries, params("rees46", protocol=REES46_PROTOCOL))
+    assert (kept["events"]["rows"], kept["duplicate_events_dropped"]) == (11, 0)
+    dedupe = params(
+        "rees46",
+        protocol=REES46_PROTOCOL,
+        data={"drop_duplicate_events": True},
+        validation={"min_events": 1},
+    )
+    card = ingest(csv, events, exposures, queries, dedupe)
+    assert (card["events"]["rows"], card["duplicate_events_dropped"]) == (8, 3)
+    assert validate_events(events, dedupe, tmp_path / "report").success
 
 
 @pytest.mark.parametrize(

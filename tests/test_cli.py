@@ -81,6 +81,27 @@ def test_bad_csv_exits_with_clear_error_and_registry_untouched(
     assert champion(pipeline_run.registry).name == champ
 
 
+@pytest.mark.parametrize("output", ["--events", "--summary"])
+def test_ingest_refuses_an_output_path_that_is_a_directory(
+    sample: Path, tmp_path: Path, output: str
+) -> None:
+    """Was an IsADirectoryError traceback, exit 1, for --events (issue 27)."""
+    outputs = {
+        "--events": tmp_path / "e.parquet",
+        "--exposures": tmp_path / "x.parquet",
+        "--summary": tmp_path / "s.json",
+    }
+    outputs[output].mkdir()
+    (outputs[output] / "keep.txt").write_text("mine")
+    params = write_params(tmp_path, sample)
+    args = [a for option, path in outputs.items() for a in (option, str(path))]
+    out = shopguide("ingest", "--params", str(params), *args)
+    assert out.returncode == 2
+    assert f"{outputs[output]}: is a directory" in " ".join(out.stderr.split())
+    assert "Traceback" not in out.stderr
+    assert (outputs[output] / "keep.txt").read_text() == "mine"
+
+
 def test_unknown_param_key_is_named(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("train:\n  epochz: 3\n")
@@ -141,6 +162,31 @@ def test_gate_refusal_has_its_own_exit_code(pipeline_run: PipelineRun, tmp_path:
     assert out.returncode == 3
     assert "gate refused" in out.stderr
     assert (tmp_path / "decision.json").is_file()
+    # promote after the refusal: an error as the README says, the champion unchanged
+    registry = strict.parent / "registry"
+    promote = shopguide(
+        "promote",
+        "--params",
+        str(strict),
+        "--model-dir",
+        str(pipeline_run.candidate),
+        "--decision",
+        str(tmp_path / "decision.json"),
+        "--evaluation",
+        str(pipeline_run.evaluation),
+        "--training-set",
+        str(pipeline_run.training_set),
+        "--parent",
+        str(pipeline_run.pretrained),
+        "--out",
+        str(tmp_path / "promotion.json"),
+    )
+    assert promote.returncode == 3
+    text = " ".join(promote.stderr.split())
+    assert "the gate refused the candidate; not promoted, champion unchanged" in text
+    assert "auc_floor" in text and "Traceback" not in text
+    assert not registry.exists()
+    assert '"promoted": false' in (tmp_path / "promotion.json").read_text()
 
 
 @pytest.mark.parametrize(

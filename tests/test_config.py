@@ -41,6 +41,8 @@ def test_project_params_load() -> None:
         ("train:\n  learning_rate: .inf\n", "train.learning_rate"),
         ("protocol:\n  tasks: []\n", "protocol.tasks"),
         ("model:\n  expert_hidden: []\n", "model.expert_hidden"),
+        ("data:\n  adapter: aliccp\n  drop_duplicate_events: true\n", "for the taobao and"),
+        ("train:\n  batch_size: " + "9" * 500 + "x\n", "(got '99999999999"),
     ],
 )
 def test_bad_params_name_the_field(tmp_path: Path, text: str, fragment: str) -> None:
@@ -61,6 +63,8 @@ def test_switching_tasks_names_every_setting_to_change(tmp_path: Path) -> None:
         load_params(path)
     for name in ("gate.auc_floor", "validation.positive_rate", "serving.ranking_weights"):
         assert f"{name} names tasks ['fav'] not in protocol.tasks" in str(err.value)
+    # the message, not the whole parameters mapping after it (issue 27: about 80 lines)
+    assert len(str(err.value).splitlines()) == 2 and "kubeflow" not in str(err.value)
     path.write_text(
         "protocol:\n  tasks: [cart, buy]\n"
         "gate:\n  auc_floor: {cart: 0.6, buy: 0.6}\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -138,3 +139,94 @@ def test_a_first_ingest_that_fails_leaves_no_tables(tmp_path: Path) -> None:
     with pytest.raises(ShopguideError, match="no exposures"):
         ingest(late, out / "events.parquet", out / "exposures.parquet", out / "q.parquet", PARAMS)
     assert list(out.iterdir()) == []
+
+
+# --- issue 27: files as they come ---------------------------------------------------------------
+
+
+def test_a_huge_malformed_line_is_cut_in_the_examples(tmp_path: Path) -> None:
+    """One 3 MB line among good rows: dropped, and reported in a few hundred characters."""
+    csv = tmp_path / "long.csv"
+    rows = _good_rows(2_000)
+    csv.write_text("\n".join([*rows[:1_000], "1,2,3,pv," + "x" * 3_000_000, *rows[1_000:]]) + "\n")
+    events, exposures = tmp_path / "events.parquet", tmp_path / "exposures.parquet"
+    card = ingest(csv, events, exposures, tmp_path / "queries.parquet", PARAMS)
+    assert card["malformed_rows"] == 1
+    for example in card["malformed_examples"]:  # one per problem DuckDB found in the line
+        assert example.startswith("line 1001:") and "characters)" in example
+        assert len(example) < 600
+    assert len(json.dumps(card)) < 5_000
+
+
+def test_a_directory_as_source_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ShopguideError, match="is a directory, expected the raw events file"):
+        ingest_taobao(tmp_path, tmp_path / "e.parquet", PARAMS.data)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "named"),
+    [
+        ("utf-16", "UTF-16 (little-endian)"),
+        ("utf-16-be", "UTF-16 (big-endian, no byte-order mark)"),
+        ("utf-32", "UTF-32 (little-endian)"),
+    ],
+)
+def test_utf16_or_32_input_names_its_encoding(tmp_path: Path, encoding: str, named: str) -> None:
+    csv = tmp_path / "wide.csv"
+    csv.write_bytes(("\n".join(_good_rows()) + "\n").encode(encoding))
+    with pytest.raises(ShopguideError) as err:
+        ingest_taobao(csv, tmp_path / "e.parquet", PARAMS.data)
+    assert f"the file is {named} text; expected UTF-8" in str(err.value)
+    assert "iconv" in str(err.value)
+
+
+@pytest.mark.parametrize("split", [1, 25, 49], ids=["first-crlf", "middle", "last-lf"])
+def test_mixed_crlf_and_lf_line_endings_are_read(
+    tmp_path: Path, split: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = _good_rows()
+    lf = tmp_path / "lf.csv"
+    lf.write_text("\n".join(rows) + "\n")
+    mixed = tmp_path / "mixed.csv"
+    endings = ["\r\n"] * split + ["\n"] * (len(rows) - split)
+    mixed.write_bytes("".join(r + end for r, end in zip(rows, endings, strict=True)).encode())
+    ingest_taobao(lf, tmp_path / "lf.parquet", PARAMS.data)
+    summary = ingest_taobao(mixed, tmp_path / "mixed.parquet", PARAMS.data)
+    assert summary.rows == 50 and summary.malformed_rows == 0
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "mixed.parquet").sort_values("ts", ignore_index=True),
+        pd.read_parquet(tmp_path / "lf.parquet").sort_values("ts", ignore_index=True),
+    )
+    assert "mixes CRLF and LF line endings" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["lf.csv", "mixed.csv", "lf.parquet", "mixed.parquet"]
+    )
+
+
+@pytest.mark.parametrize("output", ["events", "exposures"])
+def test_an_output_path_that_is_a_directory_is_refused(tmp_path: Path, output: str) -> None:
+    csv = tmp_path / "good.csv"
+    csv.write_text("\n".join(_good_rows()) + "\n")
+    paths = {"events": tmp_path / "events.parquet", "exposures": tmp_path / "exposures.parquet"}
+    paths[output].mkdir()
+    (paths[output] / "keep.txt").write_text("mine")
+    with pytest.raises(ShopguideError, match="is a directory; expected a file path"):
+        ingest(csv, paths["events"], paths["exposures"], tmp_path / "queries.parquet", PARAMS)
+    assert (paths[output] / "keep.txt").read_text() == "mine"
+
+
+def test_drop_duplicate_events_counts_them_on_the_card(sample: Path, tmp_path: Path) -> None:
+    doubled = tmp_path / "doubled.csv"
+    lines = sample.read_text().splitlines()
+    doubled.write_text("\n".join([*lines[:-1], *lines[100:110], lines[-1]]) + "\n")
+    data = PARAMS.data.model_copy(update={"drop_duplicate_events": True})
+    events, exposures = tmp_path / "events.parquet", tmp_path / "exposures.parquet"
+    queries = tmp_path / "queries.parquet"
+    card = ingest(doubled, events, exposures, queries, PARAMS.model_copy(update={"data": data}))
+    assert card["duplicate_events_dropped"] == 10
+    assert card["events"]["rows"] == 84_475
+    assert not pd.read_parquet(events).duplicated().any()
+    kept = ingest(
+        doubled, events, exposures, queries, PARAMS
+    )  # the option off: kept, for validation
+    assert kept["duplicate_events_dropped"] == 0 and kept["events"]["rows"] == 84_485

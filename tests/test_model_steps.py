@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from shopguide.config import Params, load_params
-from shopguide.errors import ShopguideError
+from shopguide.errors import GateRefused, ShopguideError
 from shopguide.evaluate import evaluate_step
 from shopguide.gate import gate_step
 from shopguide.io import read_json
@@ -187,15 +187,16 @@ def test_gate_refuses_below_floor_and_promote_changes_nothing(
         "no_ranking_regression_vs_champion",
     }
     assert any("auc_floor" in r for r in decision["reasons"])
-    record = promote_step(
-        model,
-        tmp_path / "decision.json",
-        evaluation,
-        pipeline_run.training_set,
-        tmp_path / "promotion.json",
-        pipeline_run.params,
-    )
-    assert record["promoted"] is False
+    with pytest.raises(GateRefused, match="refused the candidate; not promoted"):
+        promote_step(
+            model,
+            tmp_path / "decision.json",
+            evaluation,
+            pipeline_run.training_set,
+            tmp_path / "promotion.json",
+            pipeline_run.params,
+        )
+    assert read_json(tmp_path / "promotion.json")["promoted"] is False
     assert [v.name for v in versions(pipeline_run.registry)] == before
     assert champion(pipeline_run.registry).name == champ
 

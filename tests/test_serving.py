@@ -249,6 +249,7 @@ def test_served_scores_equal_the_offline_model(
 TOO_MANY = list(range(1, MAX_CANDIDATES + 2))
 HALF = list(range(1, MAX_CANDIDATES // 2 + 2))
 JSON = {"content-type": "application/json"}
+MANY_FIELDS = {str(k): k for k in range(900)}
 DEEP = b'{"instances": [{"user_id": 1, "item_ids": ' + b"[" * 5_000 + b"]" * 5_000 + b"}]}"
 MALFORMED = {
     "not-json": (dict(content=b"{not json", headers=JSON), "Unrecognized request format"),
@@ -325,6 +326,31 @@ MALFORMED = {
         dict(json={"instances": [{"user_id": 1, "item_ids": [1], "device": "ios"}]}),
         "instances.0.device: Extra inputs are not permitted",
     ),
+    # issue 27: named briefly, whatever the size of what was sent
+    "long-extra-field": (
+        dict(json={"instances": [{"user_id": 1, "item_ids": [1], "k" * 15_000: 1}]}),
+        "instances.0.kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk...(15000 characters): Extra inputs",
+    ),
+    "many-extra-fields": (
+        dict(json={"instances": [{"user_id": 1, "item_ids": [1], **MANY_FIELDS}]}),
+        "instances.0.0: Extra inputs are not permitted (and 899 more unknown fields)",
+    ),
+    "field-name-with-newline": (
+        dict(json={"instances": [{"user_id": 1, "item_ids": [1], "a\nERROR b": 1}]}),
+        "instances.0.a\\nERROR b: Extra inputs",
+    ),
+    "many-string-ids": (
+        dict(json={"instances": [{"user_id": 1, "item_ids": ["x"] * 3_000}]}),
+        f"instances.0.item_ids has 3000 candidates, over the limit of {MAX_CANDIDATES}",
+    ),
+    "many-instances": (
+        dict(json={"instances": [{"user_id": 1, "item_ids": [2]}] * 500}),
+        f"500 instances have at least 500 candidates in all, over the limit of {MAX_CANDIDATES}",
+    ),
+    "nested-too-deep-text": (
+        dict(content=DEEP, headers={"content-type": "text/plain"}),
+        "request body is not valid JSON",
+    ),
 }
 
 
@@ -336,6 +362,7 @@ def test_malformed_request_gets_400_naming_the_problem(
     assert response.status_code == 400, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert message in response.json()["error"]
+    assert len(response.content) < 1_000, response.text[:2_000]
 
 
 def test_server_still_serves_after_bad_requests(
@@ -495,6 +522,47 @@ V2_MALFORMED = {
         dict(json={"inputs": [OK_USER, OK_ITEMS], "outputs": [{"name": "price"}]}),
         "Unexpected inference output 'price'",
     ),
+    # issue 27: strict datatypes, shapes and ranges; brief messages
+    "shape-string": (
+        dict(json={"inputs": [tensor("user_id", [1], shape=["1"]), OK_ITEMS]}),
+        "inputs.user_id.shape.0 must be an integer (got '1')",
+    ),
+    "shape-float": (
+        dict(json={"inputs": [OK_USER, tensor("item_id", [2, 3], shape=[2.0])]}),
+        "inputs.item_id.shape.0 must be an integer (got 2.0)",
+    ),
+    "shape-boolean": (
+        dict(json={"inputs": [tensor("user_id", [1], shape=[True]), OK_ITEMS]}),
+        "inputs.user_id.shape.0 must be an integer (got True)",
+    ),
+    "lowercase-datatype": (
+        dict(json={"inputs": [tensor("user_id", [1], "int64"), OK_ITEMS]}),
+        "inputs.user_id.datatype must be an integer type such as INT64 (got 'int64')",
+    ),
+    "int8-out-of-range": (
+        dict(json={"inputs": [OK_USER, tensor("item_id", [2, 3964153], "INT8")]}),
+        "inputs.item_id.data.1: 3964153 is out of range for INT8 (at most 127)",
+    ),
+    "uint8-out-of-range": (
+        dict(json={"inputs": [tensor("user_id", [256], "UINT8"), OK_ITEMS]}),
+        "inputs.user_id.data.0: 256 is out of range for UINT8 (at most 255)",
+    ),
+    "int32-over-max": (
+        dict(json={"inputs": [tensor("user_id", [2**31], "INT32"), OK_ITEMS]}),
+        "inputs.user_id.data.0: 2147483648 is out of range for INT32 (at most 2147483647)",
+    ),
+    "many-values": (
+        dict(json={"inputs": [OK_USER, tensor("item_id", ["x"] * 3_000, shape=[1])]}),
+        f"inputs.item_id has 3000 values, over the limit of {MAX_CANDIDATES} candidates",
+    ),
+    "many-tensors": (
+        dict(json={"inputs": [{}] * 3_000}),
+        "inputs has 3000 tensors; expected exactly ['user_id', 'item_id']",
+    ),
+    "long-input-name": (
+        dict(json={"inputs": [OK_USER, OK_ITEMS, tensor("n" * 15_000, [1])]}),
+        "unknown inputs ['nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn...(15000 characters)']",
+    ),
 }
 
 
@@ -507,6 +575,15 @@ def test_malformed_v2_request_gets_400_naming_the_problem(
     response = server.client.post("/v2/models/shopguide/infer", **request_kwargs)
     assert response.status_code == 400, response.text
     assert message in response.json()["error"]
+    assert len(response.content) < 1_000, response.text[:2_000]
+
+
+def test_v2_accepts_every_integer_datatype_up_to_its_largest_value(server: Server) -> None:
+    largest = {"INT8": 2**7 - 1, "UINT8": 2**8 - 1, "INT16": 2**15 - 1, "UINT16": 2**16 - 1}
+    largest |= {"INT32": 2**31 - 1, "UINT32": 2**32 - 1, "INT64": 2**63 - 1, "UINT64": 2**63 - 1}
+    for datatype, value in largest.items():
+        response = infer(server, [tensor("user_id", [value], datatype), OK_ITEMS])
+        assert response.status_code == 200, (datatype, response.text)
 
 
 def test_unknown_model_and_route_are_4xx(server: Server) -> None:

@@ -185,3 +185,61 @@ def test_throughput_benchmark_times_every_training_row(
     assert result["rows_per_epoch"] == train_rows
     assert result["device"] == "cpu" and "peak_gpu_allocated_gib" not in result
     assert result["median_samples_per_s"] > 1000
+
+
+def test_a_truncated_checkpoint_is_named(pipeline_run: PipelineRun, tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    torch.save({"fingerprint": "x", "model": {"w": torch.zeros(10_000)}}, checkpoints / CHECKPOINT)
+    whole = (checkpoints / CHECKPOINT).read_bytes()
+    (checkpoints / CHECKPOINT).write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    params = load_params(small_params_file(pipeline_run, tmp_path, max_epochs=1))
+    with pytest.raises(ShopguideError, match=f"{checkpoints / CHECKPOINT}: not a readable"):
+        train_step(
+            pipeline_run.training_set,
+            tmp_path / "model",
+            tmp_path / "train.json",
+            tmp_path / "history.csv",
+            params,
+            checkpoint_dir=checkpoints,
+        )
+    assert not (tmp_path / "model").exists()
+
+
+# Runs `shopguide` and kills it (SIGKILL, no cleanup) just before its second rename of one of
+# the paths in KILL_AT: between two of the train step's outputs going into place.
+KILL_AT_SECOND_RENAME = """
+import os, signal, sys
+watched = set(os.environ["KILL_AT"].split(os.pathsep))
+renames = 0
+
+def hook(event, args):
+    global renames
+    if event == "os.rename" and os.fspath(args[1]) in watched:
+        renames += 1
+        if renames == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+sys.addaudithook(hook)
+from shopguide.cli import main
+sys.argv[0] = "shopguide"
+main()
+"""
+
+
+def test_a_kill_between_outputs_leaves_no_model_without_history(
+    pipeline_run: PipelineRun, tmp_path: Path
+) -> None:
+    """The model goes into place after its metrics and history; the hidden temporary files a
+    killed run leaves are removed by the next run."""
+    out = tmp_path / "out"
+    params_path = small_params_file(pipeline_run, tmp_path, max_epochs=1)
+    targets = [out / "model", out / "train.json", out / "history.csv"]
+    env = {**os.environ, "KILL_AT": os.pathsep.join(map(str, targets))}
+    cmd = shopguide_train(pipeline_run, out, params_path, sys.executable, "-c")
+    killed = subprocess.run([cmd[0], cmd[1], KILL_AT_SECOND_RENAME, *cmd[2:]], env=env, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (out / "model").exists()
+    assert any(p.name.startswith(".") for p in out.iterdir())  # what the kill left behind
+    train_step(pipeline_run.training_set, *targets, load_params(params_path))
+    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "model", "train.json"]

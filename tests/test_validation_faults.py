@@ -61,6 +61,45 @@ def test_duplicate_events(sample_events: pd.DataFrame, tmp_path: Path) -> None:
     assert not (tmp_path / "report" / PROFILE_FILE).exists()  # a failed run is not accepted
 
 
+def test_duplicates_within_max_duplicate_fraction_pass(
+    sample_events: pd.DataFrame, tmp_path: Path
+) -> None:
+    """3 events twice in 84,478 rows: 6 rows (0.007%) in duplicate pairs."""
+    events = tmp_path / "events.parquet"
+    with_duplicates(sample_events).to_parquet(events)
+    for fraction, passed in ((0.0001, True), (0.00005, False)):
+        validation = PARAMS.validation.model_copy(update={"max_duplicate_fraction": fraction})
+        params = PARAMS.model_copy(update={"validation": validation})
+        report = validate_events(events, params, tmp_path / f"report-{fraction}")
+        (result,) = [
+            r for r in report.results if r["expectation"] == "expect_compound_columns_to_be_unique"
+        ]
+        assert result["success"] is passed and report.success is passed
+        assert result["observed"]["unexpected_count"] == 6
+
+
+def _negative_ids(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.loc[frame.index[7], "user_id"] = -5
+    frame.loc[frame.index[[8, 9]], "item_id"] = -7
+    return frame
+
+
+def test_negative_ids_are_refused(sample_events: pd.DataFrame, tmp_path: Path) -> None:
+    """As serving refuses them; a run with them must not become the accepted drift profile."""
+    broken = tmp_path / "events.parquet"
+    _negative_ids(sample_events).to_parquet(broken)
+    report = validate_events(broken, PARAMS, tmp_path / "report")
+    assert failures(report) == {
+        ("events", "expect_column_values_to_be_between", "user_id"),
+        ("events", "expect_column_values_to_be_between", "item_id"),
+    }
+    text = message(report, broken)
+    assert "on column 'user_id': observed 1 of 84475 values unexpected" in text
+    assert "on column 'item_id': observed 2 of 84475 values unexpected" in text
+    assert not (tmp_path / "report" / PROFILE_FILE).exists()
+
+
 def test_purchases_without_exposure(sample_events: pd.DataFrame, tmp_path: Path) -> None:
     n = 2000
     rng = np.random.default_rng(0)
@@ -215,7 +254,9 @@ def _unknown_behaviour_out_of_window_null(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize(
-    "mutate", [lambda f: f, _unknown_behaviour_out_of_window_null], ids=["clean", "faults"]
+    "mutate",
+    [lambda f: f, _unknown_behaviour_out_of_window_null, _negative_ids],
+    ids=["clean", "faults", "negative-ids"],
 )
 def test_large_tables_are_checked_on_a_sample_with_exact_verdicts(
     sample_events: pd.DataFrame, tmp_path: Path, mutate
@@ -251,7 +292,7 @@ def test_large_tables_are_checked_on_a_sample_with_exact_verdicts(
             )
         else:
             assert result["observed"] == reference["observed"], result
-    if not whole.success:
+    if mutate is _unknown_behaviour_out_of_window_null:
         text = message(sampled, path)
         for needle in ("'click'", str(PARAMS.protocol.window_start - 3600), "3 of 84478 values"):
             assert needle in text

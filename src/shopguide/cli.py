@@ -59,9 +59,10 @@ def ingest(
     """Raw data (format: data.adapter) -> canonical events, labelled examples (exposures and
     sampled items), the time split, taobao-rank-v1 queries; the summary is the data card."""
     from shopguide.adapters import ingest as ingest_raw
-    from shopguide.io import write_json
+    from shopguide.io import refuse_directories, write_json
 
     p = load_params(params)
+    refuse_directories(summary)
     write_json(summary, ingest_raw(source or p.data.raw_path, events, exposures, queries, p))
 
 
@@ -277,14 +278,13 @@ def promote(
         recorded = read_json(finetune_metrics) if finetune_metrics.is_file() else {}
         parent = Path(recorded.get("base_model", PRETRAINED))
     record = promote_step(model_dir, decision, evaluation, training_set, out, p, parent)
-    if record["promoted"]:
-        log.info(
-            "champion is %s. Report: reports/evaluation.html. Start the endpoint with "
-            "`shopguide serve` and POST to http://localhost:%d/v1/models/%s:predict",
-            record["version"],
-            p.serving.http_port,
-            p.serving.model_name,
-        )
+    log.info(
+        "champion is %s. Report: reports/evaluation.html. Start the endpoint with "
+        "`shopguide serve` and POST to http://localhost:%d/v1/models/%s:predict",
+        record["version"],
+        p.serving.http_port,
+        p.serving.model_name,
+    )
 
 
 @app.command()

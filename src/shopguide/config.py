@@ -6,6 +6,7 @@ so a typo in `params.yaml` fails fast instead of silently falling back to a defa
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -45,6 +46,18 @@ class DataParams(Strict):
     duckdb_threads: PositiveInt = 2
     # Where DuckDB spills past its memory limit; None: <system temp dir>/shopguide-duckdb.
     duckdb_temp_directory: Path | None = None
+    # Drop events that repeat another exactly (all five canonical columns; real REES46 files
+    # hold a few), counted on the data card; else validation judges them
+    # (validation.max_duplicate_fraction). The taobao and rees46 adapters.
+    drop_duplicate_events: bool = False
+
+    @model_validator(mode="after")
+    def _dedupe_supported(self) -> DataParams:
+        if self.drop_duplicate_events and self.adapter not in ("taobao", "rees46"):
+            raise ValueError(
+                f"drop_duplicate_events is for the taobao and rees46 adapters, not {self.adapter}"
+            )
+        return self
 
 
 class AuxTaskParams(Strict):
@@ -109,6 +122,9 @@ class ValidationParams(Strict):
     min_events: PositiveInt = 1000
     min_exposures: PositiveInt = 1000
     max_out_of_window_fraction: Fraction = 0.001
+    # Share of events that repeat another exactly (every copy counts, as in Great Expectations'
+    # uniqueness check); data.drop_duplicate_events drops them at ingest instead.
+    max_duplicate_fraction: Fraction = 0.0
     positive_rate: dict[str, RateBounds] = Field(
         default_factory=lambda: {
             "cart": RateBounds(min=0.001, max=0.2),
@@ -491,10 +507,14 @@ class Params(Strict):
 
 
 def _format_errors(err: ValidationError) -> str:
+    """One line per problem: where, what, and the value given, cut short (not for a section,
+    whose value is the whole mapping: a check of several fields names them itself)."""
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
+        value = e.get("input")
+        shown = e["type"] != "missing" and not isinstance(value, dict)
+        lines.append(f"  {where}: {e['msg']}" + (f" (got {reprlib.repr(value)})" if shown else ""))
     return "\n".join(lines)
 
 

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Literal
 
 from shopguide.config import Params
-from shopguide.io import atomic_path, write_json
 from shopguide.model.routed import split_routes
-from shopguide.model.store import load_model, save_model
+from shopguide.model.store import load_model
 from shopguide.model.tensors import is_new_category
 from shopguide.registry import champion
-from shopguide.train import training_examples, write_history
+from shopguide.train import training_examples, write_outputs
 from shopguide.transfer import adapt, auc_change, transfer_data
 from shopguide.transfer.common import frame_metrics
 
@@ -55,8 +54,6 @@ def finetune_step(
     adapted = adapt(model, data, params)
     model = adapted.model
     after = {"new": frame_metrics(model, test[new]), "old": frame_metrics(model, test[~new])}
-    with atomic_path(model_dir) as tmp:
-        save_model(model, tmp)
     metrics = {
         "base_model": str(base_model),
         "strategy": params.finetune.strategy,
@@ -75,8 +72,9 @@ def finetune_step(
         "trainable_parameters": adapted.outcome.trainable,
         "best_epoch": adapted.outcome.result.best_epoch,
     }
-    write_json(metrics_path, metrics)
-    write_history(adapted.outcome.result.history, history_path)
+    write_outputs(
+        model, model_dir, metrics, metrics_path, adapted.outcome.result.history, history_path
+    )
     log.info(
         "%s: new-category test AUC before -> after: %s; old-category AUC change %s",
         adapted.strategy,

@@ -6,7 +6,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,16 +17,53 @@ from typing import Any
 from shopguide.errors import ShopguideError
 
 
+def _owner_tag() -> str:
+    """This process, as named in its temporary directories: host and pid (pids repeat across
+    the pods and machines that share a volume; host names do not)."""
+    return f"{re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _scratch(parent: Path, name: str) -> Path:
+    """A new hidden temporary directory `.<name>.<host>-<pid>.*` in `parent`, after removing
+    those of processes that are gone: a killed step cannot clean up after itself, so the next
+    one that writes there does."""
+    host = _owner_tag().rsplit("-", 1)[0]
+    pattern = re.compile(rf"\.{re.escape(name)}\.{re.escape(host)}-(\d+)\..+")
+    for path in parent.iterdir():
+        found = pattern.fullmatch(path.name)
+        if found and path.is_dir() and not _alive(int(found.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{name}.{_owner_tag()}.", dir=parent))
+
+
+def refuse_directories(*paths: Path | str) -> None:
+    """An output file path that is a directory is an error, found before any work."""
+    for path in map(Path, paths):
+        if path.is_dir() and not path.is_symlink():
+            raise ShopguideError(f"{path}: is a directory; expected a file path for the output")
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; move it into place only if the block succeeds.
 
     Works for files and directories. A failure removes the temporary path and leaves any
-    existing `target` untouched.
+    existing `target` untouched; a killed process leaves it behind, and the next write of the
+    same target removes it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = _scratch(target.parent, target.name)
     staged = tmp / target.name
     try:
         yield staged
@@ -45,9 +84,10 @@ def all_or_none(paths: list[Path]) -> Iterator[None]:
     """Run a block that replaces several files (each atomically); if it fails, put back every
     one it had already replaced and remove any it created, so a failed step never leaves new
     files beside old ones. The old files are kept as hard links (a copy where the file system
-    has none) until the block ends."""
+    has none) until the block ends. A path that is a directory is refused first."""
+    refuse_directories(*paths)
     Path(paths[0]).parent.mkdir(parents=True, exist_ok=True)
-    keep = Path(tempfile.mkdtemp(prefix=".previous-", dir=Path(paths[0]).parent))
+    keep = _scratch(Path(paths[0]).parent, "previous")
     saved: dict[Path, Path | None] = {}
     try:
         for i, path in enumerate(map(Path, paths)):

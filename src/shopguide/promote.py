@@ -1,5 +1,6 @@
 """The `promote` step: register a gate-approved model as the new champion and render its
-KServe InferenceService. A refused or missing decision changes nothing."""
+KServe InferenceService. A refused or missing decision changes nothing and is an error (a
+refusal: GateRefused, exit code 3, after the refusal record is written)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from shopguide.config import Params
 from shopguide.deploy import render_inference_service
-from shopguide.errors import ShopguideError
+from shopguide.errors import GateRefused, ShopguideError
 from shopguide.io import fingerprint, read_json, write_json
 from shopguide.model.store import missing_files
 from shopguide.registry import Version, model_fingerprint, register, versions
@@ -102,10 +103,13 @@ def promote_step(
         raise ShopguideError(f"{decision_path}: no gate decision (run gate first)")
     decision = read_json(decision_path)
     if not decision.get("passed"):
-        record = {"promoted": False, "version": None, "reasons": decision.get("reasons", [])}
-        write_json(out, record)
-        log.warning("not promoted: the gate refused the candidate; champion unchanged")
-        return record
+        reasons, checks = decision.get("reasons", []), decision.get("checks", [])
+        write_json(out, {"promoted": False, "version": None, "reasons": reasons})
+        failed = [r for r, c in zip(reasons, checks, strict=False) if not c.get("passed")]
+        raise GateRefused(
+            f"{decision_path}: the gate refused the candidate; not promoted, champion unchanged"
+            + "".join(f"\n  - {r}" for r in failed)
+        )
     _approved(decision, Path(decision_path), Path(model_dir), params.registry.path)
     if Path(params.deploy.output).is_dir():  # found out before the champion moves, not after
         raise ShopguideError(f"{params.deploy.output}: deploy.output is a directory, not a file")

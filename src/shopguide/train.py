@@ -125,9 +125,22 @@ def training_examples(training_set: Path, ranking_set: Path | None, params: Para
     return pd.concat([frame, rows], ignore_index=True)
 
 
-def write_history(history: list[dict], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        pd.DataFrame(history).to_csv(tmp, index=False)
+def write_outputs(
+    model: MultiTaskModel,
+    model_dir: Path,
+    metrics: dict,
+    metrics_path: Path,
+    history: list[dict],
+    history_path: Path,
+) -> None:
+    """The model, its metrics and its training history, each atomically; the model goes into
+    place last, so a model on disk has its metrics and history beside it (a process killed in
+    between leaves no model, and the next write removes its temporary files)."""
+    with atomic_path(model_dir) as staged:
+        save_model(model, staged)
+        write_json(metrics_path, metrics)
+        with atomic_path(history_path) as tmp:
+            pd.DataFrame(history).to_csv(tmp, index=False)
 
 
 def train_step(
@@ -173,10 +186,7 @@ def train_step(
     }
     if world()[0] != 0:
         return metrics
-    with atomic_path(model_dir) as tmp:
-        save_model(model, tmp)
-    write_json(metrics_path, metrics)
-    write_history(result.history, history_path)
+    write_outputs(model, model_dir, metrics, metrics_path, result.history, history_path)
     log.info(
         "trained model saved to %s; validation %s",
         model_dir,

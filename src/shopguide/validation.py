@@ -38,6 +38,8 @@ if _gx_log.level == logging.NOTSET:
     _gx_log.setLevel(logging.WARNING)
 
 EVENT_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "category_id", "behavior", "ts")
+# Ids are never negative (serving refuses a negative user or item id with a 400).
+ID_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "category_id")
 TRAINING_KEYS: tuple[str, ...] = ("user_id", "item_id", "category_id", "t0", "split")
 SPLITS: tuple[str, ...] = ("train", "test")
 # Parquet int64 is read as the nullable Int64Dtype (see `_read_parquet`); int64 covers writers
@@ -81,7 +83,10 @@ def _events_suite(params: Params) -> gx.ExpectationSuite:
         gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(EVENT_COLUMNS)),
         gxe.ExpectTableRowCountToBeBetween(min_value=limits.min_events),
         # The same event twice would double-count behaviour features and labels.
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=list(EVENT_COLUMNS)),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=list(EVENT_COLUMNS), mostly=1 - limits.max_duplicate_fraction
+        ),
+        *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in ID_COLUMNS),
     ]
     for column in EVENT_COLUMNS:
         type_list = ["str"] if column == "behavior" else INT_TYPES
@@ -143,7 +148,7 @@ def _events_check(events: Path, params: Params) -> Check:
                 "ORDER BY file_row_number LIMIT 50)"
             )
         exact["expect_compound_columns_to_be_unique", None] = _verdict(
-            int(duplicate_rows), rows, rows, None
+            int(duplicate_rows), rows, rows, 1 - limits.max_duplicate_fraction
         )
         first_duplicates = (
             f"SELECT {cols} FROM src GROUP BY {cols} HAVING count(*) > 1 "
@@ -188,6 +193,8 @@ def _row_predicates(
         f"behavior NOT IN ({behaviours})",
         None,
     )
+    for c in ID_COLUMNS:
+        predicates["expect_column_values_to_be_between", c] = (f"{c} < 0", None)
     predicates["expect_column_values_to_be_between", "ts"] = (
         f"(ts < {protocol.window_start} OR ts > {protocol.window_end - 1})",
         1 - limits.max_out_of_window_fraction,

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from shopguide.config import DataParams
 from shopguide.duck import connect, sql_path
+
+log = logging.getLogger(__name__)
+
+PROPOSED_TEST_SHARE = 0.25  # about the taobao-mtl-v1 sample's (15,562 of 59,874 exposures)
 
 
 def data_card(
@@ -57,3 +62,36 @@ def data_card(
         "exposures": splits,
         **extra,
     }
+
+
+def time_split_check(exposures: Path, data: DataParams) -> dict:
+    """For a time split (protocol.test_start): when it leaves fewer train than test
+    exposures, a warning and, for the data card, the `proposed_split` that would leave the
+    last PROPOSED_TEST_SHARE of exposures (by t0) for testing; nothing otherwise. The exposures
+    do not depend on test_start, so the proposal's counts are exact."""
+    con = connect(data)
+    source = f"read_parquet({sql_path(exposures)})"
+    train, test, start = con.execute(
+        f"""SELECT count(*) FILTER (WHERE split = 'train'), count(*) FILTER (WHERE split = 'test'),
+                   quantile_disc(t0, {1 - PROPOSED_TEST_SHARE}) FROM {source}"""
+    ).fetchone()
+    if train >= test:
+        return {}
+    (proposed_train,) = con.execute(f"SELECT count(*) FROM {source} WHERE t0 < {start}").fetchone()
+    proposal = {
+        "protocol.test_start": int(start),
+        "train_exposures": proposed_train,
+        "test_exposures": train + test - proposed_train,
+        "reason": f"protocol.test_start leaves {train} train against {test} test exposures",
+    }
+    log.warning(
+        "%s: protocol.test_start leaves %d train against %d test exposures; test_start: %d "
+        "would leave %d against %d (the data card's proposed_split)",
+        exposures,
+        train,
+        test,
+        start,
+        proposed_train,
+        train + test - proposed_train,
+    )
+    return {"proposed_split": proposal}

@@ -6,6 +6,8 @@ nor a label and is counted in the data card, not kept. Any other event_type is p
 validation reports it as an unknown behaviour rather than the adapter hiding it. Exposure = first
 view of a product by a user (the same rule as Taobao); brand, price and the category_code levels
 become item features in `item_features.parquet` next to the events (latest value per product).
+Real files hold a few exact duplicate events: `data.drop_duplicate_events` drops them (counted
+on the data card), else validation judges them (`validation.max_duplicate_fraction`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from shopguide.adapters.card import data_card
+from shopguide.adapters.card import data_card, time_split_check
 from shopguide.config import Params
 from shopguide.duck import connect, sql_path
 from shopguide.errors import ShopguideError
 from shopguide.exposures import build_exposures
-from shopguide.ingest import check_rejects, require_file
+from shopguide.ingest import check_rejects, copy_csv, drop_duplicates, require_file
 from shopguide.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ def item_features_path(events: Path) -> Path:
 
 
 def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
-    source = require_file(source, "REES46 rows with header " + ",".join(COLUMNS))
+    expected = "REES46 rows with header " + ",".join(COLUMNS)
+    source = require_file(source, expected)
     con = connect(params.data)
     columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in COLUMNS.items()) + "}"
     behaviour = (
@@ -55,16 +58,19 @@ def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
         for i in range(CATEGORY_LEVELS)
     )
     with atomic_path(events) as tmp:
+
+        def copy(csv: Path, raw: Path) -> None:
+            con.execute(
+                f"""COPY (
+                    SELECT *, epoch(try_strptime(event_time, '{TIME_FORMAT}'))::BIGINT AS ts
+                    FROM read_csv({sql_path(csv)}, header = true, delim = ',', quote = '"',
+                        auto_detect = false, columns = {columns}, store_rejects = true,
+                        null_padding = false)
+                ) TO {sql_path(raw)} (FORMAT parquet)"""
+            )
+
         # One pass over the CSV into a staged Parquet that every later query reads.
-        raw = tmp.with_name("raw.parquet")
-        con.execute(
-            f"""COPY (
-                SELECT *, epoch(try_strptime(event_time, '{TIME_FORMAT}'))::BIGINT AS ts
-                FROM read_csv({sql_path(source)}, header = true, delim = ',', quote = '"',
-                    auto_detect = false, columns = {columns}, store_rejects = true,
-                    null_padding = false)
-            ) TO {sql_path(raw)} (FORMAT parquet)"""
-        )
+        raw = copy_csv(source, tmp.with_name("raw.parquet"), copy, expected)
         raw_sql = f"read_parquet({sql_path(raw)})"
         rows, removed, bad_time = con.execute(
             f"""SELECT count(*), count(*) FILTER (WHERE event_type = 'remove_from_cart'),
@@ -79,12 +85,14 @@ def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
                 f"{source}: {bad_time} rows have an event_time not like "
                 f"'2019-10-01 00:00:04 UTC', e.g. {example!r}"
             )
+        kept = tmp.with_name("kept.parquet") if params.data.drop_duplicate_events else tmp
         con.execute(
             f"""COPY (
                 SELECT user_id, product_id AS item_id, category_id, {behaviour} AS behavior, ts
                 FROM {raw_sql} WHERE event_type IS DISTINCT FROM 'remove_from_cart'
-            ) TO {sql_path(tmp)} (FORMAT parquet, COMPRESSION zstd)"""
+            ) TO {sql_path(kept)} (FORMAT parquet, COMPRESSION zstd)"""
         )
+        duplicates = drop_duplicates(con, kept, tmp, rows - removed) if kept != tmp else 0
         with atomic_path(item_features_path(events)) as items:
             con.execute(
                 f"""COPY (
@@ -106,5 +114,7 @@ def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
         params.data,
         malformed_rows=bad,
         remove_from_cart_rows=removed,
+        **time_split_check(exposures, params.data),
+        duplicate_events_dropped=duplicates,
         item_features=str(item_features_path(events)),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shopguide.adapters.card import data_card
+from shopguide.adapters.card import data_card, time_split_check
 from shopguide.config import Params
 from shopguide.exposures import build_exposures
 from shopguide.ingest import ingest_taobao
@@ -24,4 +24,6 @@ def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
         params.data,
         malformed_rows=summary.malformed_rows,
         malformed_examples=summary.malformed_examples,
+        **time_split_check(exposures, params.data),
+        duplicate_events_dropped=summary.duplicate_events_dropped,
     )

@@ -237,6 +237,23 @@ def _all_reduce_grads(params: list[nn.Parameter], size: int) -> None:
 ExtraLoss = Callable[[MultiTaskModel, Tensors, torch.Tensor], torch.Tensor]
 
 
+def _read_checkpoint(path: Path, device: torch.device) -> dict:
+    """A checkpoint this module wrote; a truncated or foreign file is an error naming it."""
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, pickle and zip errors alike
+        raise ShopguideError(
+            f"{path}: not a readable checkpoint (truncated or not written by shopguide?): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; delete it to train "
+            "from the start"
+        ) from exc
+    if not isinstance(saved, dict) or "fingerprint" not in saved:
+        raise ShopguideError(
+            f"{path}: not a shopguide checkpoint; delete it to train from the start"
+        )
+    return saved
+
+
 def fit(
     model: MultiTaskModel,
     train: Tensors,
@@ -311,7 +328,7 @@ def _fit(
     path = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
     fingerprint = _fingerprint(model, train, settings)
     if path is not None and path.is_file():
-        saved = torch.load(path, map_location=device, weights_only=True)
+        saved = _read_checkpoint(path, device)
         if saved["fingerprint"] == fingerprint:
             model.load_state_dict(saved["model"])
             balancer.load_state_dict(saved["balancer"])

@@ -42,6 +42,10 @@ BATCH_ROWS = Histogram(
     buckets=(1, 10, 50, 100, 200, 500, 1000, 2000, 5000),
 )
 MODEL_INFO = Gauge("shopguide_model_info", "1 for the model version being served.", ["version"])
+LOG_RECORDS_DROPPED = Counter(
+    "shopguide_log_records_dropped",
+    "Log records dropped because the log queue was full (shopguide.logs.background_logging).",
+)
 RELOADS = Counter(
     "shopguide_model_reloads", "Champion reloads by outcome (success, failure).", ["outcome"]
 )

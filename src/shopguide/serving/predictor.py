@@ -41,6 +41,11 @@ from shopguide.serving.schema import Batch, parse_infer_request, parse_request, 
 log = logging.getLogger(__name__)
 
 
+class RejectedRequest(InvalidInput):
+    """A request the predictor refuses (400); its reason names the field, briefly
+    (shopguide.serving.schema), and it has its own handler (shopguide.serving.server)."""
+
+
 def resolve_model_dir(model_dir: Path | None, registry: Path | None) -> tuple[Path, str]:
     """An explicit directory (KServe's /mnt/models) wins; otherwise the registry's champion."""
     if model_dir is not None:
@@ -348,7 +353,7 @@ class ShopguidePredictor(kserve.Model):
                 batch = v1_batch(request)
         except ShopguideError as exc:
             metrics.REQUESTS.labels(protocol=protocol, outcome="invalid").inc()
-            raise InvalidInput(str(exc)) from exc
+            raise RejectedRequest(str(exc)) from None
         scores = await self._submit(batch)
         self._count(protocol, scores)
         if protocol == "v2":
