@@ -54,6 +54,7 @@ def features(
 def sync_feature_repo(
     events: Input[Dataset],
     exposures: Input[Dataset],
+    queries: Input[Dataset],
     training_set: Input[Dataset],
     feature_repo: str,
     params_json: str,
@@ -61,7 +62,8 @@ def sync_feature_repo(
     """Make the shared Feast repo hold the data of `training_set`, which serving and the gate's
     serving check read: nothing to do after the features step ran ("current"); after it came
     from the cache, rebuild the repo from the same events if another run wrote it since
-    ("rebuilt"). Never cached.
+    ("rebuilt"; the training and ranking sets it rebuilds on the way are thrown away, the
+    step's outputs stand). Never cached.
     """
     import logging
     import tempfile
@@ -85,8 +87,10 @@ def sync_feature_repo(
         build_features(
             Path(events.path),
             Path(exposures.path),
+            Path(queries.path),
             repo,
             Path(tmp) / "training_set.parquet",
+            Path(tmp) / "ranking_set.parquet",
             params_from_json(params_json),
         )
     mark_feature_repo(repo, training_set.uri)

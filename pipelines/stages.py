@@ -82,6 +82,7 @@ def training_set(
         sync_feature_repo(
             events=ingested.outputs["events"],
             exposures=ingested.outputs["exposures"],
+            queries=ingested.outputs["queries"],
             training_set=featured.outputs["training_set"],
             feature_repo=feature_repo,
             params_json=params_json,

@@ -59,26 +59,41 @@ def test_taobao_card_matches_protocol(sample: Path, tmp_path: Path) -> None:
     assert "proposed_split" not in card  # 44,312 train against 15,562 test: no warning
 
 
+@pytest.mark.parametrize("horizon", [None, 10_800])
 def test_a_window_that_leaves_a_tiny_train_split_is_warned_about(
-    sample: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    sample: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, horizon: int | None
 ) -> None:
     """test_start a few hours into the sample's window: the card proposes a test_start that
-    leaves the last quarter of the exposures for testing."""
+    leaves about the last quarter of the exposures for testing, and its counts are what an
+    ingest with that test_start gives (with a label horizon, which exposures are censored
+    depends on test_start). Sampled rows are no exposures and count for neither."""
     early = TAOBAO.protocol.window_start + 20_000
-    protocol = TAOBAO.protocol.model_copy(update={"test_start": early})
+    protocol = TAOBAO.protocol.model_copy(update={"test_start": early, "label_horizon_s": horizon})
     events, exposures, queries = outputs(tmp_path)
     card = ingest(
         sample, events, exposures, queries, TAOBAO.model_copy(update={"protocol": protocol})
     )
     train, test = (card["exposures"][s]["exposures"] for s in ("train", "test"))
-    assert train < test / 10
+    assert 0 < train < test / 10
+    x = pd.read_parquet(exposures).query("not sampled")
+    assert ((x["split"] == "train").sum(), (x["split"] == "test").sum()) == (train, test)
     proposed = card["proposed_split"]
-    assert proposed["train_exposures"] + proposed["test_exposures"] == train + test
-    assert proposed["test_exposures"] / (train + test) == pytest.approx(0.25, abs=0.01)
+    counts = proposed["train_exposures"], proposed["test_exposures"]
+    assert counts[1] / sum(counts) == pytest.approx(0.25, abs=0.01)
     assert protocol.window_start < proposed["protocol.test_start"] < protocol.window_end
-    x = pd.read_parquet(exposures)
-    assert (x["t0"] < proposed["protocol.test_start"]).sum() == proposed["train_exposures"]
     assert f"leaves {train} train against {test} test exposures" in caplog.text
+    if horizon is None:  # nothing censored: the same exposures, split at another moment
+        assert sum(counts) == train + test
+        assert (x["t0"] < proposed["protocol.test_start"]).sum() == counts[0]
+    else:  # the rows within the horizon of either test_start are not the same ones
+        assert sum(counts) != train + test
+
+    again = protocol.model_copy(update={"test_start": proposed["protocol.test_start"]})
+    card = ingest(
+        sample, *outputs(tmp_path / "again"), TAOBAO.model_copy(update={"protocol": again})
+    )
+    assert tuple(card["exposures"][s]["exposures"] for s in ("train", "test")) == counts
+    assert "proposed_split" not in card
 
 
 HEATER = "3900821,2053013552326770905,appliances.environment.water_heater,aqua"

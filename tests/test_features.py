@@ -25,8 +25,9 @@ from tests.conftest import PipelineRun, copy_feature_repo, write_params
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
-    """Every joined feature column (Feast full names)."""
-    return [c for c in frame.columns if "__" in c]
+    """Every joined feature column (Feast full names, `<view>__<feature>`; not a pandas index
+    column such as `__index_level_0__`)."""
+    return [c for c in frame.columns if "__" in c and not c.startswith("__")]
 
 
 def test_training_set_has_every_example_and_feature(pipeline_run: PipelineRun) -> None:
@@ -128,7 +129,9 @@ def test_pair_features_are_the_pairs_events_strictly_before_t0(
     counts = ts[f"{view}__{behaviour}_count"].to_numpy()
     np.testing.assert_array_equal(counts, got["n"].astype(np.float32))
     np.testing.assert_array_equal(ts[f"{view}__{behaviour}_last_ts"].to_numpy(), got["last"])
-    assert (counts > 0).sum() > 50  # the check saw real history, not only zeros
+    # The check saw real history, not only zeros. The rarest pairs here are user x item carts:
+    # about 2% of the examples on the sample (about 60 of 3000 rows).
+    assert (counts > 0).sum() > 30
 
 
 def test_sequence_is_the_users_last_events_strictly_before_t0(pipeline_run: PipelineRun) -> None:
@@ -242,9 +245,11 @@ def test_default_asof_join_equals_feast_historical_features(
     assert training_set(store, sample, by_asof, pipeline_run.params) == 2000
     got, expected = pd.read_parquet(by_feast), pd.read_parquet(by_asof)
     pd.testing.assert_frame_equal(got, expected)
+    # A (user, item) pair recurs at several moments (a sampled item of the user's recent views),
+    # so an example is its pair at its t0.
     whole = pd.read_parquet(pipeline_run.training_set)
     pd.testing.assert_frame_equal(
-        expected, whole.merge(expected[["user_id", "item_id"]])[expected.columns]
+        expected, whole.merge(expected[["user_id", "item_id", "t0"]])[expected.columns]
     )
 
 
@@ -259,7 +264,7 @@ def test_asof_join_gives_unknown_or_too_early_entities_zeros(
     unknown = probe.head(3).assign(user_id=-1, item_id=-2, category_id=-3)
     early = probe.head(2).assign(t0=pipeline_run.params.protocol.window_start - 7200)
     path = tmp_path / "exposures.parquet"
-    pd.concat([probe, unknown, early]).to_parquet(path)
+    pd.concat([probe, unknown, early]).to_parquet(path, index=False)
     out = tmp_path / "training_set.parquet"
     store = open_store(pipeline_run.feature_repo)
     assert asof_training_set(store, path, out, pipeline_run.params) == len(probe) + 5

@@ -21,6 +21,7 @@ from shopguide.gate import (
     gate_step,
     gauc_floor_checks,
     infra_requests,
+    ranking_floor_checks,
     ranking_regression_checks,
     regression_checks,
 )
@@ -251,11 +252,37 @@ def test_gauc_floor_judges_the_interval_not_the_point(tmp_path: Path) -> None:
             "fav": {"auc": 0.7, "gauc": 0.45, "gauc_ci": {"low": 0.40, "high": 0.50}},
         }
     }
-    checks = {c["task"]: c for c in gauc_floor_checks(report, GateParams())}
-    assert set(checks) == {"cart", "buy"}  # the default floors: cart and buy
+    floors = GateParams(gauc_floor={"cart": 0.5, "buy": 0.5})
+    checks = {c["task"]: c for c in gauc_floor_checks(report, floors)}
+    assert set(checks) == {"cart", "buy"}
     assert not checks["cart"]["passed"] and checks["cart"]["value"] == 0.49
     assert "interval low 0.4900 <= 0.5000" in checks["cart"]["reason"]
     assert checks["buy"]["passed"]
+
+
+def test_ranking_floor_judges_the_served_scores_interval() -> None:
+    """A served within-query AUC whose interval reaches down to 0.5 is refused, one above it
+    passes, and a task with too few queries is reported, not judged; None turns it off."""
+
+    def served(auc: float, low: float, queries: int) -> dict:
+        return {"served": {"auc": auc, "auc_ci": {"low": low, "high": 0.9}, "queries": queries}}
+
+    report = {
+        "ranking": {
+            "overall": {
+                "cart": served(0.56, 0.48, 139),
+                "buy": served(0.77, 0.72, 188),
+                "fav": served(0.40, 0.30, 5),
+            }
+        }
+    }
+    checks = {c["task"]: c for c in ranking_floor_checks(report, GateParams())}
+    assert (
+        not checks["cart"]["passed"] and "interval low 0.4800 <= 0.5000" in checks["cart"]["reason"]
+    )
+    assert checks["buy"]["passed"] and "interval low 0.7200 > 0.5000" in checks["buy"]["reason"]
+    assert checks["fav"]["passed"] and checks["fav"]["reason"].endswith("5 queries, not judged")
+    assert ranking_floor_checks(report, GateParams(ranking_auc_floor=None)) == []
 
 
 def _queries(rng: np.random.Generator, n: int = 400, size: int = 10):
@@ -296,9 +323,9 @@ def test_ranking_regression_is_refused_over_users() -> None:
 def test_gate_refuses_a_candidate_whose_ranking_is_worse(
     pipeline_run: PipelineRun, tmp_path: Path
 ) -> None:
-    """The champion with its age inputs flipped (a broken preprocessing: recently seen reads
-    as long ago) is a candidate that ranks worse; against the real champion, on the real test
-    queries, the ranking rule refuses it."""
+    """The champion with every dense input flipped (a broken preprocessing: the busiest and most
+    recent reads as the quietest and longest ago) is a candidate that ranks worse; against the
+    real champion, on the real test queries, the ranking rule refuses it."""
     import shutil
 
     from shopguide.evaluate import evaluate_step
@@ -308,10 +335,15 @@ def test_gate_refuses_a_candidate_whose_ranking_is_worse(
     broken = tmp_path / "broken"
     shutil.copytree(current.path, broken)
     config = read_json(broken / "config.json")
-    ages = [i for i, f in enumerate(config["dense_features"]) if f.endswith("_age_s")]
-    assert ages
-    for i in ages:
-        config["dense_std"][i] = -config["dense_std"][i]
+    # a routed model (old / new categories) holds a base model and one per route
+    models = (
+        [config["base"], *(route["model"] for route in config["routes"])]
+        if config.get("kind") == "routed"
+        else [config]
+    )
+    for model in models:
+        assert model["dense_features"]
+        model["dense_std"] = [-std for std in model["dense_std"]]
     write_json(broken / "config.json", config)
     registry = tmp_path / "registry"
     register(registry, current.path, {})

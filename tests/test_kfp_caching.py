@@ -60,7 +60,7 @@ def test_an_unchanged_rerun_hits_the_cache_and_new_data_does_not(
     raw.write_bytes(sample.read_bytes())
     feature_repo = copy_feature_repo(tmp_path / "feature_repo")
     # Cheap settings: what is tested is which steps run, not the model.
-    floors = dict.fromkeys(("cart", "fav", "buy"), 0.0)
+    floors = dict.fromkeys(("click", "cart", "fav", "buy"), 0.0)
     params = load_params(
         write_params(
             tmp_path,
@@ -68,7 +68,12 @@ def test_an_unchanged_rerun_hits_the_cache_and_new_data_does_not(
             train={"max_epochs": 2},
             finetune={"max_epochs": 1},
             evaluation={"bootstrap_samples": 50},
-            gate={"infra": {"enabled": False}, "auc_floor": floors, "bootstrap_samples": 50},
+            gate={
+                "infra": {"enabled": False},
+                "auc_floor": floors,
+                "gauc_floor": {},
+                "bootstrap_samples": 50,
+            },
         )
     )
     cache = tmp_path / "kfp_cache"

@@ -192,7 +192,15 @@ def test_gate_returns_the_branch_to_take(
     assert recorded["candidate"] == str(pipeline_run.candidate)
     summary = (tmp_path / "summary.md").read_text()
     assert summary.startswith(f"## Gate {outcome} (champion: none)")
-    assert summary.count("| pass |") == (len(params.protocol.tasks) if outcome == "passed" else 0)
+    # One row per AUC floor: with the floors of params.yaml, AUC 0.5 clears every floor but
+    # click's 0.55 (>=), and that one failed floor is enough to refuse.
+    floors = params.gate.auc_floor
+    cleared = [t for t in params.protocol.tasks if auc >= floors[t]]
+    assert len(cleared) == (len(params.protocol.tasks) if outcome == "passed" else 3)
+    assert summary.count("| pass |") == len(cleared)
+    assert summary.count("| **fail** |") == len(floors) - len(cleared)
+    if outcome == "refused":
+        assert "| **fail** | auc_floor click: AUC 0.5000 < 0.5500 |" in summary
 
 
 def test_with_new_categories_sets_and_validates_the_ids() -> None:

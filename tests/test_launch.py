@@ -15,6 +15,7 @@ from shopguide.errors import ShopguideError
 from shopguide.io import read_json
 from shopguide.launch import train_on_all_gpus, visible_gpus
 from shopguide.model.store import load_model
+from shopguide.model.tensors import is_new_category, read_training_set
 from tests.conftest import PipelineRun
 from tests.test_kfp_pipeline import _artifact
 from tests.test_training_engine import small_params_file
@@ -62,10 +63,20 @@ def test_the_train_component_logs_how_many_processes_trained(
     metrics.path = str(tmp_path / "train.json")
     train.python_func(
         training_set=_artifact(pipeline_run.training_set),
+        ranking_set=_artifact(pipeline_run.ranking_set),
         params_json=params.model_dump_json(),
         model=_artifact(tmp_path / "model"),
         metrics=metrics,
         history=_artifact(tmp_path / "history.csv"),
     )
     assert metrics.metadata["processes"] == 1
-    assert read_json(tmp_path / "train.json")["processes"] == 1
+    recorded = read_json(tmp_path / "train.json")
+    assert recorded["processes"] == 1
+    # The ranking set reached the step: its train-split queries are trained on beside the
+    # training set's old-category train rows (train.ranking_queries).
+    assert params.train.ranking_queries
+    examples = read_training_set(pipeline_run.training_set)
+    old = examples[
+        (examples["split"] == "train") & ~is_new_category(examples["category_id"], params.finetune)
+    ]
+    assert recorded["train_rows"] + recorded["validation_rows"] > len(old)

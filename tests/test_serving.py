@@ -148,7 +148,7 @@ def test_predict_ranks_every_candidate(
         assert item["unknown_item"] is False
         assert set(item["scores"]) == TASKS
         assert all(0.0 < p < 1.0 for p in item["scores"].values())
-        expected = sum(weights[t] * p for t, p in item["scores"].items())
+        expected = sum(weights.get(t, 0.0) * p for t, p in item["scores"].items())
         assert item["score"] == pytest.approx(expected, rel=1e-5)
     score = {i["item_id"]: i["score"] for i in pred["items"]}
     # A permutation of the request, by score descending; ties keep the request order.
@@ -658,11 +658,11 @@ def test_prometheus_metrics(
 def test_unknown_ranking_task_fails_at_start(pipeline_run: PipelineRun) -> None:
     from shopguide.serving.predictor import ShopguidePredictor
 
-    serving = pipeline_run.params.serving.model_copy(update={"ranking_weights": {"click": 1.0}})
+    serving = pipeline_run.params.serving.model_copy(update={"ranking_weights": {"rating": 1.0}})
     predictor = ShopguidePredictor(
         serving, pipeline_run.feature_repo, registry=pipeline_run.registry
     )
-    with pytest.raises(ShopguideError, match=r"ranking_weights names tasks .*\['click'\]"):
+    with pytest.raises(ShopguideError, match=r"ranking_weights names tasks .*\['rating'\]"):
         predictor.load()
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from shopguide.config import Params
 from shopguide.metrics import task_metrics
 from shopguide.model.base import _HASH, PooledDropout
 from shopguide.model.fit import fit, predict, settings_from_params
@@ -22,13 +23,22 @@ from tests.conftest import PipelineRun
 from tests.test_model_zoo import small_params
 
 
+def embedded_params(params: Params, model: str, **train: object) -> Params:
+    """`small_params` with rows of their own for user, item and category ids (the default
+    model embeds none: its table has one shared row per id kind)."""
+    small = small_params(params, model, **train)
+    ids = ("user", "item", "category")
+    return small.model_copy(update={"model": small.model.model_copy(update={"id_embeddings": ids})})
+
+
 def _train(run: PipelineRun, balancing: str) -> tuple:
     """(table before, table after, test metrics, whether every table gradient was sparse,
-    mask of the table rows that training ids hash to)."""
+    mask of the table rows that training ids hash to: the examples' own ids and the items and
+    categories of their recent events)."""
     frame = pd.read_parquet(run.training_set)
     fit_part, valid_part = time_split(frame[frame["split"] == "train"], 0.15)
     test = frame[frame["split"] == "test"]
-    params = small_params(run.params, "mmoe", max_epochs=2, loss_balancing=balancing)
+    params = embedded_params(run.params, "mmoe", max_epochs=2, loss_balancing=balancing)
     torch.manual_seed(3)
     model = build_model(fit_part, params)
     tasks, dense = params.protocol.tasks, model.config
@@ -44,6 +54,9 @@ def _train(run: PipelineRun, balancing: str) -> tuple:
     index = (torch.stack([ids.user, ids.item, ids.category], 1) * _HASH) % encoder.sizes
     looked_up = torch.zeros(len(after), dtype=torch.bool)
     looked_up[(index + encoder.offsets).flatten()] = True
+    events = ids.sequence[ids.sequence[..., 2] > 0]  # (events, 4): the filled slots
+    seen_ids = torch.stack([events[:, 0], events[:, 1]], 1)  # their items and categories
+    looked_up[((seen_ids * _HASH) % encoder.sizes[1:] + encoder.offsets[1:]).flatten()] = True
     return before, after, metrics, all(seen), looked_up
 
 
@@ -67,7 +80,7 @@ def test_whole_table_penalty_still_trains(pipeline_run: PipelineRun) -> None:
     the sparse optimizer then updates every row instead of failing."""
     frame = pd.read_parquet(pipeline_run.training_set)
     fit_part, valid_part = time_split(frame[frame["split"] == "train"].head(8000), 0.15)
-    params = small_params(pipeline_run.params, "shared_bottom", max_epochs=1)
+    params = embedded_params(pipeline_run.params, "shared_bottom", max_epochs=1)
     model = build_model(fit_part, params)
     tasks, dense = params.protocol.tasks, model.config
     before = model.encoders[0].embedding.weight.detach().clone()

@@ -5,8 +5,8 @@ per slice (old / new categories of protocol taobao-transfer-v1; head / torso / t
 by training popularity), each with a percentile bootstrap interval over test rows. "Overall" is
 the test exposures (taobao-mtl-v1's rows), except for a task whose label is the same on every
 exposure (a click, on items the user viewed): that one is judged over the entire space, the
-exposures and the items sampled beside them, which the `entire_space` slice holds for every
-task.
+exposures and the items sampled beside them, which the report's `entire_space` block gives
+for every task (point values).
 
 And what is served, a ranking for one user at one moment: protocol taobao-rank-v1's MRR, HR@3
 and within-query AUC per task, of the task's probability and of the served score (the
@@ -161,13 +161,16 @@ def score_model(model: MultiTaskModel, test: pd.DataFrame, slices: dict[str, np.
 
 
 def test_aux_metrics(model: MultiTaskModel, test: pd.DataFrame, training_set: Path) -> dict:
-    """Auxiliary tasks' test metrics on the exposures (point values; reported, never gated)."""
+    """Auxiliary tasks' test metrics over the entire space, the exposures and the items sampled
+    beside them (point values; reported, never gated): the rows they are trained and validated
+    on. On the exposures alone an auxiliary count of views always includes the exposure's own
+    view at t0 (as a click is always 1 there), a population the model's values, fitted to the
+    entire space, are not calibrated to."""
     heads = model.config.head_names()
     missing = [t for t in heads if t not in test.columns]
     if missing:
         raise ShopguideError(f"{training_set}: no label columns {missing} for the model's tasks")
-    exposed = test[exposures_of(test)]
-    return aux_metrics(model, to_tensors(exposed, heads, model.config))
+    return aux_metrics(model, to_tensors(test, heads, model.config))
 
 
 # --- Ranking (protocol taobao-rank-v1) --------------------------------------------------------

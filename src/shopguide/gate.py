@@ -14,6 +14,10 @@ Rules, from `params.yaml` (`gate:`), each a check in the decision file:
   by more than `max_old_category_drop`.
 * `gauc_floor`: for each task named, the lower end of the candidate's GAUC interval on the
   test exposures (evaluate's) is above the floor: it ranks one user's items better than chance.
+* `ranking_auc_floor`: for every task with test queries of protocol taobao-rank-v1, the lower
+  end of the served score's within-query AUC interval is above the floor: at the moment a user
+  acts, what is served ranks the acted item above the others better than chance. Fewer than
+  `min_slice_positives` queries: reported, not judged.
 * `no_ranking_regression_vs_champion`: on the test queries of protocol taobao-rank-v1, for
   every task with queries and for its probability and the served score, neither MRR nor the
   within-query AUC is below the champion's by more than `max_ranking_regression`, judged by a
@@ -99,6 +103,39 @@ def gauc_floor_checks(report: dict, gate: GateParams) -> list[dict]:
                 "passed": passed,
                 "reason": f"gauc_floor {task}: GAUC {_fmt(m.get('gauc'))}, interval low "
                 f"{_fmt(low)} {'>' if passed else '<='} {floor:.4f}",
+            }
+        )
+    return checks
+
+
+def ranking_floor_checks(report: dict, gate: GateParams) -> list[dict]:
+    """The lower end of the served score's within-query AUC interval, per task with queries,
+    must be above `ranking_auc_floor`."""
+    floor = gate.ranking_auc_floor
+    if floor is None:
+        return []
+    checks = []
+    for task, scores in sorted(((report.get("ranking") or {}).get("overall") or {}).items()):
+        served = scores.get("served") or {}
+        low, queries = (served.get("auc_ci") or {}).get("low"), served.get("queries", 0)
+        judged = queries >= gate.min_slice_positives and low is not None
+        passed = not judged or low > floor
+        reason = (
+            f"ranking_auc_floor {task}: served within-query AUC {_fmt(served.get('auc'))}, "
+            f"interval low {_fmt(low)} {'>' if passed else '<='} {floor:.4f}"
+            if judged
+            else f"ranking_auc_floor {task}: {queries} queries, not judged"
+        )
+        checks.append(
+            {
+                "rule": "ranking_auc_floor",
+                "task": task,
+                "slice": "overall",
+                "value": low,
+                "threshold": floor,
+                "queries": queries,
+                "passed": passed,
+                "reason": reason,
             }
         )
     return checks
@@ -478,6 +515,7 @@ def gate_step(
     candidate_auc = {t: m.get("auc") for t, m in report["overall"].items()}
     checks = _floor_checks(candidate_auc, params.gate)
     checks += gauc_floor_checks(report, params.gate)
+    checks += ranking_floor_checks(report, params.gate)
     candidate_dir = _candidate_model(report, model_dir)
     candidate_fingerprint = model_fingerprint(candidate_dir) if candidate_dir else None
     evaluated = report.get("model_fingerprint")

@@ -98,7 +98,7 @@ def training_examples(training_set: Path, ranking_set: Path | None, params: Para
     split's taobao-rank-v1 queries (protocol rule 5): each candidate labelled for its query's
     task, 1 for the acted item, and unknown (NaN) for every other task, so only its own task
     and that query's ranking learn from it."""
-    frame = read_training_set(training_set)
+    frame = read_training_set(training_set).assign(ranking_query=False)
     if not params.train.ranking_queries or ranking_set is None:
         return frame
     if not Path(ranking_set).is_file():
@@ -115,7 +115,7 @@ def training_examples(training_set: Path, ranking_set: Path | None, params: Para
         t: np.where(queries["task"] == t, queries["positive"].astype(np.float64), np.nan)
         for t in heads
     }
-    labelled = queries.assign(**labels, sampled=True)
+    labelled = queries.assign(**labels, sampled=True, ranking_query=True)
     rows = labelled[[c for c in frame.columns if c in labelled.columns]]
     log.info(
         "training on %d rows of %d train-split ranking queries too",

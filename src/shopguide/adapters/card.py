@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from shopguide.config import DataParams
+from shopguide.config import DataParams, Params
 from shopguide.duck import connect, sql_path
+from shopguide.exposures import censor_sql, window_events_sql
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +65,48 @@ def data_card(
     }
 
 
-def time_split_check(exposures: Path, data: DataParams) -> dict:
+def time_split_check(events: Path, exposures: Path, params: Params) -> dict:
     """For a time split (protocol.test_start): when it leaves fewer train than test
-    exposures, a warning and, for the data card, the `proposed_split` that would leave the
-    last PROPOSED_TEST_SHARE of exposures (by t0) for testing; nothing otherwise. The exposures
-    do not depend on test_start, so the proposal's counts are exact."""
-    con = connect(data)
+    exposures, a warning and, for the data card, the `proposed_split` that would leave about
+    the last PROPOSED_TEST_SHARE of exposures (by t0) for testing; nothing otherwise. Sampled
+    rows (the entire space) are not exposures and are not counted. Which exposures are
+    censored depends on test_start (a train row's label horizon must end before it), so the
+    proposal is counted from every exposure of the window's events, censored at the proposed
+    test_start as `build_exposures` would: its counts are what an ingest with it gives."""
+    con = connect(params.data)
+    protocol = params.protocol
     source = f"read_parquet({sql_path(exposures)})"
-    train, test, start = con.execute(
-        f"""SELECT count(*) FILTER (WHERE split = 'train'), count(*) FILTER (WHERE split = 'test'),
-                   quantile_disc(t0, {1 - PROPOSED_TEST_SHARE}) FROM {source}"""
+    columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    real = "NOT sampled" if "sampled" in columns else "true"
+    train, test = con.execute(
+        f"""SELECT count(*) FILTER (WHERE split = 'train'), count(*) FILTER (WHERE split = 'test')
+            FROM {source} WHERE {real}"""
     ).fetchone()
     if train >= test:
         return {}
-    (proposed_train,) = con.execute(f"SELECT count(*) FROM {source} WHERE t0 < {start}").fetchone()
+    window = window_events_sql(events, protocol)
+    (last,) = con.execute(f"SELECT max(ts) FROM {window}").fetchone()
+    data_end = min(protocol.window_end, last + 1)
+    con.execute(
+        f"""CREATE TEMP TABLE moments AS
+            SELECT min(ts) AS t0 FROM {window} WHERE behavior = 'pv' GROUP BY user_id, item_id"""
+    )
+    # The share is of the exposures every test_start keeps (not those whose horizon passes
+    # the data's end); the rows censored before the proposed test_start come off train.
+    h = protocol.label_horizon_s or 0
+    (start,) = con.execute(
+        f"""SELECT quantile_disc(t0, {1 - PROPOSED_TEST_SHARE}) FROM moments
+            WHERE t0 + {h} <= {data_end}"""
+    ).fetchone()
+    proposed = protocol.model_copy(update={"test_start": int(start)})
+    proposed_train, proposed_test = con.execute(
+        f"""SELECT count(*) FILTER (WHERE r.t0 < {start}), count(*) FILTER (WHERE r.t0 >= {start})
+            FROM moments r WHERE {censor_sql(proposed, data_end)}"""
+    ).fetchone()
     proposal = {
         "protocol.test_start": int(start),
         "train_exposures": proposed_train,
-        "test_exposures": train + test - proposed_train,
+        "test_exposures": proposed_test,
         "reason": f"protocol.test_start leaves {train} train against {test} test exposures",
     }
     log.warning(
@@ -92,6 +117,6 @@ def time_split_check(exposures: Path, data: DataParams) -> dict:
         test,
         start,
         proposed_train,
-        train + test - proposed_train,
+        proposed_test,
     )
     return {"proposed_split": proposal}

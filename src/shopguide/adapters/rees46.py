@@ -114,7 +114,7 @@ def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
         params.data,
         malformed_rows=bad,
         remove_from_cart_rows=removed,
-        **time_split_check(exposures, params.data),
+        **time_split_check(events, exposures, params),
         duplicate_events_dropped=duplicates,
         item_features=str(item_features_path(events)),
     )

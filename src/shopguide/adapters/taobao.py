@@ -24,6 +24,6 @@ def ingest(source: Path, events: Path, exposures: Path, params: Params) -> dict:
         params.data,
         malformed_rows=summary.malformed_rows,
         malformed_examples=summary.malformed_examples,
-        **time_split_check(exposures, params.data),
+        **time_split_check(events, exposures, params),
         duplicate_events_dropped=summary.duplicate_events_dropped,
     )

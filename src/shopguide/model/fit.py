@@ -374,7 +374,9 @@ def _fit(
                     if not representation.requires_grad:  # frozen encoders; GradNorm needs it
                         representation.requires_grad_()
                     logits = heads(representation).float()
-                losses = task_losses(logits, batch.labels, len(tasks), model.config.aux_tasks)
+                losses = task_losses(
+                    logits, batch.labels, len(tasks), model.config.aux_tasks, batch.pointwise
+                )
                 if groups is not None:
                     listwise = listwise_losses(
                         logits[:, : len(tasks)], batch.labels[:, : len(tasks)], batch.group

@@ -93,12 +93,19 @@ def _masked(loss: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
 
 
 def task_losses(
-    outputs: torch.Tensor, labels: torch.Tensor, binary: int, aux: tuple[AuxTask, ...]
+    outputs: torch.Tensor,
+    labels: torch.Tensor,
+    binary: int,
+    aux: tuple[AuxTask, ...],
+    pointwise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-task mean losses (binary tasks first, then auxiliary ones), shape (tasks,), each over
     the rows whose label for it is known: a NaN label (a ranking query's other tasks) takes no
-    part. `outputs` (batch, binary + aux widths); `labels` (batch, binary + len(aux))."""
+    part, nor do rows whose `pointwise` (batch,) is False. `outputs` (batch, binary + aux
+    widths); `labels` (batch, binary + len(aux))."""
     known = ~torch.isnan(labels)
+    if pointwise is not None:
+        known &= pointwise.unsqueeze(1)
     labels = torch.nan_to_num(labels, nan=0.0)
     losses = _masked(
         F.binary_cross_entropy_with_logits(

@@ -34,6 +34,9 @@ class Tensors:
     sequence: torch.Tensor  # (rows, length, 4) int64; length 0 for a model without one
     labels: torch.Tensor  # (rows, tasks) float32, NaN where a row's label is unknown
     group: torch.Tensor  # (rows,) int64: rows of one user at one moment share a group
+    # (rows,) bool: whether the pointwise loss learns from the row; a ranking query's rows are
+    # chosen because one of them was acted on, so only the ranking within them is a label
+    pointwise: torch.Tensor
 
     def __len__(self) -> int:
         return self.user.shape[0]
@@ -80,7 +83,16 @@ def to_tensors(
         sequence=torch.from_numpy(sequence_inputs(frame, moments, config.sequence_length)),
         labels=torch.from_numpy(labels),
         group=torch.from_numpy(moment_groups(frame, group_s)),
+        pointwise=torch.from_numpy(pointwise_rows(frame)),
     )
+
+
+def pointwise_rows(frame: pd.DataFrame) -> np.ndarray:
+    """(rows,) bool: False for the rows of ranking queries (`ranking_query`), which are
+    selected on their outcome: a pointwise loss on them would learn the selection."""
+    if "ranking_query" not in frame.columns:
+        return np.ones(len(frame), bool)
+    return ~frame["ranking_query"].to_numpy(bool)
 
 
 def moment_groups(frame: pd.DataFrame, window_s: int = 0) -> np.ndarray:
