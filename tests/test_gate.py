@@ -25,7 +25,7 @@ from shopguide.gate import (
     ranking_regression_checks,
     regression_checks,
 )
-from shopguide.io import read_json, write_json
+from shopguide.io import read_json
 from shopguide.ranking.metrics import query_scores
 from shopguide.registry import register
 from tests.conftest import PipelineRun, copy_feature_repo
@@ -323,28 +323,23 @@ def test_ranking_regression_is_refused_over_users() -> None:
 def test_gate_refuses_a_candidate_whose_ranking_is_worse(
     pipeline_run: PipelineRun, tmp_path: Path
 ) -> None:
-    """The champion with every dense input flipped (a broken preprocessing: the busiest and most
-    recent reads as the quietest and longest ago) is a candidate that ranks worse; against the
-    real champion, on the real test queries, the ranking rule refuses it."""
-    import shutil
+    """The champion with its weights scrambled (a corrupted checkpoint that still loads) is a
+    candidate that ranks worse; against the real champion, on the real test queries, the
+    ranking rule refuses it."""
+    import torch
 
     from shopguide.evaluate import evaluate_step
+    from shopguide.model.store import load_model, save_model
     from shopguide.registry import champion
 
     current = champion(pipeline_run.registry)
     broken = tmp_path / "broken"
-    shutil.copytree(current.path, broken)
-    config = read_json(broken / "config.json")
-    # a routed model (old / new categories) holds a base model and one per route
-    models = (
-        [config["base"], *(route["model"] for route in config["routes"])]
-        if config.get("kind") == "routed"
-        else [config]
-    )
-    for model in models:
-        assert model["dense_features"]
-        model["dense_std"] = [-std for std in model["dense_std"]]
-    write_json(broken / "config.json", config)
+    model = load_model(current.path)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weights in model.parameters():
+            weights.copy_(torch.randn_like(weights) * 0.5)
+    save_model(model, broken)
     registry = tmp_path / "registry"
     register(registry, current.path, {})
     params = pipeline_run.params.model_copy(

@@ -43,6 +43,8 @@ def shopguide_train(run: PipelineRun, out: Path, params: Path, *extra: str) -> l
         "train",
         "--training-set",
         str(run.training_set),
+        "--ranking-set",
+        str(run.ranking_set),
         "--model-dir",
         str(out / "model"),
         "--metrics",
@@ -63,6 +65,7 @@ def test_killed_run_resumes_to_the_same_result(pipeline_run: PipelineRun, tmp_pa
         tmp_path / "whole/train.json",
         tmp_path / "whole/history.csv",
         params,
+        ranking_set=pipeline_run.ranking_set,
     )
 
     checkpoints = tmp_path / "checkpoints"
@@ -86,6 +89,7 @@ def test_killed_run_resumes_to_the_same_result(pipeline_run: PipelineRun, tmp_pa
         tmp_path / "resumed/history.csv",
         params,
         checkpoint_dir=checkpoints,
+        ranking_set=pipeline_run.ranking_set,
     )
     assert resumed["best_epoch"] == whole["best_epoch"]
     for task, m in whole["validation"].items():
