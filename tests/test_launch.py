@@ -34,6 +34,7 @@ def test_two_processes_train_one_model_through_torchrun(
         tmp_path / "history.csv",
         params,
         processes=2,
+        ranking_set=pipeline_run.ranking_set,
     )
     assert metrics["processes"] == 2
     assert metrics == read_json(tmp_path / "train.json")

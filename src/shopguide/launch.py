@@ -49,6 +49,9 @@ def train_on_all_gpus(
         return train_step(
             training_set, model_dir, metrics_path, history_path, params, ranking_set=ranking_set
         )
+    if ranking_set is None:  # as the in-process step: no ranking set, no training queries
+        train = params.train.model_copy(update={"ranking_queries": False})
+        params = params.model_copy(update={"train": train})
     with tempfile.TemporaryDirectory() as tmp:
         params_file = Path(tmp) / "params.yaml"
         params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
