@@ -25,6 +25,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -87,6 +88,11 @@ def _value_to_float(value: ValueProto) -> float:
     if kind == "bool_val":
         return float(value.bool_val)
     return np.nan  # null or a type no model feature has
+
+
+def _value_to_int(value: ValueProto) -> int | None:
+    kind = value.WhichOneof("val")
+    return getattr(value, kind) if kind in ("int64_val", "int32_val") else None
 
 
 def decode_values(blobs: list[bytes]) -> np.ndarray:
@@ -366,22 +372,25 @@ class FeastReader:
         self, view: str, join_keys: tuple[str, ...], ids: np.ndarray, features: list[str]
     ) -> tuple[np.ndarray, np.ndarray]:
         out = np.full((len(ids), len(features)), np.nan)
-        present = np.zeros(len(ids), bool)
-        if not len(ids):
-            return out, present
-        for r, (_, values) in enumerate(self._online_read(view, join_keys, ids, features)):
-            if not values:
-                continue
-            present[r] = True
-            for j, name in enumerate(features):
-                if name in values:
-                    out[r, j] = _value_to_float(values[name])
-        return out, present
+        return self._fill(out, view, join_keys, ids, features, _value_to_float)
 
     def read_ints(
         self, view: str, join_keys: tuple[str, ...], ids: np.ndarray, features: list[str]
     ) -> tuple[np.ndarray, np.ndarray]:
         out = np.zeros((len(ids), len(features)), np.int64)
+        return self._fill(out, view, join_keys, ids, features, _value_to_int)
+
+    def _fill(
+        self,
+        out: np.ndarray,
+        view: str,
+        join_keys: tuple[str, ...],
+        ids: np.ndarray,
+        features: list[str],
+        convert: Callable[[ValueProto], float | int | None],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`out` (rows, features) with each stored value `convert` gives (None: left as it
+        was), and whether the store holds each row's key."""
         present = np.zeros(len(ids), bool)
         if not len(ids):
             return out, present
@@ -391,9 +400,9 @@ class FeastReader:
             present[r] = True
             for j, name in enumerate(features):
                 value = values.get(name)
-                kind = value.WhichOneof("val") if value is not None else None
-                if kind in ("int64_val", "int32_val"):
-                    out[r, j] = getattr(value, kind)
+                converted = convert(value) if value is not None else None
+                if converted is not None:
+                    out[r, j] = converted
         return out, present
 
 
