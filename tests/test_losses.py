@@ -1,5 +1,6 @@
 """The ranking losses by hand: the listwise loss ranks within a group only, and the rows of a
-ranking query teach no pointwise loss (they are chosen for their outcome)."""
+ranking query teach no pointwise loss (they are chosen for their outcome); the epoch is picked
+by the ranking within each user-moment."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from shopguide.metrics import task_metrics
 from shopguide.model.tasks import listwise_losses, task_losses
 from shopguide.model.tensors import moment_groups, pointwise_rows
 
@@ -38,14 +40,28 @@ def test_rows_of_a_ranking_query_take_no_part_in_the_pointwise_loss() -> None:
 def test_query_rows_are_marked_and_groups_follow_the_window() -> None:
     frame = pd.DataFrame(
         {
-            "user_id": [1, 1, 1, 2],
-            "t0": [100, 100, 90_000, 100],
-            "ranking_query": [False, True, False, False],
+            "user_id": [1, 1, 1, 2, 1],
+            "t0": [100, 100, 90_000, 100, 200],
+            "ranking_query": [False, True, False, False, False],
         }
     )
-    assert pointwise_rows(frame).tolist() == [True, False, True, True]
+    assert pointwise_rows(frame).tolist() == [True, False, True, True, True]
     assert pointwise_rows(frame.drop(columns="ranking_query")).all()
+    # a ranking query is a group of its own, apart from the exposures of the same moment
     moments = moment_groups(frame)
-    assert moments[0] == moments[1] and len(np.unique(moments)) == 3
+    assert len(np.unique(moments)) == 5
     days = moment_groups(frame, 86400)
-    assert days[0] == days[1] != days[2] != days[3]
+    assert days[0] == days[4] != days[1]
+    assert len(np.unique(days)) == 4
+
+
+def test_moment_auc_ranks_within_each_user_moment_only() -> None:
+    # pooled, the second moment's higher scores rank its negative above the first's positive;
+    # within each moment the positive is on top
+    labels = np.array([[1.0], [0.0], [1.0], [0.0], [np.nan]])
+    probs = np.array([[0.3], [0.1], [0.9], [0.5], [0.0]])
+    moments = np.array([0, 0, 1, 1, 1])
+    metrics = task_metrics(labels, probs, ("cart",), moments=moments)["cart"]
+    assert metrics["moment_auc"] == 1.0
+    assert metrics["auc"] == 0.75
+    assert "gauc" not in metrics

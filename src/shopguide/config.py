@@ -272,8 +272,9 @@ class TrainParams(Strict):
     sparse_embeddings: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available (bf16 autocast)
     # The validation metric whose mean over tasks picks the epoch: gauc (within each user, as
-    # a ranking for one user is judged) or auc (pooled over the validation rows).
-    selection: Literal["gauc", "auc"] = "gauc"
+    # a ranking for one user is judged), moment_auc (within each user at one moment: the
+    # candidates one request ranks) or auc (pooled over the validation rows).
+    selection: Literal["gauc", "moment_auc", "auc"] = "moment_auc"
     # Weight of a listwise loss (softmax over each user-moment's candidates, per task) beside
     # the pointwise one: it trains the ranking within one user at one moment only. 0: off.
     listwise_weight: Annotated[float, Field(ge=0)] = 1.0

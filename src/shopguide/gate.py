@@ -65,23 +65,29 @@ from shopguide.serving.process import log_tail, running_server
 log = logging.getLogger(__name__)
 
 
+def _floor_check(
+    rule: str, task: str, value: float | None, floor: float, passed: bool, reason: str, **extra
+) -> dict:
+    """One floor rule's verdict on one task, in the shape every check of the decision has."""
+    return {
+        "rule": rule,
+        "task": task,
+        "slice": "overall",
+        "value": value,
+        "threshold": floor,
+        **extra,
+        "passed": passed,
+        "reason": f"{rule} {task}: {reason}",
+    }
+
+
 def _floor_checks(candidate_auc: dict, gate: GateParams) -> list[dict]:
     checks = []
     for task, floor in gate.auc_floor.items():
         auc = candidate_auc.get(task)
         passed = auc is not None and auc >= floor
-        checks.append(
-            {
-                "rule": "auc_floor",
-                "task": task,
-                "slice": "overall",
-                "value": auc,
-                "threshold": floor,
-                "passed": passed,
-                "reason": f"auc_floor {task}: AUC {_fmt(auc)} {'>=' if passed else '<'} "
-                f"{floor:.4f}",
-            }
-        )
+        reason = f"AUC {_fmt(auc)} {'>=' if passed else '<'} {floor:.4f}"
+        checks.append(_floor_check("auc_floor", task, auc, floor, passed, reason))
     return checks
 
 
@@ -92,18 +98,12 @@ def gauc_floor_checks(report: dict, gate: GateParams) -> list[dict]:
         m = report["overall"].get(task) or {}
         low = (m.get("gauc_ci") or {}).get("low")
         passed = low is not None and low > floor
+        reason = (
+            f"GAUC {_fmt(m.get('gauc'))}, interval low {_fmt(low)} "
+            f"{'>' if passed else '<='} {floor:.4f}"
+        )
         checks.append(
-            {
-                "rule": "gauc_floor",
-                "task": task,
-                "slice": "overall",
-                "value": low,
-                "gauc": m.get("gauc"),
-                "threshold": floor,
-                "passed": passed,
-                "reason": f"gauc_floor {task}: GAUC {_fmt(m.get('gauc'))}, interval low "
-                f"{_fmt(low)} {'>' if passed else '<='} {floor:.4f}",
-            }
+            _floor_check("gauc_floor", task, low, floor, passed, reason, gauc=m.get("gauc"))
         )
     return checks
 
@@ -121,22 +121,13 @@ def ranking_floor_checks(report: dict, gate: GateParams) -> list[dict]:
         judged = queries >= gate.min_slice_positives and low is not None
         passed = not judged or low > floor
         reason = (
-            f"ranking_auc_floor {task}: served within-query AUC {_fmt(served.get('auc'))}, "
-            f"interval low {_fmt(low)} {'>' if passed else '<='} {floor:.4f}"
+            f"served within-query AUC {_fmt(served.get('auc'))}, interval low {_fmt(low)} "
+            f"{'>' if passed else '<='} {floor:.4f}"
             if judged
-            else f"ranking_auc_floor {task}: {queries} queries, not judged"
+            else f"{queries} queries, not judged"
         )
         checks.append(
-            {
-                "rule": "ranking_auc_floor",
-                "task": task,
-                "slice": "overall",
-                "value": low,
-                "threshold": floor,
-                "queries": queries,
-                "passed": passed,
-                "reason": reason,
-            }
+            _floor_check("ranking_auc_floor", task, low, floor, passed, reason, queries=queries)
         )
     return checks
 

@@ -22,10 +22,12 @@ def task_metrics(
     probs: np.ndarray,
     tasks: tuple[str, ...],
     users: np.ndarray | None = None,
+    moments: np.ndarray | None = None,
 ) -> dict:
     """AUC (None when a task has one class only) and log loss for each task column, over the
     rows whose label is known (not NaN); with `users`, also GAUC (None without a user who has
-    both classes)."""
+    both classes), and with `moments` (a group id per row: one user at one moment) the same
+    within each moment as `moment_auc`."""
     out = {}
     for j, task in enumerate(tasks):
         known = ~np.isnan(labels[:, j])
@@ -37,9 +39,10 @@ def task_metrics(
             "positives": int(y.sum()),
             "rows": len(y),
         }
-        if users is not None:
-            gauc = weighted_gauc(y, p, users[known], np.ones((1, len(y))))[0]
-            out[task]["gauc"] = None if np.isnan(gauc) else float(gauc)
+        for name, groups in (("gauc", users), ("moment_auc", moments)):
+            if groups is not None:
+                value = weighted_gauc(y, p, groups[known], np.ones((1, len(y))))[0]
+                out[task][name] = None if np.isnan(value) else float(value)
     return out
 
 

@@ -62,7 +62,8 @@ class FitSettings:
     device: str = "cpu"
     sparse_embeddings: bool = False  # sparse id-table gradients + SparseAdam (not with PCGrad)
     # The validation metric that picks the epoch (mean over tasks): auc, pooled over the rows,
-    # or gauc, within each user (what a ranking for one user is judged by).
+    # gauc, within each user (what a ranking for one user is judged by), or moment_auc, within
+    # each user at one moment (the candidates of one request).
     selection: str = "auc"
     # Weight of the listwise loss within each group (one user at one moment) beside the
     # pointwise one; batches then hold whole groups. 0: pointwise only.
@@ -412,6 +413,7 @@ def _fit(
                 predict(model, valid),
                 tasks,
                 users=valid.user.numpy() if settings.selection == "gauc" else None,
+                moments=valid.group.numpy() if settings.selection == "moment_auc" else None,
             )
             score = mean_metric(metrics, settings.selection)
             row = {

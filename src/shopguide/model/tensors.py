@@ -98,10 +98,12 @@ def pointwise_rows(frame: pd.DataFrame) -> np.ndarray:
 def moment_groups(frame: pd.DataFrame, window_s: int = 0) -> np.ndarray:
     """(rows,) int64: one group per (user, moment t0), the candidates ranked together; with
     `window_s`, per user and window of that many seconds (the user's rows of several moments
-    ranked together, as GAUC ranks a user's exposures)."""
+    ranked together, as GAUC ranks a user's exposures). A ranking query's rows form groups of
+    their own, apart from exposures of the same user and moment."""
     keys = frame[["user_id", "t0"]].to_numpy(np.int64)
     if window_s:
         keys[:, 1] //= window_s
+    keys = np.column_stack([keys, ~pointwise_rows(frame)])
     if not len(keys):
         return np.zeros(0, np.int64)
     return np.unique(keys, axis=0, return_inverse=True)[1].ravel().astype(np.int64)
