@@ -33,7 +33,9 @@ def test_trained_model_learns_every_task(pipeline_run: PipelineRun) -> None:
         assert metrics["validation"][task]["logloss"] < 0.2
     history = pd.read_csv(pipeline_run.art("plots/train.csv"))
     selection = pipeline_run.params.train.selection  # the metric that picks the epoch
-    assert {"epoch", "train_loss", f"val_mean_{selection}", "val_buy_gauc"} <= set(history.columns)
+    assert {"epoch", "train_loss", f"val_mean_{selection}", f"val_buy_{selection}"} <= set(
+        history.columns
+    )
 
 
 def test_model_is_safetensors_plus_json(pipeline_run: PipelineRun) -> None:
