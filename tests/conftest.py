@@ -46,10 +46,10 @@ def write_params(workdir: Path, raw_path: Path, **overrides: dict) -> Path:
     raw["validation"]["report_dir"] = str(workdir / "reports/validation")
     raw["registry"]["path"] = str(workdir / "registry")
     raw["deploy"]["output"] = str(workdir / "k8s/inferenceservice.yaml")
-    raw["train"]["max_epochs"] = 4
-    raw["finetune"]["max_epochs"] = 2
-    # Fewer sampled items and a shorter sequence: the same mechanisms on under half the rows.
-    raw["sampling"] |= {"recent": 1, "popularity": 1, "uniform": 1}
+    raw["train"]["max_epochs"] = 6
+    raw["finetune"]["max_epochs"] = 3
+    # Fewer sampled items and a shorter sequence: the same mechanisms on half the rows.
+    raw["sampling"] |= {"recent": 2, "popularity": 1, "uniform": 1}
     raw["features"]["sequence_length"] = 8
     raw["evaluation"]["bootstrap_samples"] = 100
     raw["gate"]["bootstrap_samples"] = 200

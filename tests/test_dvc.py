@@ -32,8 +32,8 @@ def test_dvc_repro_runs_everything_then_nothing(sample: Path, tmp_path: Path) ->
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["raw_path"] = str(sample)
     params["train"]["max_epochs"] = 4
-    params["finetune"]["max_epochs"] = 1
-    params["sampling"] |= {"recent": 1, "popularity": 1, "uniform": 1}
+    params["finetune"]["max_epochs"] = 2
+    params["sampling"] |= {"recent": 2, "popularity": 1, "uniform": 1}
     params["features"]["sequence_length"] = 8
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
