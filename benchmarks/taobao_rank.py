@@ -204,13 +204,18 @@ def markdown(table: dict, tasks: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_arguments(ap: argparse.ArgumentParser) -> None:
+    """The params and the features step's training and ranking sets (`dvc repro`'s paths)."""
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument(
         "--training-set", type=Path, default=Path("artifacts/data/training_set.parquet")
     )
     ap.add_argument("--ranking-set", type=Path, default=Path("artifacts/data/ranking_set.parquet"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(ap)
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
     ap.add_argument("--models", default="", help="comma-separated; default: params', single_task")
     ap.add_argument("--bootstrap", type=int, default=1000)

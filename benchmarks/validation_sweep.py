@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+from synth_scale import add_overrides, apply_overrides
+from taobao_rank import add_data_arguments
 
 from shopguide.config import Params, load_params
 from shopguide.errors import exit_on_error
@@ -34,16 +35,6 @@ from shopguide.model.fit import fit, predict, settings_from_params
 from shopguide.model.tensors import exposures_of, is_new_category, time_split, to_tensors
 from shopguide.ranking.metrics import query_scores
 from shopguide.train import build_model, training_examples
-
-
-def with_overrides(params: Params, items: list[str]) -> Params:
-    """`params` with each `section.key=value` (value read as YAML) set, validated again."""
-    raw = params.model_dump(mode="json")
-    for item in items:
-        dotted, value = item.split("=", 1)
-        section, key = dotted.split(".", 1)
-        raw[section][key] = yaml.safe_load(value)
-    return Params.model_validate(raw)
 
 
 def query_figures(valid_part, valid, probs: np.ndarray, tasks: tuple[str, ...]) -> dict:
@@ -67,16 +58,14 @@ def query_figures(valid_part, valid, probs: np.ndarray, tasks: tuple[str, ...]) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument(
-        "--training-set", type=Path, default=Path("artifacts/data/training_set.parquet")
-    )
-    ap.add_argument("--ranking-set", type=Path, default=Path("artifacts/data/ranking_set.parquet"))
-    ap.add_argument("--set", action="append", default=[], help="section.key=value (YAML)")
+    add_data_arguments(ap)
+    add_overrides(ap)
     ap.add_argument("--out", type=Path, default=Path("reports/benchmarks/sweep.jsonl"))
     args = ap.parse_args()
     torch.set_num_threads(2)
-    params = with_overrides(load_params(args.params), args.set)
+    raw = load_params(args.params).model_dump(mode="json")
+    apply_overrides(raw, args.set)
+    params = Params.model_validate(raw)
     frame = training_examples(args.training_set, args.ranking_set, params)
     old = frame[
         (frame["split"] == "train") & ~is_new_category(frame["category_id"], params.finetune)
