@@ -72,7 +72,7 @@ def apply_overrides(raw: dict, items: list[str]) -> None:
     for item in items:
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
-        raw[section][name] = yaml.safe_load(value)
+        raw.setdefault(section, {})[name] = yaml.safe_load(value)
 
 
 def run_step(name: str, args: list[str], rows: int) -> dict:

@@ -24,6 +24,7 @@ SAMPLE = Path(
     )
 )
 FIXTURES = Path(os.environ.get("SHOPGUIDE_FIXTURES", ROOT.parent / "shared/data/fixtures"))
+OLIST = Path(os.environ.get("SHOPGUIDE_OLIST", ROOT.parent / "shared/data/olist"))
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +32,13 @@ def sample() -> Path:
     if not SAMPLE.is_file():
         pytest.skip(f"real Taobao sample not found at {SAMPLE} (set SHOPGUIDE_TAOBAO_SAMPLE)")
     return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def olist() -> Path:
+    if not (OLIST / "olist_orders_dataset.csv").is_file():
+        pytest.skip(f"Olist sample not found at {OLIST} (set SHOPGUIDE_OLIST)")
+    return OLIST
 
 
 def copy_feature_repo(dest: Path) -> Path:

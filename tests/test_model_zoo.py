@@ -206,6 +206,8 @@ def test_fit_refuses_an_empty_run() -> None:
         torch.tensor([[0.0], [1.0], [0.0], [1.0]]),
         torch.zeros(4, dtype=torch.long),
         torch.ones(4, dtype=torch.bool),
+        torch.zeros(4, 0, dtype=torch.long),
+        torch.zeros(4, 0, 0, dtype=torch.long),
     )
     settings = FitSettings(1e-3, 0.0, 0.0, 2, 0, 1, 0)
     with pytest.raises(ShopguideError, match="no epoch"):

@@ -315,6 +315,49 @@ def serve(
     )
 
 
+dataset_app = typer.Typer(
+    no_args_is_help=True,
+    help="Declared datasets (datasets/<name>.yaml): check one, train and report on it.",
+)
+app.add_typer(dataset_app, name="dataset")
+SchemaArg = Annotated[Path, typer.Argument(help="the dataset schema, e.g. datasets/olist.yaml")]
+RootOpt = Annotated[
+    Path | None, typer.Option(help="folder of the tables; default the schema's root")
+]
+
+
+@dataset_app.command("check")
+@step
+def dataset_check(
+    schema: SchemaArg,
+    root: RootOpt = None,
+    report_dir: Path = Path("reports/datasets"),
+) -> None:
+    """Validate the schema, its tables (one Great Expectations suite each, derived from the
+    declared columns) and the point-in-time example table it builds."""
+    from shopguide.dataset.steps import check_step
+
+    check_step(schema, report_dir, root)
+
+
+@dataset_app.command("train")
+@step
+def dataset_train(
+    schema: SchemaArg,
+    root: RootOpt = None,
+    model_dir: Path = Path("artifacts/datasets/model"),
+    metrics: Path = Path("metrics/dataset_train.json"),
+    history: Path = Path("plots/dataset_train_history.csv"),
+    report_dir: Path = Path("reports/datasets"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Check the dataset, train the model of params.yaml on every declared task (binary,
+    regression, multiclass), and report each task on the test split with intervals."""
+    from shopguide.dataset.steps import train_step
+
+    train_step(schema, load_params(params), model_dir, metrics, history, report_dir, root)
+
+
 models_app = typer.Typer(
     no_args_is_help=True, help="The model registry: list versions, show one, roll back."
 )

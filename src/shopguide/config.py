@@ -274,7 +274,7 @@ class TrainParams(Strict):
     # The validation metric whose mean over tasks picks the epoch: gauc (within each user, as
     # a ranking for one user is judged), moment_auc (within each user at one moment: the
     # candidates one request ranks) or auc (pooled over the validation rows).
-    selection: Literal["gauc", "moment_auc", "auc"] = "moment_auc"
+    selection: Literal["gauc", "moment_auc", "auc", "loss"] = "moment_auc"
     # Weight of a listwise loss (softmax over each user-moment's candidates, per task) beside
     # the pointwise one: it trains the ranking within one user at one moment only. 0: off.
     listwise_weight: Annotated[float, Field(ge=0)] = 1.0
@@ -511,7 +511,7 @@ class Params(Strict):
         return self
 
 
-def _format_errors(err: ValidationError) -> str:
+def format_errors(err: ValidationError) -> str:
     """One line per problem: where, what, and the value given, cut short (not for a section,
     whose value is the whole mapping: a check of several fields names them itself)."""
     lines = []
@@ -539,7 +539,7 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ShopguideError(f"{path}: invalid parameters\n{_format_errors(exc)}") from exc
+        raise ShopguideError(f"{path}: invalid parameters\n{format_errors(exc)}") from exc
 
 
 def params_from_json(text: str) -> Params:
@@ -547,4 +547,4 @@ def params_from_json(text: str) -> Params:
     try:
         return Params.model_validate_json(text)
     except ValidationError as exc:
-        raise ShopguideError(f"invalid parameters\n{_format_errors(exc)}") from exc
+        raise ShopguideError(f"invalid parameters\n{format_errors(exc)}") from exc

@@ -132,12 +132,16 @@ def write_outputs(
     metrics_path: Path,
     history: list[dict],
     history_path: Path,
+    extra_files: dict[str, str] | None = None,
 ) -> None:
-    """The model, its metrics and its training history, each atomically; the model goes into
-    place last, so a model on disk has its metrics and history beside it (a process killed in
-    between leaves no model, and the next write removes its temporary files)."""
+    """The model (and `extra_files`, name -> text, in its directory), its metrics and its
+    training history, each atomically; the model goes into place last, so a model on disk
+    has its metrics and history beside it (a process killed in between leaves no model, and
+    the next write removes its temporary files)."""
     with atomic_path(model_dir) as staged:
         save_model(model, staged)
+        for name, text in (extra_files or {}).items():
+            (staged / name).write_text(text)
         write_json(metrics_path, metrics)
         with atomic_path(history_path) as tmp:
             pd.DataFrame(history).to_csv(tmp, index=False)

@@ -427,7 +427,7 @@ def _check(context: FileDataContext, check: Check) -> tuple[bool, list[dict]]:
     return all(r["success"] for r in results), results
 
 
-def _run(checks: list[Check], source: Path, report_dir: Path) -> ValidationReport:
+def run_checks(checks: list[Check], source: Path, report_dir: Path) -> ValidationReport:
     """Run every check; one report named after the first suite."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -489,7 +489,7 @@ def validate_events(
         drift = drift_frame(profile, profile_dir, params)
         if drift is not None:
             checks.append(Check(_drift_suite(drift, params), drift, []))
-    report = _run(checks, events, report_dir)
+    report = run_checks(checks, events, report_dir)
     if report.success and complete:
         accept_profile(profile, profile_dir)
     return report
@@ -500,7 +500,9 @@ def validate_training_set(training_set: Path, params: Params, report_dir: Path) 
     required = {*TRAINING_KEYS, "event_timestamp", *params.protocol.tasks}
     frame = _read_parquet(training_set, lambda name: name in required or "__" in name)
     features = [c for c in frame.columns if "__" in c]
-    return _run([Check(_training_suite(params, features), frame, [])], training_set, report_dir)
+    return run_checks(
+        [Check(_training_suite(params, features), frame, [])], training_set, report_dir
+    )
 
 
 def _describe(result: dict) -> str:

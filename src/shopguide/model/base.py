@@ -1,7 +1,8 @@
 """What every multi-task model shares: the config fields that rebuild its inputs, one fused
-embedding lookup for the hashed ids, the encoder of the user's recent events, and the interface
-that training, fine-tuning and serving rely on (`forward(user, item, category, dense,
-sequence)` -> logits (batch, tasks))."""
+embedding lookup for the hashed ids, the encoder of the user's recent events, a declared
+dataset's categorical fields and token bags, and the interface that training, fine-tuning and
+serving rely on (`forward(user, item, category, dense, sequence, codes, bags)` -> logits
+(batch, tasks); `codes` and `bags` only for a model with declared fields)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,16 @@ class ModelConfig(BaseModel):
     sequence_encoder: Literal["din", "mean", "none"] = "none"
     # The ids with rows of their own in the embedding table; the others share one row.
     id_embeddings: tuple[Literal["user", "item", "category"], ...] = ("user", "item", "category")
+    # A declared dataset's inputs (shopguide.dataset): categorical fields, each its own
+    # `categorical_buckets` rows of one table; token bags (text n-grams, multi-valued fields)
+    # averaged from a table of `bag_buckets` rows (row 0: the empty slot).
+    categorical_features: tuple[str, ...] = ()
+    categorical_buckets: int = 10_007
+    bag_features: tuple[str, ...] = ()
+    bag_buckets: int = 262_144
+    # Dense inputs are counts, log1p'd before standardising; False: declared numerics (already
+    # transformed as their schema says), standardised as given.
+    dense_log1p: bool = True
 
     def table_buckets(self) -> tuple[int, int, int]:
         """Rows of the user, item and category parts of the embedding table (1: not embedded,
@@ -70,6 +81,10 @@ class ModelConfig(BaseModel):
         if self.sequence_encoder == "none" or not self.sequence_length:
             return 0
         return 2 * self.embedding_dim
+
+    def side_width(self) -> int:
+        """Columns of an encoder block taken by the declared categorical fields and bags."""
+        return (len(self.categorical_features) + len(self.bag_features)) * self.embedding_dim
 
     def head_widths(self) -> tuple[int, ...]:
         """Output columns of each head, in `head_names` order."""
@@ -184,8 +199,9 @@ class SequencePooling(nn.Module):
 
 class Encoder(nn.Module):
     """Hashed user/item/category embeddings from one table (a single fused lookup per batch),
-    the summary of the user's recent events (`SequencePooling`, when the config has one), and
-    log1p-standardised dense features."""
+    the summary of the user's recent events (`SequencePooling`, when the config has one), a
+    declared dataset's categorical fields and mean-pooled token bags, and standardised dense
+    features (log1p'd counts, or declared numerics as given)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -200,7 +216,41 @@ class Encoder(nn.Module):
         self.id_width = config.id_width()
         self.dense_width = len(config.dense_features)
         self.sequence = SequencePooling(config) if config.sequence_width() else None
-        self.out_dim = self.id_width + config.sequence_width() + self.dense_width
+        self.dense_log1p = config.dense_log1p
+        fields, buckets = len(config.categorical_features), config.categorical_buckets
+        self.fields = nn.Embedding(fields * buckets, config.embedding_dim) if fields else None
+        self.register_buffer("field_offsets", torch.arange(fields) * buckets, persistent=False)
+        self.bags = (
+            nn.EmbeddingBag(config.bag_buckets, config.embedding_dim, mode="mean", padding_idx=0)
+            if config.bag_features
+            else None
+        )
+        for table in (self.fields, self.bags):
+            if table is not None:
+                nn.init.normal_(table.weight, std=0.01)
+        # With `config.wide`, the bags' tokens also get a linear term per head output (the
+        # wide part of Wide & Deep over sparse tokens: a hashed bag-of-n-grams regression
+        # that text needs beside the pooled embeddings), carried in the block before `dense`.
+        self.wide_width = sum(config.head_widths()) if config.wide and config.bag_features else 0
+        self.bag_wide = (
+            nn.EmbeddingBag(config.bag_buckets, self.wide_width, mode="mean", padding_idx=0)
+            if self.wide_width
+            else None
+        )
+        if self.bag_wide is not None:
+            nn.init.zeros_(self.bag_wide.weight)
+        self.out_dim = (
+            self.id_width
+            + config.sequence_width()
+            + config.side_width()
+            + self.wide_width
+            + self.dense_width
+        )
+
+    def tables(self) -> list[nn.Module]:
+        """Its embedding tables: the ids', then the declared fields' and bags' if any."""
+        tables = (self.embedding, self.fields, self.bags, self.bag_wide)
+        return [t for t in tables if t is not None]
 
     def rows(self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         """(..., 3) rows of the fused table that the user, item and category ids hash to."""
@@ -214,8 +264,12 @@ class Encoder(nn.Module):
         category: torch.Tensor,
         dense: torch.Tensor,
         sequence: torch.Tensor,
+        codes: torch.Tensor | None = None,
+        bags: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        dense = (torch.log1p(dense.clamp_min(0)) - self.dense_mean) / self.dense_std
+        if self.dense_log1p:
+            dense = torch.log1p(dense.clamp_min(0))
+        dense = (dense - self.dense_mean) / self.dense_std
         ids = self.embedding(self.rows(user, item, category))  # (batch, 3, dim)
         parts = [ids.flatten(1)]
         if self.sequence is not None:
@@ -224,11 +278,26 @@ class Encoder(nn.Module):
             rows = self.rows(seq_item, seq_item, seq_category)[..., 1:]
             events = self.embedding(rows).flatten(2)  # (batch, length, 2 * dim)
             parts.append(self.sequence(ids[:, 1:].flatten(1), events, sequence))
+        if self.fields is not None:
+            parts.append(self.fields(codes + self.field_offsets).flatten(1))
+        if self.bags is not None:  # (batch, bags, tokens): every bag of every row at once
+            pooled = self.bags(bags.flatten(0, 1))
+            parts.append(pooled.view(bags.shape[0], -1))
+        if self.bag_wide is not None:
+            wide = self.bag_wide(bags.flatten(0, 1)).view(bags.shape[0], bags.shape[1], -1)
+            parts.append(wide.sum(1))
         return torch.cat([*parts, dense], dim=1)
 
     def split(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A `forward` output as (id embeddings, standardised dense features)."""
         return block[:, : self.id_width], block[:, block.shape[1] - self.dense_width :]
+
+    def wide(self, block: torch.Tensor) -> torch.Tensor | None:
+        """A `forward` output's linear term of the token bags per head output, if any."""
+        if not self.wide_width:
+            return None
+        end = block.shape[1] - self.dense_width
+        return block[:, end - self.wide_width : end]
 
 
 class OutputLayer(nn.Module):
@@ -279,17 +348,10 @@ class MultiTaskModel(nn.Module):
         """The rate each binary head's own output models; a chained task overrides this."""
         return list(self.config.base_rates)
 
-    def encode(
-        self,
-        user: torch.Tensor,
-        item: torch.Tensor,
-        category: torch.Tensor,
-        dense: torch.Tensor,
-        sequence: torch.Tensor,
-    ) -> torch.Tensor:
-        """(batch, encoders * in_dim): one block per encoder (only the single-task model has
-        more than one)."""
-        return torch.cat([e(user, item, category, dense, sequence) for e in self.encoders], dim=1)
+    def encode(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        """(batch, encoders * in_dim) from the raw inputs (see `forward`): one block per
+        encoder (only the single-task model has more than one)."""
+        return torch.cat([e(*inputs) for e in self.encoders], dim=1)
 
     def blocks(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """`encode`'s output `x` as (id embeddings, dense features), one pair per encoder."""
@@ -307,19 +369,16 @@ class MultiTaskModel(nn.Module):
         """Every head's outputs side by side, (batch, sum of `config.head_widths()`)."""
         logits = self.task_logits(x)
         if self.output is not None:
-            logits = logits + self.output(self.blocks(x)[0][1])
+            first = x[:, : self.in_dim]
+            logits = logits + self.output(self.encoders[0].split(first)[1])
+            wide = self.encoders[0].wide(first)
+            if wide is not None:
+                logits = logits + wide
         return self.combine(logits)
 
-    def outputs(
-        self,
-        user: torch.Tensor,
-        item: torch.Tensor,
-        category: torch.Tensor,
-        dense: torch.Tensor,
-        sequence: torch.Tensor,
-    ) -> torch.Tensor:
+    def outputs(self, *inputs: torch.Tensor | None) -> torch.Tensor:
         """Every head's outputs from raw inputs, (batch, sum of `config.head_widths()`)."""
-        return self.heads(self.encode(user, item, category, dense, sequence))
+        return self.heads(self.encode(*inputs))
 
     def forward(
         self,
@@ -328,11 +387,15 @@ class MultiTaskModel(nn.Module):
         category: torch.Tensor,
         dense: torch.Tensor,
         sequence: torch.Tensor,
+        codes: torch.Tensor | None = None,
+        bags: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of the binary tasks, (batch, tasks): what evaluation, the gate and serving
         use. Ids are raw int64; dense features are raw values (`feature_spec.dense_inputs`);
-        `sequence` (batch, length, 4) int64 (`feature_spec.sequence_inputs`)."""
-        return self.outputs(user, item, category, dense, sequence)[:, : len(self.config.tasks)]
+        `sequence` (batch, length, 4) int64 (`feature_spec.sequence_inputs`); `codes`
+        (batch, fields) and `bags` (batch, bags, tokens) int64 (`shopguide.dataset.inputs`)."""
+        out = self.outputs(user, item, category, dense, sequence, codes, bags)
+        return out[:, : len(self.config.tasks)]
 
     def shared_modules(self) -> list[nn.Module]:
         """The representation layers (beyond the embeddings) that fine-tuning freezes."""
@@ -348,13 +411,14 @@ class MultiTaskModel(nn.Module):
         return x
 
     def embedding_parameters(self) -> list[nn.Parameter]:
-        return [m.embedding.weight for m in self.modules() if isinstance(m, Encoder)]
+        return [t.weight for m in self.modules() if isinstance(m, Encoder) for t in m.tables()]
 
     def set_sparse_embeddings(self, sparse: bool) -> None:
-        """Whether the id tables emit sparse gradients (for a lazy sparse optimizer)."""
+        """Whether the embedding tables emit sparse gradients (for a lazy sparse optimizer)."""
         for m in self.modules():
             if isinstance(m, Encoder):
-                m.embedding.sparse = sparse
+                for table in m.tables():
+                    table.sparse = sparse
 
     def embedding_square_sum(self, representation: torch.Tensor) -> torch.Tensor:
         """Sum of squares of the embedding rows a batch looked up (`representation` is

@@ -180,6 +180,14 @@ def aux_metrics(model: MultiTaskModel, data: Tensors) -> dict:
     }
 
 
+def validation_loss(model: MultiTaskModel, data: Tensors, weights: list[float]) -> float:
+    """The weighted sum of every head's mean loss on `data` (the training objective's task
+    terms, without regularisers)."""
+    outputs = head_outputs(model, data)
+    losses = task_losses(outputs, data.labels, len(model.config.tasks), model.config.aux_tasks)
+    return float((losses * torch.tensor(weights)).sum())
+
+
 def _fingerprint(model: MultiTaskModel, train: Tensors, settings: FitSettings) -> str:
     """What a checkpoint must match to be resumed: same model, settings and data shape."""
     key = json.dumps(
@@ -325,7 +333,7 @@ def _fit(
         )
 
     best = FitResult(best_epoch=-1, best_metrics={})
-    best_score, best_state, stale, start = -1.0, None, 0, 0
+    best_score, best_state, stale, start = -float("inf"), None, 0, 0
     path = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
     fingerprint = _fingerprint(model, train, settings)
     if path is not None and path.is_file():
@@ -415,7 +423,11 @@ def _fit(
                 users=valid.user.numpy() if settings.selection == "gauc" else None,
                 moments=valid.group.numpy() if settings.selection == "moment_auc" else None,
             )
-            score = mean_metric(metrics, settings.selection)
+            score = (
+                -validation_loss(model, valid, weights)
+                if settings.selection == "loss"
+                else mean_metric(metrics, settings.selection)
+            )
             row = {
                 "epoch": epoch,
                 "train_loss": float(total) / max(batches, 1),
@@ -432,10 +444,11 @@ def _fit(
             }
             best.history.append(row)
             log.info(
-                "%s epoch %d: loss %.4f, validation mean AUC %.4f",
+                "%s epoch %d: loss %.4f, validation %s %.4f",
                 description,
                 epoch,
                 row["train_loss"],
+                "-loss" if settings.selection == "loss" else f"mean {settings.selection}",
                 score,
             )
             bar.advance(job)

@@ -105,24 +105,18 @@ class Routed(nn.Module):
             return torch.isin(category, getattr(self, f"ids_{i}"))
         return torch.remainder(category, rule.modulo) == rule.remainder
 
-    def outputs(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """Every head's outputs from (user, item, category, dense, sequence)."""
+    def outputs(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        """Every head's outputs from the raw inputs (`MultiTaskModel.forward`'s)."""
         out = self.base.outputs(*inputs)
         category = inputs[2]
         for i, model in enumerate(self.routed):
             rows = self.members(category, i).nonzero().squeeze(1)
-            out = out.index_copy(0, rows, model.outputs(*(t.index_select(0, rows) for t in inputs)))
+            part = (t.index_select(0, rows) if t is not None else None for t in inputs)
+            out = out.index_copy(0, rows, model.outputs(*part))
         return out
 
-    def forward(
-        self,
-        user: torch.Tensor,
-        item: torch.Tensor,
-        category: torch.Tensor,
-        dense: torch.Tensor,
-        sequence: torch.Tensor,
-    ) -> torch.Tensor:
-        return self.outputs(user, item, category, dense, sequence)[:, : len(self.config.tasks)]
+    def forward(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        return self.outputs(*inputs)[:, : len(self.config.tasks)]
 
 
 AnyModel = MultiTaskModel | Routed

@@ -53,23 +53,33 @@ class AuxTask(BaseModel):
     @classmethod
     def from_params(cls, params: AuxTaskParams, labels: np.ndarray) -> AuxTask:
         """The task as configured, with the label statistics of the training rows."""
-        regression = params.type == "regression" and len(labels) > 0
-        return cls(
-            name=params.name,
-            type=params.type,
+        return cls.of_labels(
+            params.name,
+            params.type,
+            labels,
             loss=params.loss,
             huber_delta=params.huber_delta,
             n_classes=params.n_classes,
-            label_mean=float(labels.mean()) if regression else 0.0,
-            label_std=max(float(labels.std()), 1e-3) if regression else 1.0,
-            class_shares=_shares(params, labels),
+        )
+
+    @classmethod
+    def of_labels(cls, name: str, kind: str, labels: np.ndarray, **settings: object) -> AuxTask:
+        """Task `name` of type `kind`, its head starting from the training `labels`."""
+        task = cls(name=name, type=kind, **settings)
+        regression = kind == "regression" and len(labels) > 0
+        return task.model_copy(
+            update={
+                "label_mean": float(labels.mean()) if regression else 0.0,
+                "label_std": max(float(labels.std()), 1e-3) if regression else 1.0,
+                "class_shares": _shares(kind, task.n_classes, labels),
+            }
         )
 
 
-def _shares(params: AuxTaskParams, labels: np.ndarray) -> tuple[float, ...]:
-    if params.type == "regression" or len(labels) == 0:
+def _shares(kind: str, n_classes: int, labels: np.ndarray) -> tuple[float, ...]:
+    if kind == "regression" or len(labels) == 0:
         return ()
-    classes = 2 if params.type == "binary" else params.n_classes
+    classes = 2 if kind == "binary" else n_classes
     counts = np.bincount(labels.astype(np.int64).clip(0, classes - 1), minlength=classes)
     return tuple(float(c) for c in counts / counts.sum())
 

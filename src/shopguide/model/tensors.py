@@ -37,6 +37,10 @@ class Tensors:
     # (rows,) bool: whether the pointwise loss learns from the row; a ranking query's rows are
     # chosen because one of them was acted on, so only the ranking within them is a label
     pointwise: torch.Tensor
+    # A declared dataset's fields (shopguide.dataset.inputs): (rows, fields) int64 embedding
+    # rows and (rows, bags, tokens) int64 token bags; 0 columns for the event-log datasets.
+    codes: torch.Tensor
+    bags: torch.Tensor
 
     def __len__(self) -> int:
         return self.user.shape[0]
@@ -49,7 +53,7 @@ class Tensors:
         return Tensors(*(t[part] for t in vars(self).values()))
 
     def inputs(self) -> tuple[torch.Tensor, ...]:
-        return self.user, self.item, self.category, self.dense, self.sequence
+        return self.user, self.item, self.category, self.dense, self.sequence, self.codes, self.bags
 
 
 def read_training_set(path: Path) -> pd.DataFrame:
@@ -84,6 +88,8 @@ def to_tensors(
         labels=torch.from_numpy(labels),
         group=torch.from_numpy(moment_groups(frame, group_s)),
         pointwise=torch.from_numpy(pointwise_rows(frame)),
+        codes=torch.zeros((len(frame), 0), dtype=torch.int64),
+        bags=torch.zeros((len(frame), 0, 0), dtype=torch.int64),
     )
 
 

@@ -1,0 +1,219 @@
+"""The point-in-time example table of a declared dataset: one row per unit row that survives the
+joins and filters, at its moment t0, with its split, ids, features, task labels and history.
+
+History counts an earlier example from the moment its value became known (the latest
+`known_at` among the columns the value reads; t0 for a value known with its row), strictly
+before the example's own t0: a review weighs on its seller's later orders only once it was
+answered, a delivery once it happened."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shopguide.dataset.encode import hash_values
+from shopguide.dataset.schema import DatasetSchema, HistorySpec, ValueSpec
+from shopguide.dataset.tables import LINE, SPLIT, read_table
+from shopguide.errors import ShopguideError
+
+log = logging.getLogger(__name__)
+UNIT_SECONDS = {"seconds": 1.0, "hours": 3600.0, "days": 86400.0}
+ID_COLUMNS = {"user": "user_id", "item": "item_id", "category": "category_id"}
+
+
+def _qualified(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    frame = frame.drop(columns=[LINE])
+    return frame.rename(columns={c: f"{table}.{c}" for c in frame.columns if c != SPLIT})
+
+
+def joined_rows(schema: DatasetSchema, root: Path | None = None) -> pd.DataFrame:
+    """The unit table with every join applied and the filters kept, columns qualified."""
+    frame = _qualified(read_table(schema, schema.unit, root), schema.unit)
+    for join in schema.joins:
+        table = schema.tables[join.table]
+        right = _qualified(read_table(schema, join.table, root), join.table)
+        right = right.drop(columns=[SPLIT], errors="ignore")
+        keys = [f"{join.table}.{c}" for c in (join.right or table.key)]
+        if join.order_by is not None:
+            right = right.sort_values(f"{join.table}.{join.order_by}", kind="stable")
+            right = right.drop_duplicates(keys, keep="last" if join.pick == "last" else "first")
+        elif right.duplicated(keys).any():
+            raise ShopguideError(
+                f"{join.table}: several rows per join key {keys}; declare pick and order_by "
+                "on its join"
+            )
+        frame = frame.merge(
+            right,
+            left_on=list(join.left),
+            right_on=keys,
+            how="inner" if join.required else "left",
+            suffixes=("", "__dup"),
+        )
+    for f in schema.filters:
+        keep = frame[f.column].notna()
+        if f.in_ is not None:
+            keep &= frame[f.column].isin(f.in_)
+        frame = frame[keep]
+    return frame.reset_index(drop=True)
+
+
+def evaluate(spec: ValueSpec, frame: pd.DataFrame, schema: DatasetSchema) -> pd.Series:
+    """A declared value of each row: float64 for numbers, timestamps, differences and
+    comparisons (NaN where an input is missing); the column as is for other types."""
+    kind = schema.column(spec.column).type
+    value = frame[spec.column]
+    if spec.kind == "numeric" and kind not in ("numeric", "timestamp"):
+        parsed = pd.to_numeric(value, errors="coerce")
+        if (parsed.isna() & value.notna()).any():
+            row = int(np.flatnonzero(parsed.isna() & value.notna())[0])
+            raise ShopguideError(
+                f"{schema.name}: {spec.column} read as a number, but example {row} holds "
+                f"{value.iloc[row]!r}"
+            )
+        value, kind = parsed, "numeric"
+    if spec.minus is None and spec.op is None and kind not in ("numeric", "timestamp"):
+        return value
+    value = _number(spec, frame, kind, value)
+    if spec.transform == "log1p":
+        value = np.log1p(value.clip(lower=0))
+    return value if spec.fill is None else value.fillna(spec.fill)
+
+
+def _number(spec: ValueSpec, frame: pd.DataFrame, kind: str, value: pd.Series) -> pd.Series:
+    if spec.op in ("eq", "ne") and kind not in ("numeric", "timestamp"):
+        other = frame[spec.other] if spec.other is not None else str(spec.value)
+        same = (value.astype("string") == other).astype(np.float64)
+        missing = value.isna() | (other.isna() if isinstance(other, pd.Series) else False)
+        return (same if spec.op == "eq" else 1.0 - same).mask(missing)
+    value = value.astype(np.float64)
+    if spec.part is not None:
+        stamps = pd.to_datetime(value, unit="s")
+        parts = {
+            "month": stamps.dt.month,
+            "weekday": stamps.dt.weekday,
+            "hour": stamps.dt.hour,
+            "day_of_year": stamps.dt.dayofyear,
+        }
+        return parts[spec.part].astype(np.float64)
+    if spec.minus is not None:
+        scale = UNIT_SECONDS[spec.unit] if kind == "timestamp" else 1.0
+        value = (value - frame[spec.minus].astype(np.float64)) / scale
+    if spec.op is not None:
+        other = (
+            frame[spec.other].astype(np.float64) if spec.other is not None else float(spec.value)
+        )
+        compared = getattr(value, spec.op)(other).astype(np.float64)
+        missing = value.isna() | (other.isna() if isinstance(other, pd.Series) else False)
+        value = compared.mask(missing)
+    return value
+
+
+def known_times(spec: ValueSpec, frame: pd.DataFrame, schema: DatasetSchema) -> pd.Series:
+    """When each row's value became known: the latest known_at of the columns it reads."""
+    times = pd.Series(moments(frame, schema), index=frame.index)
+    for ref in spec.columns():
+        at = schema.known_at(ref)
+        if at is not None:
+            times = np.fmax(times, frame[at].astype(np.float64)).where(frame[at].notna())
+    return times
+
+
+def moments(frame: pd.DataFrame, schema: DatasetSchema) -> np.ndarray:
+    """(rows,) float64 t0: the time column's seconds, or the row's position without one."""
+    if schema.time is None:
+        return np.arange(len(frame), dtype=np.float64)
+    return frame[schema.time].to_numpy(np.float64)
+
+
+def splits(frame: pd.DataFrame, schema: DatasetSchema) -> np.ndarray:
+    """(rows,) "train"/"test": by the file a row came from, or by the split column."""
+    if schema.split is None:
+        return frame[SPLIT].to_numpy(object)
+    at = pd.Timestamp(schema.split.test_start).timestamp()
+    column = frame[schema.split.column or schema.time].to_numpy(np.float64)
+    return np.where(column >= at, "test", "train")
+
+
+def id_values(frame: pd.DataFrame, refs: tuple[str, ...]) -> np.ndarray:
+    """(rows,) int64 ids: a column's values hashed, several columns' values hashed together,
+    or 0 for every row when no column plays the role."""
+    if not refs:
+        return np.zeros(len(frame), np.int64)
+    if len(refs) == 1:
+        return hash_values(frame[refs[0]].astype("string"))
+    joined = frame[list(refs)].astype("string").fillna("").agg("\x1f".join, axis=1)
+    return hash_values(joined)
+
+
+def history_feature(
+    spec: HistorySpec,
+    keys: pd.Series,
+    t0: pd.Series,
+    values: pd.Series | None,
+    known: pd.Series,
+) -> np.ndarray:
+    """(rows,) float64: `spec.fn` over the rows with the same key whose value (count: the row
+    itself) was known strictly before each row's t0; NaN for a mean over nothing."""
+    present = known.notna() & (values.notna() if values is not None else True)
+    events = pd.DataFrame(
+        {
+            "key": hash_values(keys[present]),
+            "at": known[present].to_numpy(np.float64),
+            "value": values[present].to_numpy(np.float64) if values is not None else 1.0,
+        }
+    ).sort_values(["key", "at"], kind="stable")
+    events["count"] = events.groupby("key").cumcount() + 1.0
+    events["sum"] = events.groupby("key")["value"].cumsum()
+    queries = pd.DataFrame(
+        {"key": hash_values(keys), "at": t0.to_numpy(np.float64), "row": np.arange(len(keys))}
+    ).sort_values("at", kind="stable")
+    matched = pd.merge_asof(
+        queries,
+        events.sort_values("at", kind="stable")[["key", "at", "count", "sum"]],
+        on="at",
+        by="key",
+        allow_exact_matches=False,
+        direction="backward",
+    ).sort_values("row")
+    count = matched["count"].fillna(0.0).to_numpy()
+    if spec.fn == "count":
+        return count
+    total = matched["sum"].fillna(0.0).to_numpy()
+    return total if spec.fn == "sum" else np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def build_examples(schema: DatasetSchema, root: Path | None = None) -> pd.DataFrame:
+    """The example table: user_id, item_id, category_id (int64), t0 (epoch seconds), split,
+    every feature (numbers float64, categorical values and text as strings), every task's label
+    (float64, NaN when unknown) and every history feature."""
+    frame = joined_rows(schema, root)
+    t0 = pd.Series(moments(frame, schema), index=frame.index)
+    if t0.isna().any():
+        row = int(np.flatnonzero(t0.isna())[0])
+        raise ShopguideError(f"{schema.name}: example {row} has no time ({schema.time} is empty)")
+    out = {ID_COLUMNS[role]: id_values(frame, refs) for role, refs in schema.ids}
+    out |= {"t0": t0.to_numpy(np.int64), "split": splits(frame, schema)}
+    out |= {name: evaluate(spec, frame, schema) for name, spec in schema.features.items()}
+    labels = {name: evaluate(spec, frame, schema) for name, spec in schema.tasks.items()}
+    out |= labels
+    values = {**out, **labels}
+    specs = {**schema.features, **schema.tasks}
+    for h in schema.history:
+        known = (
+            known_times(specs[h.of], frame, schema) if h.of is not None else t0.astype(np.float64)
+        )
+        out[h.feature] = history_feature(h, frame[h.by], t0, values[h.of] if h.of else None, known)
+    examples = pd.DataFrame({k: np.asarray(v) for k, v in out.items()})
+    if examples.empty:
+        raise ShopguideError(f"{schema.name}: no examples left after the joins and filters")
+    log.info(
+        "%s: %d examples (%d train, %d test)",
+        schema.name,
+        len(examples),
+        int((examples["split"] == "train").sum()),
+        int((examples["split"] == "test").sum()),
+    )
+    return examples

@@ -1,0 +1,92 @@
+"""The steps of a declared dataset, called by the `shopguide dataset` commands: `check`
+validates the schema, its tables and the example table it builds (Great Expectations reports
+beside), `train` trains the model of the params on the examples and reports every task on the
+test split. The model directory holds the schema it was trained on (`dataset.json`), so the
+inputs can be rebuilt wherever the model goes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from shopguide.config import Params
+from shopguide.dataset.checks import validate_dataset
+from shopguide.dataset.learn import predictions, task_report, train_declared
+from shopguide.dataset.schema import DatasetSchema, load_schema
+from shopguide.train import write_outputs
+from shopguide.validation import raise_on_failure
+
+log = logging.getLogger(__name__)
+SCHEMA_FILE = "dataset.json"
+
+
+def checked_examples(schema_path: Path, report_dir: Path, root: Path | None = None):
+    """(schema, examples) once every suite passed; else the failures, each named."""
+    schema = load_schema(schema_path)
+    report, examples = validate_dataset(schema, schema_path, report_dir, root)
+    raise_on_failure(report, schema_path)
+    return schema, examples
+
+
+def check_step(schema_path: Path, report_dir: Path, root: Path | None = None) -> dict:
+    schema, examples = checked_examples(schema_path, report_dir, root)
+    split = examples["split"].value_counts()
+    summary = {
+        "dataset": schema.name,
+        "examples": len(examples),
+        "train": int(split.get("train", 0)),
+        "test": int(split.get("test", 0)),
+        "features": {k: schema.features_of(k) for k in ("numeric", "categorical", "bag", "text")},
+        "tasks": {t: s.type for t, s in schema.tasks.items()},
+    }
+    log.info("%s", json.dumps(summary))
+    return summary
+
+
+def load_saved_schema(model_dir: Path) -> DatasetSchema:
+    return DatasetSchema.model_validate_json((Path(model_dir) / SCHEMA_FILE).read_text())
+
+
+def train_step(
+    schema_path: Path,
+    params: Params,
+    model_dir: Path,
+    metrics_path: Path,
+    history_path: Path,
+    report_dir: Path,
+    root: Path | None = None,
+) -> dict:
+    """Validate, build the examples, train, report each task on the test split (bootstrap
+    intervals), and write the model (with its schema), metrics and history atomically."""
+    schema, examples = checked_examples(schema_path, report_dir, root)
+    model, result = train_declared(examples, schema, params)
+    test = examples[examples["split"] == "test"]
+    evaluation = params.evaluation
+    metrics = {
+        "dataset": schema.name,
+        "model": params.model.name,
+        "best_epoch": result.best_epoch,
+        "train_examples": int((examples["split"] == "train").sum()),
+        "test": task_report(
+            test,
+            predictions(model, test, schema),
+            schema,
+            evaluation.bootstrap_samples,
+            evaluation.confidence,
+            evaluation.seed,
+        ),
+    }
+
+    schema_text = schema.model_dump_json(by_alias=True, indent=2)
+    write_outputs(
+        model,
+        model_dir,
+        metrics,
+        metrics_path,
+        result.history,
+        history_path,
+        {SCHEMA_FILE: schema_text},
+    )
+    log.info("%s: model in %s, test metrics %s", schema.name, model_dir, metrics["test"])
+    return metrics
