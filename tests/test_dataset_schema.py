@@ -263,3 +263,48 @@ def test_text_and_bag_tokens_are_stable_and_padded() -> None:
     assert (bags[0] > 0).sum() == 2 and (bags[1] == 0).all() and bags[2, 0] == bags[0, 1]
     assert (hash_values(pd.Series(["x", "x"])) >= 0).all()
     assert hash_values(pd.Series(["x"]))[0] == hash_values(pd.Series(["x", "y"]))[0]
+
+
+def test_history_over_an_event_table_by_pair_window_and_age(tmp_path: Path) -> None:
+    """Counts of a user's views of an item (a pair) over a trailing window, and seconds since
+    the user last viewed it, from an event table beside the examples: only events strictly
+    before each example's t0, and in the window."""
+    raw = tiny_schema(tmp_path)
+    raw["tables"]["views"] = {
+        "path": "views.csv",
+        "columns": {"user": "id", "shop": "categorical", "at": "timestamp", "kind": "categorical"},
+    }
+    view = {"table": "views", "by": ["orders.user", "orders.shop"], "at": "at"}
+    raw["history"] = [
+        {**view, "where": [{"column": "views.kind", "in": ["pv"]}], "name": "pair_views"},
+        {**view, "window_s": 86_400, "name": "pair_views_24h"},
+        {**view, "fn": "age", "name": "pair_view_age"},
+        {"table": "views", "by": "orders.user", "at": "at", "name": "user_views"},
+    ]
+    day = 86_400
+    o1 = pd.Timestamp("2024-01-01 10:00:00").timestamp()
+    (tmp_path / "views.csv").write_text(
+        "user,shop,at,kind\n"
+        f"u1,s1,{int(o1 - 2 * day)},pv\n"  # two days before o1: outside the 24 h window
+        f"u1,s1,{int(o1 - 60)},pv\n"  # a minute before o1
+        f"u1,s1,{int(o1)},cart\n"  # at o1's t0 itself: not before it
+        f"u2,s1,{int(o1)},pv\n"  # another user
+    )
+    write_tiny(tmp_path, ORDERS, "order_id,stars,rated_at\n")
+    examples = build_examples(load_schema(write_schema(tmp_path, raw)))
+    first = examples.iloc[0]  # o1: u1 at s1
+    assert first.pair_views == 2.0 and first.pair_views_24h == 1.0 and first.pair_view_age == 60
+    assert first.user_views == 2.0
+    third = examples.iloc[2]  # o3: u1 at s1, three days after o1
+    assert third.pair_views == 2.0  # the cart is no view
+    assert third.pair_views_24h == 0.0 and third.pair_view_age == 3 * day
+    assert third.user_views == 3.0  # every event of u1 before o3, the cart too
+    second = examples.iloc[1]  # o2: u2 at s1, one day after o1
+    assert second.pair_views == 1.0 and second.pair_view_age == day
+
+
+def test_a_history_on_a_table_without_a_time_is_refused(tmp_path: Path) -> None:
+    raw = tiny_schema(tmp_path)
+    raw["history"] = [{"table": "orders", "by": "orders.shop", "name": "shop_orders"}]
+    with pytest.raises(ShopguideError, match="declares no known_at; name its time column"):
+        load_schema(write_schema(tmp_path, raw))

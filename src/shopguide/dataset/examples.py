@@ -9,6 +9,7 @@ answered, a delivery once it happened."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -150,39 +151,89 @@ def id_values(frame: pd.DataFrame, refs: tuple[str, ...]) -> np.ndarray:
 
 def history_feature(
     spec: HistorySpec,
-    keys: pd.Series,
-    t0: pd.Series,
-    values: pd.Series | None,
-    known: pd.Series,
+    keys: np.ndarray,
+    t0: np.ndarray,
+    event_keys: np.ndarray,
+    known: np.ndarray,
+    values: np.ndarray | None,
 ) -> np.ndarray:
-    """(rows,) float64: `spec.fn` over the rows with the same key whose value (count: the row
-    itself) was known strictly before each row's t0; NaN for a mean over nothing."""
-    present = known.notna() & (values.notna() if values is not None else True)
+    """(rows,) float64: `spec.fn` for each example (hashed key `keys`, moment `t0`) over the
+    rows (`event_keys`, known at `known`, `values`) with its key known strictly before t0
+    (with `spec.window_s`: and at or after t0 - window_s). A count or sum over nothing is 0;
+    a mean or age over nothing is NaN."""
+    present = ~np.isnan(known)
+    if values is not None:
+        present &= ~np.isnan(values)
     events = pd.DataFrame(
         {
-            "key": hash_values(keys[present]),
-            "at": known[present].to_numpy(np.float64),
-            "value": values[present].to_numpy(np.float64) if values is not None else 1.0,
+            "key": event_keys[present],
+            "at": known[present],
+            "value": values[present] if values is not None else 1.0,
         }
     ).sort_values(["key", "at"], kind="stable")
     events["count"] = events.groupby("key").cumcount() + 1.0
     events["sum"] = events.groupby("key")["value"].cumsum()
-    queries = pd.DataFrame(
-        {"key": hash_values(keys), "at": t0.to_numpy(np.float64), "row": np.arange(len(keys))}
-    ).sort_values("at", kind="stable")
-    matched = pd.merge_asof(
-        queries,
-        events.sort_values("at", kind="stable")[["key", "at", "count", "sum"]],
-        on="at",
-        by="key",
-        allow_exact_matches=False,
-        direction="backward",
-    ).sort_values("row")
-    count = matched["count"].fillna(0.0).to_numpy()
+    events = events.sort_values("at", kind="stable").rename(columns={"at": "moment"})
+    events["last"] = events["moment"]
+
+    def as_of(moments: np.ndarray) -> pd.DataFrame:
+        """The running totals of each example's key over the rows strictly before `moments`."""
+        queries = pd.DataFrame({"key": keys, "moment": moments, "row": np.arange(len(keys))})
+        matched = pd.merge_asof(
+            queries.sort_values("moment", kind="stable"),
+            events[["key", "moment", "count", "sum", "last"]],
+            on="moment",
+            by="key",
+            allow_exact_matches=False,
+            direction="backward",
+        )
+        return matched.sort_values("row").fillna({"count": 0.0, "sum": 0.0})
+
+    now = as_of(t0)
+    count, total = now["count"].to_numpy(), now["sum"].to_numpy()
+    if spec.fn == "age":
+        last = now["last"].to_numpy()
+        if spec.window_s:
+            last = np.where(t0 - last <= spec.window_s, last, np.nan)
+        return t0 - last
+    if spec.window_s:
+        before = as_of(t0 - spec.window_s)
+        count = count - before["count"].to_numpy()
+        total = total - before["sum"].to_numpy()
     if spec.fn == "count":
         return count
-    total = matched["sum"].fillna(0.0).to_numpy()
-    return total if spec.fn == "sum" else np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    if spec.fn == "sum":
+        return total
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def history_rows(
+    spec: HistorySpec,
+    schema: DatasetSchema,
+    frame: pd.DataFrame,
+    values: dict,
+    read: Callable[[str], pd.DataFrame],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(hashed keys, known-at seconds, values) of the rows `spec` aggregates: the examples
+    (`frame`, their `values`), or `spec.table`'s rows (`read` gives them) after `where`."""
+    if spec.table is None:
+        specs = {**schema.features, **schema.tasks}
+        known = (
+            known_times(specs[spec.of], frame, schema).to_numpy(np.float64)
+            if spec.of is not None
+            else moments(frame, schema)
+        )
+        own = np.asarray(values[spec.of], np.float64) if spec.of is not None else None
+        return id_values(frame, spec.by), known, own
+    rows = _qualified(read(spec.table), spec.table)
+    for f in spec.where:
+        keep = rows[f.column].notna()
+        if f.in_ is not None:
+            keep &= rows[f.column].isin(f.in_)
+        rows = rows[keep]
+    at = f"{spec.table}.{spec.at or schema.tables[spec.table].known_at}"
+    own = rows[f"{spec.table}.{spec.of}"].to_numpy(np.float64) if spec.of is not None else None
+    return id_values(rows, spec.source_keys()), rows[at].to_numpy(np.float64), own
 
 
 def build_examples(schema: DatasetSchema, root: Path | None = None) -> pd.DataFrame:
@@ -200,12 +251,18 @@ def build_examples(schema: DatasetSchema, root: Path | None = None) -> pd.DataFr
     labels = {name: evaluate(spec, frame, schema) for name, spec in schema.tasks.items()}
     out |= labels
     values = {**out, **labels}
-    specs = {**schema.features, **schema.tasks}
+    tables: dict[str, pd.DataFrame] = {}
+
+    def read(name: str) -> pd.DataFrame:
+        if name not in tables:
+            tables[name] = read_table(schema, name, root)
+        return tables[name]
+
     for h in schema.history:
-        known = (
-            known_times(specs[h.of], frame, schema) if h.of is not None else t0.astype(np.float64)
+        event_keys, known, own = history_rows(h, schema, frame, values, read)
+        out[h.feature] = history_feature(
+            h, id_values(frame, h.by), t0.to_numpy(np.float64), event_keys, known, own
         )
-        out[h.feature] = history_feature(h, frame[h.by], t0, values[h.of] if h.of else None, known)
     examples = pd.DataFrame({k: np.asarray(v) for k, v in out.items()})
     if examples.empty:
         raise ShopguideError(f"{schema.name}: no examples left after the joins and filters")

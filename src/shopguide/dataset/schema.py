@@ -165,25 +165,55 @@ class TaskSpec(ValueSpec):
 
 
 class HistorySpec(Strict):
-    """An aggregate over the earlier examples sharing `by` (a column of the example), each
-    counted from when its value became known, strictly before t0: `count` of examples, or the
-    `mean`/`sum` of a task or a numeric feature (`of`)."""
+    """An aggregate as of t0 over earlier rows that share a key with the example (`by`, columns
+    of the example; several: a pair such as user x item). The rows are the earlier examples,
+    each counted from when its value became known, or those of `table` (an event log, say;
+    `on` its key columns, `where` filters, each counted from its time `at`). Only rows strictly
+    before t0 count, with `window_s` only those of the last `window_s` seconds. `fn`: `count`,
+    `sum` or `mean` of `of` (a task or numeric feature of the examples, or a numeric column of
+    `table`), or `age`: seconds since the latest such row (recency)."""
 
-    by: str
-    fn: Literal["count", "mean", "sum"] = "count"
-    of: Name | None = None
+    by: tuple[str, ...]
+    table: Name | None = None
+    on: tuple[str, ...] = ()  # columns of `table` matching `by` (default: the same names)
+    where: tuple[FilterSpec, ...] = ()  # qualified columns of `table`
+    at: str | None = None  # timestamp column of `table`; default: its known_at
+    fn: Literal["count", "mean", "sum", "age"] = "count"
+    of: str | None = None
+    window_s: int | None = Field(default=None, gt=0)
     name: Name | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("by"), str):
+            return {**raw, "by": [raw["by"]]}
+        return raw
 
     @model_validator(mode="after")
     def _needs_value(self) -> HistorySpec:
-        if (self.fn == "count") != (self.of is None):
-            raise ValueError("count takes no `of`; mean and sum need one")
+        if (self.fn in ("count", "age")) != (self.of is None):
+            raise ValueError("count and age take no `of`; mean and sum need one")
+        if self.table is None and (self.on or self.where or self.at):
+            raise ValueError("on, where and at are for a `table` source")
+        if self.on and len(self.on) != len(self.by):
+            raise ValueError(f"on: {len(self.on)} columns for {len(self.by)} in by")
         return self
 
     @property
     def feature(self) -> str:
-        by = self.by.split(".")[-1]
-        return self.name or (f"{by}_count" if self.of is None else f"{by}_{self.of}_{self.fn}")
+        if self.name:
+            return self.name
+        parts = ["_".join(b.split(".")[-1] for b in self.by)]
+        parts += [p for p in (self.table, self.of) if p]
+        parts.append(self.fn)
+        if self.window_s:
+            parts.append(f"{self.window_s}s")
+        return "_".join(parts)
+
+    def source_keys(self) -> tuple[str, ...]:
+        """The qualified columns of `table` that match `by`."""
+        return tuple(f"{self.table}.{c}" for c in (self.on or [b.split(".")[-1] for b in self.by]))
 
 
 class IdsSpec(Strict):
@@ -352,15 +382,39 @@ class DatasetSchema(Strict):
         if self.history and self.time is None:
             problems.append("history: needs `time` (what came before t0)")
         for i, h in enumerate(self.history):
-            problems += self._refs(f"history[{i}].by", [h.by], [self.unit, *self.joined()])
-            if h.of is not None and h.of not in names:
-                problems.append(f"history[{i}].of: no task or feature {h.of!r}")
+            where = f"history[{i}]"
+            problems += self._refs(f"{where}.by", h.by, [self.unit, *self.joined()])
+            if h.table is not None:
+                problems += self._history_table(where, h)
+            elif h.of is not None and h.of not in names:
+                problems.append(f"{where}.of: no task or feature {h.of!r}")
             elif h.of in self.features and self.feature_kind(h.of) != "numeric":
-                problems.append(f"history[{i}].of: feature {h.of!r} is not numeric")
+                problems.append(f"{where}.of: feature {h.of!r} is not numeric")
             if h.feature in self.features:
-                problems.append(f"history[{i}]: {h.feature!r} is also a feature's name")
+                problems.append(f"{where}: {h.feature!r} is also a feature's name")
+        names = [h.feature for h in self.history]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            problems.append(f"history: names {repeated} twice (give `name`)")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _history_table(self, where: str, h: HistorySpec) -> list[str]:
+        if h.table not in self.tables:
+            return [f"{where}.table: no table {h.table!r}"]
+        table = self.tables[h.table]
+        problems = self._refs(f"{where}.on", h.source_keys(), [h.table])
+        problems += self._refs(f"{where}.where", [f.column for f in h.where], [h.table])
+        at = h.at or table.known_at
+        if at is None:
+            problems.append(f"{where}.at: {h.table} declares no known_at; name its time column")
+        elif at not in table.columns or table.columns[at].type != "timestamp":
+            problems.append(f"{where}.at: {at!r} is not a timestamp column of {h.table}")
+        if h.of is not None:
+            column = table.columns.get(h.of)
+            if column is None or column.type != "numeric":
+                problems.append(f"{where}.of: {h.table} has no numeric column {h.of!r}")
+        return problems
 
     def joined(self) -> list[str]:
         return [j.table for j in self.joins]
