@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -20,7 +21,8 @@ from shopguide.dataset.examples import build_examples
 from shopguide.dataset.inputs import model_config, to_tensors
 from shopguide.dataset.learn import predictions, task_report, train_declared
 from shopguide.dataset.schema import load_schema
-from shopguide.dataset.steps import load_saved_schema, train_step
+from shopguide.dataset.steps import check_step, load_saved_schema, train_step
+from shopguide.errors import ShopguideError
 from shopguide.model.fit import FitSettings, fit
 from shopguide.model.store import load_model
 from shopguide.model.zoo import MODELS, build
@@ -301,3 +303,25 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert metrics["dataset"] == "shops"
     assert metrics["test"]["good"]["auc"] > 0.7  # the shop and the note tell good from bad
     assert (tmp_path / "reports/datasets/shops_orders.json").is_file()
+
+
+def test_drift_of_a_declared_column_fails_the_check_and_keeps_the_accepted_profile(
+    tmp_path: Path,
+) -> None:
+    schema_path = shop_schema(tmp_path)
+    schema, params = load_schema(schema_path), Params()
+    reports = tmp_path / "reports"
+    summary = check_step(schema_path, params, reports)  # the first run is accepted
+    assert set(summary["train_to_test_psi"]) >= {"amount_psi", "shop_psi", "good_psi"}
+    check_step(schema_path, params, reports)  # the same data: no drift, accepted again
+    accepted = (reports / "shops_accepted_profile.json").read_text()
+    report = json.loads((reports / "shops_examples.json").read_text())
+    drift = [r for r in report["results"] if r["suite"] == "shops_drift"]
+    assert report["success"] and {r["column"] for r in drift} >= {"amount_psi", "good_psi"}
+    orders = pd.read_csv(tmp_path / "orders.csv")
+    orders["amount"] = orders["amount"] * 10 + 100  # every amount above the old range
+    orders.to_csv(tmp_path / "orders.csv", index=False)
+    with pytest.raises(ShopguideError, match="amount_psi"):
+        check_step(schema_path, params, reports)
+    assert (reports / "shops_accepted_profile.json").read_text() == accepted
+    assert schema.name == "shops"

@@ -332,12 +332,14 @@ def dataset_check(
     schema: SchemaArg,
     root: RootOpt = None,
     report_dir: Path = Path("reports/datasets"),
+    params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Validate the schema, its tables (one Great Expectations suite each, derived from the
-    declared columns) and the point-in-time example table it builds."""
+    declared columns), the point-in-time example table it builds and each declared column's
+    drift against the last accepted run (validation.max_drift_psi)."""
     from shopguide.dataset.steps import check_step
 
-    check_step(schema, report_dir, root)
+    check_step(schema, load_params(params), report_dir, root)
 
 
 @dataset_app.command("train")

@@ -11,6 +11,7 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 import pandas as pd
 
+from shopguide.dataset.drift import accept, drift_against_accepted
 from shopguide.dataset.examples import build_examples
 from shopguide.dataset.schema import DatasetSchema
 from shopguide.dataset.tables import LINE, SPLIT, read_table, table_path
@@ -64,12 +65,27 @@ def used_tables(schema: DatasetSchema) -> list[str]:
     return [schema.unit, *schema.joined()]
 
 
+def drift_suite(schema: DatasetSchema, drift: pd.DataFrame, max_psi: float) -> gx.ExpectationSuite:
+    return gx.ExpectationSuite(
+        name=f"{schema.name}_drift",
+        expectations=[
+            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=max_psi)
+            for c in drift.columns
+        ],
+    )
+
+
 def validate_dataset(
-    schema: DatasetSchema, source: Path, report_dir: Path, root: Path | None = None
+    schema: DatasetSchema,
+    source: Path,
+    report_dir: Path,
+    root: Path | None = None,
+    max_drift_psi: float = 0.2,
 ) -> tuple[ValidationReport, pd.DataFrame | None]:
-    """The used tables' suites (one report), then, when they pass, the example table's (a
-    second report); the last report and the examples (None unless every suite passed, so
-    nothing is built on bad rows)."""
+    """The used tables' suites (one report), then, when they pass, the example table's and
+    the drift of every declared column against the last accepted run (`max_drift_psi`; a
+    second report, and a passing run becomes the accepted one); the last report and the
+    examples (None unless every suite passed, so nothing is built on bad rows)."""
     checks = []
     for name in used_tables(schema):
         frame = read_table(schema, name, root)
@@ -79,5 +95,12 @@ def validate_dataset(
     if not report.success:
         return report, None
     examples = build_examples(schema, root)
-    report = run_checks([Check(examples_suite(schema), examples, [])], Path(source), report_dir)
-    return report, examples if report.success else None
+    current, drift = drift_against_accepted(examples, schema, report_dir)
+    checks = [Check(examples_suite(schema), examples, [])]
+    if drift is not None:
+        checks.append(Check(drift_suite(schema, drift, max_drift_psi), drift, []))
+    report = run_checks(checks, Path(source), report_dir)
+    if not report.success:
+        return report, None
+    accept(current, schema, report_dir)
+    return report, examples

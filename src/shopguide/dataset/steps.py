@@ -10,8 +10,11 @@ import json
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from shopguide.config import Params
 from shopguide.dataset.checks import validate_dataset
+from shopguide.dataset.drift import split_drift
 from shopguide.dataset.learn import predictions, task_report, train_declared
 from shopguide.dataset.schema import DatasetSchema, load_schema
 from shopguide.train import write_outputs
@@ -21,16 +24,23 @@ log = logging.getLogger(__name__)
 SCHEMA_FILE = "dataset.json"
 
 
-def checked_examples(schema_path: Path, report_dir: Path, root: Path | None = None):
+def checked_examples(
+    schema_path: Path, params: Params, report_dir: Path, root: Path | None = None
+) -> tuple[DatasetSchema, pd.DataFrame]:
     """(schema, examples) once every suite passed; else the failures, each named."""
     schema = load_schema(schema_path)
-    report, examples = validate_dataset(schema, schema_path, report_dir, root)
+    report, examples = validate_dataset(
+        schema, schema_path, report_dir, root, params.validation.max_drift_psi
+    )
     raise_on_failure(report, schema_path)
     return schema, examples
 
 
-def check_step(schema_path: Path, report_dir: Path, root: Path | None = None) -> dict:
-    schema, examples = checked_examples(schema_path, report_dir, root)
+def check_step(
+    schema_path: Path, params: Params, report_dir: Path, root: Path | None = None
+) -> dict:
+    """Validate; the summary holds each declared column's drift from train to test."""
+    schema, examples = checked_examples(schema_path, params, report_dir, root)
     split = examples["split"].value_counts()
     summary = {
         "dataset": schema.name,
@@ -39,6 +49,9 @@ def check_step(schema_path: Path, report_dir: Path, root: Path | None = None) ->
         "test": int(split.get("test", 0)),
         "features": {k: schema.features_of(k) for k in ("numeric", "categorical", "bag", "text")},
         "tasks": {t: s.type for t, s in schema.tasks.items()},
+        "train_to_test_psi": {
+            k: round(float(v), 4) for k, v in split_drift(examples, schema).items()
+        },
     }
     log.info("%s", json.dumps(summary))
     return summary
@@ -59,7 +72,7 @@ def train_step(
 ) -> dict:
     """Validate, build the examples, train, report each task on the test split (bootstrap
     intervals), and write the model (with its schema), metrics and history atomically."""
-    schema, examples = checked_examples(schema_path, report_dir, root)
+    schema, examples = checked_examples(schema_path, params, report_dir, root)
     model, result = train_declared(examples, schema, params)
     test = examples[examples["split"] == "test"]
     evaluation = params.evaluation
