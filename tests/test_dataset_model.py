@@ -325,3 +325,19 @@ def test_drift_of_a_declared_column_fails_the_check_and_keeps_the_accepted_profi
         check_step(schema_path, params, reports)
     assert (reports / "shops_accepted_profile.json").read_text() == accepted
     assert schema.name == "shops"
+
+
+def test_idf_weighs_rare_tokens_up_and_empty_slots_out(tmp_path: Path) -> None:
+    schema = load_schema(shop_schema(tmp_path))
+    examples = build_examples(schema)
+    config = model_config(examples, schema, Params().model)
+    assert config.bag_idf
+    encoder = build(config).encoders[0]
+    bags = torch.tensor([[[5, 7, 0]], [[5, 0, 0]], [[5, 9, 0]]])  # 3 bags; 5 in all of them
+    encoder.set_idf(bags)
+    assert encoder.idf[5] == pytest.approx(1.0)  # log(4 / 4) + 1
+    assert encoder.idf[7] == pytest.approx(np.log(4 / 2) + 1)
+    weights = encoder.token_weights(bags.flatten(0, 1))
+    assert weights[:, 2].eq(0).all() and weights[1, 1] == 0  # empty slots weigh nothing
+    assert torch.allclose(weights.norm(dim=1), torch.ones(3))
+    assert weights[0, 1] > weights[0, 0]  # the rarer token weighs more

@@ -64,6 +64,7 @@ def model_config(
         categorical_buckets=schema.categorical_buckets,
         bag_features=tuple(schema.features_of("bag") + schema.features_of("text")),
         bag_buckets=schema.text.buckets,
+        bag_idf=schema.text.idf,
     )
 
 

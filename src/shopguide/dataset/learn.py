@@ -32,6 +32,10 @@ def train_declared(
     torch.manual_seed(params.train.seed)
     config = model_config(fit_part, schema, params.model, tasks)
     model = build(config)
+    train_tensors = to_tensors(fit_part, schema, config)
+    if config.bag_idf:
+        for encoder in model.encoders:
+            encoder.set_idf(train_tensors.bags)
     heads = config.head_names()
     settings = settings_from_params(
         params.train.model_copy(
@@ -45,7 +49,7 @@ def train_declared(
     )
     result = fit(
         model,
-        to_tensors(fit_part, schema, config),
+        train_tensors,
         to_tensors(valid_part, schema, config),
         settings,
         description=f"{schema.name} {params.model.name} {'+'.join(heads)}",

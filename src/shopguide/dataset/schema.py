@@ -247,6 +247,8 @@ class TextSpec(Strict):
     ngram_max: int = Field(default=5, ge=1)
     buckets: int = Field(default=262_144, ge=16)
     max_tokens: int = Field(default=512, ge=1)
+    # Weigh each n-gram by its inverse document frequency in the training rows (else: mean).
+    idf: bool = True
 
 
 class DatasetSchema(Strict):

@@ -49,11 +49,15 @@ class ModelConfig(BaseModel):
     id_embeddings: tuple[Literal["user", "item", "category"], ...] = ("user", "item", "category")
     # A declared dataset's inputs (shopguide.dataset): categorical fields, each its own
     # `categorical_buckets` rows of one table; token bags (text n-grams, multi-valued fields)
-    # averaged from a table of `bag_buckets` rows (row 0: the empty slot).
+    # pooled from a table of `bag_buckets` rows (row 0: the empty slot): averaged, or with
+    # `bag_idf` summed with each token weighed by its inverse document frequency (a buffer
+    # set from the training rows, `Encoder.set_idf`) and each bag's weights L2-normalised, as
+    # TF-IDF weighs them.
     categorical_features: tuple[str, ...] = ()
     categorical_buckets: int = 10_007
     bag_features: tuple[str, ...] = ()
     bag_buckets: int = 262_144
+    bag_idf: bool = False
     # Dense inputs are counts, log1p'd before standardising; False: declared numerics (already
     # transformed as their schema says), standardised as given.
     dense_log1p: bool = True
@@ -220,11 +224,15 @@ class Encoder(nn.Module):
         fields, buckets = len(config.categorical_features), config.categorical_buckets
         self.fields = nn.Embedding(fields * buckets, config.embedding_dim) if fields else None
         self.register_buffer("field_offsets", torch.arange(fields) * buckets, persistent=False)
+        self.bag_idf = config.bag_idf and bool(config.bag_features)
+        pool = "sum" if self.bag_idf else "mean"
         self.bags = (
-            nn.EmbeddingBag(config.bag_buckets, config.embedding_dim, mode="mean", padding_idx=0)
+            nn.EmbeddingBag(config.bag_buckets, config.embedding_dim, mode=pool, padding_idx=0)
             if config.bag_features
             else None
         )
+        if self.bag_idf:
+            self.register_buffer("idf", torch.ones(config.bag_buckets))
         for table in (self.fields, self.bags):
             if table is not None:
                 nn.init.normal_(table.weight, std=0.01)
@@ -233,7 +241,7 @@ class Encoder(nn.Module):
         # that text needs beside the pooled embeddings), carried in the block before `dense`.
         self.wide_width = sum(config.head_widths()) if config.wide and config.bag_features else 0
         self.bag_wide = (
-            nn.EmbeddingBag(config.bag_buckets, self.wide_width, mode="mean", padding_idx=0)
+            nn.EmbeddingBag(config.bag_buckets, self.wide_width, mode=pool, padding_idx=0)
             if self.wide_width
             else None
         )
@@ -246,6 +254,24 @@ class Encoder(nn.Module):
             + self.wide_width
             + self.dense_width
         )
+
+    def token_weights(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """(bags, tokens) L2-normalised IDF weights of the tokens (0 for empty slots); None
+        when bags are averaged."""
+        if not self.bag_idf:
+            return None
+        weights = self.idf[tokens] * (tokens > 0)
+        return weights / weights.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def set_idf(self, tokens: torch.Tensor) -> None:
+        """Inverse document frequencies from the training rows' `bags` (rows, bags, tokens):
+        log((1 + bags) / (1 + bags holding the token)) + 1, as scikit-learn smooths them."""
+        flat = tokens.flatten(0, 1)
+        seen = torch.zeros(self.idf.shape[0], dtype=torch.float64)
+        present = flat[flat > 0]
+        seen.index_add_(0, present, torch.ones(len(present), dtype=torch.float64))
+        idf = torch.log((1.0 + flat.shape[0]) / (1.0 + seen)) + 1.0
+        self.idf.copy_(idf.float())
 
     def tables(self) -> list[nn.Module]:
         """Its embedding tables: the ids', then the declared fields' and bags' if any."""
@@ -281,11 +307,12 @@ class Encoder(nn.Module):
         if self.fields is not None:
             parts.append(self.fields(codes + self.field_offsets).flatten(1))
         if self.bags is not None:  # (batch, bags, tokens): every bag of every row at once
-            pooled = self.bags(bags.flatten(0, 1))
-            parts.append(pooled.view(bags.shape[0], -1))
+            tokens = bags.flatten(0, 1)
+            weights = self.token_weights(tokens)
+            parts.append(self.bags(tokens, per_sample_weights=weights).view(bags.shape[0], -1))
         if self.bag_wide is not None:
-            wide = self.bag_wide(bags.flatten(0, 1)).view(bags.shape[0], bags.shape[1], -1)
-            parts.append(wide.sum(1))
+            wide = self.bag_wide(tokens, per_sample_weights=weights)
+            parts.append(wide.view(bags.shape[0], bags.shape[1], -1).sum(1))
         return torch.cat([*parts, dense], dim=1)
 
     def split(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
