@@ -204,6 +204,9 @@ def test_dataset_train_writes_a_model_that_reloads_with_its_schema(
     assert (tmp_path / "reports/datasets/olist_review_examples.json").is_file()
     model_dir = tmp_path / "artifacts/datasets/model"
     model, schema = load_model(model_dir), load_saved_schema(model_dir)
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    assert "`message`" in card and "| bad_review | binary | served |" in card
+    assert "| review_score | regression | served |" in card
     examples = build_examples(schema)
     test = examples[examples.split == "test"]
     again = task_report(test, predictions(model, test, schema), schema, samples=20)

@@ -2,7 +2,7 @@
 validates the schema, its tables and the example table it builds (Great Expectations reports
 beside), `train` trains the model of the params on the examples and reports every task on the
 test split. The model directory holds the schema it was trained on (`dataset.json`), so the
-inputs can be rebuilt wherever the model goes."""
+inputs can be rebuilt wherever the model goes, and its model card (`MODEL_CARD.md`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from shopguide.config import Params
+from shopguide.dataset.card import render_dataset_card
 from shopguide.dataset.checks import validate_dataset
 from shopguide.dataset.drift import split_drift
 from shopguide.dataset.learn import predictions, task_report, train_declared
@@ -22,6 +23,7 @@ from shopguide.validation import raise_on_failure
 
 log = logging.getLogger(__name__)
 SCHEMA_FILE = "dataset.json"
+CARD_FILE = "MODEL_CARD.md"
 
 
 def checked_examples(
@@ -99,7 +101,7 @@ def train_step(
         metrics_path,
         result.history,
         history_path,
-        {SCHEMA_FILE: schema_text},
+        {SCHEMA_FILE: schema_text, CARD_FILE: render_dataset_card(schema, metrics)},
     )
     log.info("%s: model in %s, test metrics %s", schema.name, model_dir, metrics["test"])
     return metrics
