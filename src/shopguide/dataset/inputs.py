@@ -51,6 +51,7 @@ def model_config(
         aux.append(
             AuxTask.of_labels(name, spec.type, labels, loss=spec.loss, n_classes=spec.n_classes)
         )
+    bags = tuple(schema.features_of("bag") + schema.features_of("text"))
     return make_config(
         params,
         tasks=tuple(ranked),
@@ -62,9 +63,9 @@ def model_config(
         aux_tasks=tuple(aux),
         categorical_features=tuple(schema.features_of("categorical")),
         categorical_buckets=schema.categorical_buckets,
-        bag_features=tuple(schema.features_of("bag") + schema.features_of("text")),
+        bag_features=bags,
         bag_buckets=schema.text.buckets,
-        bag_idf=schema.text.idf,
+        bag_idf=schema.text.idf and bool(bags),
     )
 
 
