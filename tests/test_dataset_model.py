@@ -26,6 +26,7 @@ from shopguide.errors import ShopguideError
 from shopguide.model.fit import FitSettings, fit
 from shopguide.model.store import load_model
 from shopguide.model.zoo import MODELS, build
+from tests.test_dataset_schema import tiny_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,46 +70,11 @@ def write_shop_files(folder: Path, rows: int = 400) -> None:
 
 
 def shop_schema(tmp_path: Path, rows: int = 400) -> Path:
-    """The shops dataset (`write_shop_files`) and its schema."""
+    """The shops dataset (`write_shop_files`) and its schema: test_dataset_schema's tiny
+    schema with a note (text), three tasks and the shops' split."""
     write_shop_files(tmp_path, rows)
-    schema = {
+    schema = tiny_schema(tmp_path) | {
         "name": "shops",
-        "root": str(tmp_path),
-        "tables": {
-            "orders": {
-                "path": "orders.csv",
-                "key": ["order_id"],
-                "columns": {
-                    "order_id": "id",
-                    "user": "id",
-                    "shop": "categorical",
-                    "ts": "timestamp",
-                    "amount": {"type": "numeric", "min": 0},
-                    "tags": "multi_categorical",
-                    "note": "text",
-                },
-            },
-            "ratings": {
-                "path": "ratings.csv",
-                "key": ["order_id"],
-                "known_at": "rated_at",
-                "columns": {
-                    "order_id": "id",
-                    "stars": {"type": "numeric", "min": 1, "max": 5},
-                    "rated_at": "timestamp",
-                },
-            },
-        },
-        "unit": "orders",
-        "time": "orders.ts",
-        "joins": [{"table": "ratings", "left": ["orders.order_id"], "required": False}],
-        "ids": {"user": "orders.user", "item": "orders.shop", "category": "orders.shop"},
-        "features": {
-            "amount": "orders.amount",
-            "shop": "orders.shop",
-            "tags": "orders.tags",
-            "note": "orders.note",
-        },
         "history": [{"by": "orders.shop", "of": "stars", "fn": "mean"}],
         "tasks": {
             "rated": {
@@ -131,7 +97,21 @@ def shop_schema(tmp_path: Path, rows: int = 400) -> Path:
         "text": {"buckets": 4096, "max_tokens": 32},
         "categorical_buckets": 101,
     }
+    schema["tables"]["orders"]["columns"]["note"] = "text"
+    schema["tables"]["ratings"]["columns"]["stars"] = {"type": "numeric", "min": 1, "max": 5}
+    schema["features"]["note"] = "orders.note"
     return write_yaml(tmp_path / "shops.yaml", schema)
+
+
+def dataset_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """`shopguide dataset ARGS` as its own process in `cwd`."""
+    return subprocess.run(
+        [sys.executable, "-m", "shopguide.cli", "dataset", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -178,26 +158,11 @@ def test_dataset_train_writes_a_model_that_reloads_with_its_schema(
     params = write_yaml(
         tmp_path / "params.yaml",
         {
-            "train": {"batch_size": 64, "learning_rate": 0.01, "max_epochs": 3},
+            "train": {"batch_size": 64, "learning_rate": 0.01, "max_epochs": 1},
             "evaluation": {"bootstrap_samples": 20},
         },
     )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shopguide.cli",
-            "dataset",
-            "train",
-            str(schema_path),
-            "--params",
-            str(params),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = dataset_cli(tmp_path, "train", str(schema_path), "--params", str(params))
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics/dataset_train.json").read_text())
     assert metrics["test"]["bad_review"]["auc"] > 0.85  # a review's text says it is bad
@@ -222,22 +187,7 @@ def test_a_table_that_breaks_its_expectations_stops_the_step(tmp_path: Path) -> 
     orders[2] = ",".join(fields)
     (tmp_path / "orders.csv").write_text("\n".join(orders) + "\n")
     params = write_yaml(tmp_path / "params.yaml", {"train": {"max_epochs": 1}})
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shopguide.cli",
-            "dataset",
-            "train",
-            str(schema_path),
-            "--params",
-            str(params),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = dataset_cli(tmp_path, "train", str(schema_path), "--params", str(params))
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "expect_column_values_to_be_between on column 'amount'" in done.stderr
     assert "'__line': 3" in done.stderr  # the offending row, by its line in orders.csv

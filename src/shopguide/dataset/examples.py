@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from shopguide.dataset.encode import hash_values
-from shopguide.dataset.schema import DatasetSchema, HistorySpec, ValueSpec
+from shopguide.dataset.schema import DatasetSchema, FilterSpec, HistorySpec, ValueSpec
 from shopguide.dataset.tables import LINE, SPLIT, read_table
 from shopguide.errors import ShopguideError
 
@@ -53,12 +53,17 @@ def joined_rows(schema: DatasetSchema, root: Path | None = None) -> pd.DataFrame
             how="inner" if join.required else "left",
             suffixes=("", "__dup"),
         )
-    for f in schema.filters:
+    return kept(frame, schema.filters).reset_index(drop=True)
+
+
+def kept(frame: pd.DataFrame, filters: tuple[FilterSpec, ...]) -> pd.DataFrame:
+    """The rows of `frame` that pass every filter (the column set, and in `in` if given)."""
+    for f in filters:
         keep = frame[f.column].notna()
         if f.in_ is not None:
             keep &= frame[f.column].isin(f.in_)
         frame = frame[keep]
-    return frame.reset_index(drop=True)
+    return frame
 
 
 def evaluate(spec: ValueSpec, frame: pd.DataFrame, schema: DatasetSchema) -> pd.Series:
@@ -225,12 +230,7 @@ def history_rows(
         )
         own = np.asarray(values[spec.of], np.float64) if spec.of is not None else None
         return id_values(frame, spec.by), known, own
-    rows = _qualified(read(spec.table), spec.table)
-    for f in spec.where:
-        keep = rows[f.column].notna()
-        if f.in_ is not None:
-            keep &= rows[f.column].isin(f.in_)
-        rows = rows[keep]
+    rows = kept(_qualified(read(spec.table), spec.table), spec.where)
     at = f"{spec.table}.{spec.at or schema.tables[spec.table].known_at}"
     own = rows[f"{spec.table}.{spec.of}"].to_numpy(np.float64) if spec.of is not None else None
     return id_values(rows, spec.source_keys()), rows[at].to_numpy(np.float64), own
