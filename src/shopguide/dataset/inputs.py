@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from shopguide.config import ModelParams
 from shopguide.dataset.encode import bag_tokens, category_codes, text_tokens
@@ -80,30 +79,16 @@ def to_tensors(frame: pd.DataFrame, schema: DatasetSchema, config: ModelConfig) 
     for j, task in enumerate(config.aux_tasks, start=len(config.tasks)):
         if task.type == "multiclass":
             labels[:, j] = np.clip(np.round(labels[:, j]), 0, task.n_classes - 1)
-    codes = (
-        np.stack(
-            [
-                category_codes(frame[f], config.categorical_buckets)
-                for f in config.categorical_features
-            ],
-            axis=1,
-        )
-        if config.categorical_features
-        else np.zeros((len(frame), 0), np.int64)
-    )
+    buckets = config.categorical_buckets
+    codes = [category_codes(frame[f], buckets) for f in config.categorical_features]
     bags = [_bag(frame, schema, f) for f in config.bag_features]
-    rows = len(frame)
-    return Tensors(
-        user=torch.from_numpy(frame["user_id"].to_numpy(np.int64)),
-        item=torch.from_numpy(frame["item_id"].to_numpy(np.int64)),
-        category=torch.from_numpy(frame["category_id"].to_numpy(np.int64)),
-        dense=torch.from_numpy(dense),
-        sequence=torch.zeros((rows, 0, 4), dtype=torch.int64),
-        labels=torch.from_numpy(labels),
-        group=torch.from_numpy(moment_groups(frame)),
-        pointwise=torch.ones(rows, dtype=torch.bool),
-        codes=torch.from_numpy(codes),
-        bags=torch.from_numpy(np.stack(bags, axis=1) if bags else np.zeros((rows, 0, 0), np.int64)),
+    return Tensors.of(
+        frame,
+        dense=dense,
+        labels=labels,
+        group=moment_groups(frame),
+        codes=np.stack(codes, axis=1) if codes else None,
+        bags=np.stack(bags, axis=1) if bags else None,
     )
 
 

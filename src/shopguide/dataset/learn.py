@@ -14,7 +14,8 @@ from shopguide.dataset.inputs import model_config, to_tensors
 from shopguide.dataset.schema import DatasetSchema
 from shopguide.metrics import bootstrap_weights, interval, weighted_auc
 from shopguide.model.base import MultiTaskModel
-from shopguide.model.fit import FitResult, fit, predict, predict_aux, settings_from_params
+from shopguide.model.fit import FitResult, fit, head_outputs, probabilities, settings_from_params
+from shopguide.model.tasks import aux_predictions
 from shopguide.model.tensors import time_split
 from shopguide.model.zoo import build
 
@@ -59,9 +60,10 @@ def train_declared(
 
 def predictions(model: MultiTaskModel, frame: pd.DataFrame, schema: DatasetSchema) -> dict:
     """{task: predictions} of every head: a probability, a value, or class probabilities."""
-    data = to_tensors(frame, schema, model.config)
-    ranked = dict(zip(model.config.tasks, predict(model, data).T, strict=True))
-    return ranked | predict_aux(model, data)
+    config = model.config
+    outputs = head_outputs(model, to_tensors(frame, schema, config))
+    ranked = dict(zip(config.tasks, probabilities(outputs, len(config.tasks)).T, strict=True))
+    return ranked | aux_predictions(outputs, len(config.tasks), config.aux_tasks)
 
 
 def resample_weights(rows: int, samples: int, seed: int) -> np.ndarray:

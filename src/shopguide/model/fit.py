@@ -155,10 +155,14 @@ def head_outputs(model: MultiTaskModel, data: Tensors, batch_size: int = 16384) 
     return torch.cat(out) if out else torch.zeros((0, sum(model.config.head_widths())))
 
 
+def probabilities(outputs: torch.Tensor, tasks: int) -> np.ndarray:
+    """The binary tasks' probabilities, (rows, tasks), from `head_outputs`."""
+    return torch.sigmoid(outputs[:, :tasks]).numpy()
+
+
 def predict(model: MultiTaskModel, data: Tensors, batch_size: int = 16384) -> np.ndarray:
     """Binary task probabilities, (rows, tasks)."""
-    logits = head_outputs(model, data, batch_size)[:, : len(model.config.tasks)]
-    return torch.sigmoid(logits).numpy()
+    return probabilities(head_outputs(model, data, batch_size), len(model.config.tasks))
 
 
 def predict_aux(model: MultiTaskModel, data: Tensors, batch_size: int = 16384) -> dict:
@@ -180,11 +184,12 @@ def aux_metrics(model: MultiTaskModel, data: Tensors) -> dict:
     }
 
 
-def validation_loss(model: MultiTaskModel, data: Tensors, weights: list[float]) -> float:
-    """The weighted sum of every head's mean loss on `data` (the training objective's task
-    terms, without regularisers)."""
-    outputs = head_outputs(model, data)
-    losses = task_losses(outputs, data.labels, len(model.config.tasks), model.config.aux_tasks)
+def validation_loss(
+    model: MultiTaskModel, outputs: torch.Tensor, labels: torch.Tensor, weights: list[float]
+) -> float:
+    """The weighted sum of every head's mean loss, from the model's `head_outputs` on rows with
+    these `labels` (the training objective's task terms, without regularisers)."""
+    losses = task_losses(outputs, labels, len(model.config.tasks), model.config.aux_tasks)
     return float((losses * torch.tensor(weights)).sum())
 
 
@@ -416,15 +421,16 @@ def _fit(
                 balancer.after_step()
                 total += losses.detach().sum()
                 batches += 1
+            outputs = head_outputs(model, valid)
             metrics = task_metrics(
                 valid.labels[:, : len(tasks)].numpy(),
-                predict(model, valid),
+                probabilities(outputs, len(tasks)),
                 tasks,
                 users=valid.user.numpy() if settings.selection == "gauc" else None,
                 moments=valid.group.numpy() if settings.selection == "moment_auc" else None,
             )
             score = (
-                -validation_loss(model, valid, weights)
+                -validation_loss(model, outputs, valid.labels, weights)
                 if settings.selection == "loss"
                 else mean_metric(metrics, settings.selection)
             )

@@ -42,6 +42,37 @@ class Tensors:
     codes: torch.Tensor
     bags: torch.Tensor
 
+    @classmethod
+    def of(
+        cls,
+        frame: pd.DataFrame,
+        dense: np.ndarray,
+        labels: np.ndarray,
+        group: np.ndarray,
+        sequence: np.ndarray | None = None,
+        pointwise: np.ndarray | None = None,
+        codes: np.ndarray | None = None,
+        bags: np.ndarray | None = None,
+    ) -> Tensors:
+        """The tensors of `frame`'s rows: ids from its user_id, item_id and category_id
+        columns; the inputs a dataset lacks (sequence, fields, bags) empty, every row
+        pointwise unless said otherwise."""
+        rows = len(frame)
+        return cls(
+            user=torch.from_numpy(frame["user_id"].to_numpy(np.int64)),
+            item=torch.from_numpy(frame["item_id"].to_numpy(np.int64)),
+            category=torch.from_numpy(frame["category_id"].to_numpy(np.int64)),
+            dense=torch.from_numpy(dense),
+            sequence=torch.from_numpy(
+                np.zeros((rows, 0, 4), np.int64) if sequence is None else sequence
+            ),
+            labels=torch.from_numpy(labels),
+            group=torch.from_numpy(group),
+            pointwise=torch.from_numpy(np.ones(rows, bool) if pointwise is None else pointwise),
+            codes=torch.from_numpy(np.zeros((rows, 0), np.int64) if codes is None else codes),
+            bags=torch.from_numpy(np.zeros((rows, 0, 0), np.int64) if bags is None else bags),
+        )
+
     def __len__(self) -> int:
         return self.user.shape[0]
 
@@ -79,17 +110,13 @@ def to_tensors(
         raise ShopguideError(f"training set lacks columns {missing}")
     labels = frame[list(tasks)].to_numpy(np.float32)
     moments = frame["t0"].to_numpy(np.int64)
-    return Tensors(
-        user=torch.from_numpy(frame["user_id"].to_numpy(np.int64)),
-        item=torch.from_numpy(frame["item_id"].to_numpy(np.int64)),
-        category=torch.from_numpy(frame["category_id"].to_numpy(np.int64)),
-        dense=torch.from_numpy(dense_inputs(frame, moments, config.dense_features)),
-        sequence=torch.from_numpy(sequence_inputs(frame, moments, config.sequence_length)),
-        labels=torch.from_numpy(labels),
-        group=torch.from_numpy(moment_groups(frame, group_s)),
-        pointwise=torch.from_numpy(pointwise_rows(frame)),
-        codes=torch.zeros((len(frame), 0), dtype=torch.int64),
-        bags=torch.zeros((len(frame), 0, 0), dtype=torch.int64),
+    return Tensors.of(
+        frame,
+        dense=dense_inputs(frame, moments, config.dense_features),
+        labels=labels,
+        group=moment_groups(frame, group_s),
+        sequence=sequence_inputs(frame, moments, config.sequence_length),
+        pointwise=pointwise_rows(frame),
     )
 
 
