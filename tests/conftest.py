@@ -25,6 +25,29 @@ SAMPLE = Path(
 )
 FIXTURES = Path(os.environ.get("SHOPGUIDE_FIXTURES", ROOT.parent / "shared/data/fixtures"))
 OLIST = Path(os.environ.get("SHOPGUIDE_OLIST", ROOT.parent / "shared/data/olist"))
+# The files whose tests take longest (measured in CI), slowest first. xdist hands files to its
+# workers in collection order; by default it orders them by their count of tests, which puts
+# these few-test, whole-pipeline files last, where one worker runs them while the other idles.
+SLOWEST_FIRST = (
+    "test_kfp_pipeline.py",
+    "test_transfer.py",
+    "test_dvc.py",
+    "test_kfp_caching.py",
+    "test_serving.py",
+    "test_dataset_serving.py",
+    "test_rees46_pipeline.py",
+    "test_model_zoo.py",
+    "test_training_engine.py",
+    "test_synth.py",
+    "test_task_types.py",
+    "test_dataset_model.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slowest files first (`SLOWEST_FIRST`), each file's tests in their own order."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="session")

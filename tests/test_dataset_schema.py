@@ -106,6 +106,9 @@ def test_history_counts_a_review_only_once_it_was_answered(olist: Path, tmp_path
             lambda r: r["features"].update(price={"column": "order_items.price", "op": "gt"}),
             "needs exactly one of value and other",
         ),
+        (lambda r: r["serving"].update(lookup=["reviews"]), "reviews's rows arrive later"),
+        (lambda r: r["serving"].update(lookup=["payments"]), "joined by its key, one row each"),
+        (lambda r: r["serving"].update(lookup=["refunds"]), "'refunds' is not a joined table"),
     ],
 )
 def test_a_schema_error_is_one_clear_message_at_load(tmp_path: Path, change, message: str) -> None:

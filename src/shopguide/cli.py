@@ -317,7 +317,7 @@ def serve(
 
 dataset_app = typer.Typer(
     no_args_is_help=True,
-    help="Declared datasets (datasets/<name>.yaml): check one, train and report on it.",
+    help="Declared datasets (datasets/<name>.yaml): check, train, generate Feast features, serve.",
 )
 app.add_typer(dataset_app, name="dataset")
 SchemaArg = Annotated[Path, typer.Argument(help="the dataset schema, e.g. datasets/olist.yaml")]
@@ -358,6 +358,99 @@ def dataset_train(
     from shopguide.dataset.steps import train_step
 
     train_step(schema, load_params(params), model_dir, metrics, history, report_dir, root)
+
+
+@dataset_app.command("features")
+@step
+def dataset_features(
+    schema: SchemaArg,
+    repo: Annotated[Path, typer.Option(help="the Feast repo to generate")] = Path(
+        "artifacts/datasets/feature_repo"
+    ),
+    root: RootOpt = None,
+    report_dir: Path = Path("reports/datasets"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Check the dataset, then generate its Feast repo from the schema (an entity and view
+    per lookup table and per history key, a feature service), `feast apply` it and write the
+    latest values into the online store (SQLite unless the repo's feature_store.yaml says)."""
+    from shopguide.dataset.steps import features_step
+
+    features_step(schema, load_params(params), repo, report_dir, root)
+
+
+@dataset_app.command("gate")
+@step
+def dataset_gate(
+    model_dir: Path = Path("artifacts/datasets/model"),
+    registry: Annotated[Path, typer.Option(help="the dataset's registry")] = Path(
+        "registry/datasets"
+    ),
+    decision: Path = Path("artifacts/datasets/gate_decision.json"),
+    root: RootOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Judge a declared dataset's model on its test examples: every served task beats the
+    trivial guess and, paired bootstrap, does not regress against the registry's champion.
+    Exit code 3 when refused (the decision names each failed check)."""
+    from shopguide.dataset.gate import gate_step
+
+    outcome = gate_step(model_dir, registry, decision, load_params(params), root)
+    if not outcome["passed"]:
+        failed = [
+            r for r, c in zip(outcome["reasons"], outcome["checks"], strict=True) if not c["passed"]
+        ]
+        raise GateRefused(f"gate refused the candidate (see {decision}): " + "; ".join(failed))
+
+
+@dataset_app.command("promote")
+@step
+def dataset_promote(
+    model_dir: Path = Path("artifacts/datasets/model"),
+    registry: Annotated[Path, typer.Option(help="the dataset's registry")] = Path(
+        "registry/datasets"
+    ),
+    decision: Path = Path("artifacts/datasets/gate_decision.json"),
+    metrics: Path = Path("metrics/dataset_train.json"),
+    out: Path = Path("artifacts/datasets/promotion.json"),
+) -> None:
+    """Register the gate-approved model as the registry's champion (`dataset serve
+    --registry` serves it)."""
+    from shopguide.dataset.gate import promote_step
+
+    promote_step(model_dir, decision, metrics, registry, out)
+
+
+@dataset_app.command("serve")
+@step
+def dataset_serve(
+    repo: Annotated[Path, typer.Option(help="the dataset's Feast repo")] = Path(
+        "artifacts/datasets/feature_repo"
+    ),
+    model_dir: Annotated[Path | None, typer.Option(help="serve this model directory")] = Path(
+        "artifacts/datasets/model"
+    ),
+    registry: Annotated[Path | None, typer.Option(help="serve its champion instead")] = None,
+    http_port: Annotated[int | None, typer.Option(help="default serving.http_port")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address; default serving.host")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Serve a declared dataset's model: POST /v2/models/<dataset>/infer with one input per
+    request-time field (the order's, its items', its payment's), one output per task; v1
+    {"instances": [{field: value}]} too."""
+    from shopguide.serving.declared import DeclaredPredictor
+    from shopguide.serving.server import serve as run_server
+
+    p = load_params(params)
+    run_server(
+        p.serving,
+        repo,
+        None if registry else model_dir,
+        registry,
+        p.serving.http_port if http_port is None else http_port,
+        host,
+        predictor=DeclaredPredictor,
+    )
 
 
 models_app = typer.Typer(

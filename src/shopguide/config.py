@@ -389,6 +389,9 @@ class GateParams(Strict):
     # the champion's by more than this, with `regression_confidence` probability over users
     # resampled in a paired bootstrap.
     max_ranking_regression: Fraction = 0.02
+    # `shopguide dataset gate`: the AUC floor of a declared dataset's binary tasks, by name
+    # (0.5 for a task not named); the tasks are the dataset schema's, not protocol.tasks.
+    declared_auc_floor: dict[str, Fraction] = Field(default_factory=dict)
     infra: InfraCheckParams = InfraCheckParams()
 
 

@@ -173,10 +173,12 @@ def register(
     metadata: dict,
     make_champion: bool = True,
     guard: Callable[[Version | None], None] | None = None,
+    card: str | None = None,
 ) -> Version:
-    """Copy `model_dir` into a new version (with its metadata and model card) and, by default,
-    make it the champion. `guard`, called with the current champion under the registry's
-    lock, may raise to refuse (the champion must still be the one a gate compared with)."""
+    """Copy `model_dir` into a new version (with its metadata and model card: `card`, or one
+    rendered from the metadata) and, by default, make it the champion. `guard`, called with
+    the current champion under the registry's lock, may raise to refuse (the champion must
+    still be the one a gate compared with)."""
     root = Path(root)
     require_model(model_dir)
     with _locked(root):
@@ -200,7 +202,7 @@ def register(
             }
             (stage / name / METADATA).write_text(json.dumps(meta, indent=2, default=str) + "\n")
             config = json.loads((stage / name / CONFIG).read_text())
-            (stage / name / MODEL_CARD).write_text(render_model_card(meta, config))
+            (stage / name / MODEL_CARD).write_text(card or render_model_card(meta, config))
             os.replace(stage / name, base / name)
         finally:
             shutil.rmtree(stage, ignore_errors=True)

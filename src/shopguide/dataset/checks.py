@@ -12,7 +12,7 @@ import great_expectations.expectations as gxe
 import pandas as pd
 
 from shopguide.dataset.drift import accept, drift_against_accepted
-from shopguide.dataset.examples import build_examples
+from shopguide.dataset.examples import Tables, build_examples
 from shopguide.dataset.schema import DatasetSchema
 from shopguide.dataset.tables import LINE, SPLIT, read_table, table_path
 from shopguide.validation import SPLITS, Check, ValidationReport, run_checks
@@ -81,20 +81,22 @@ def validate_dataset(
     report_dir: Path,
     root: Path | None = None,
     max_drift_psi: float = 0.2,
+    tables: Tables | None = None,
 ) -> tuple[ValidationReport, pd.DataFrame | None]:
     """The used tables' suites (one report), then, when they pass, the example table's and
     the drift of every declared column against the last accepted run (`max_drift_psi`; a
     second report, and a passing run becomes the accepted one); the last report and the
     examples (None unless every suite passed, so nothing is built on bad rows)."""
     checks = []
+    tables = {} if tables is None else tables
     for name in used_tables(schema):
-        frame = read_table(schema, name, root)
+        frame = tables[name] = read_table(schema, name, root)
         rows = [LINE, SPLIT] if SPLIT in frame.columns else [LINE]
         checks.append(Check(table_suite(schema, name), frame, rows))
     report = run_checks(checks, table_path(schema, schema.unit, root), report_dir)
     if not report.success:
         return report, None
-    examples = build_examples(schema, root)
+    examples = build_examples(schema, root, tables)
     current, drift = drift_against_accepted(examples, schema, report_dir)
     checks = [Check(examples_suite(schema), examples, [])]
     if drift is not None:

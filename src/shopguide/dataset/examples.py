@@ -30,12 +30,33 @@ def _qualified(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     return frame.rename(columns={c: f"{table}.{c}" for c in frame.columns if c != SPLIT})
 
 
-def joined_rows(schema: DatasetSchema, root: Path | None = None) -> pd.DataFrame:
+Tables = dict[str, pd.DataFrame]
+
+
+def table_reader(
+    schema: DatasetSchema, root: Path | None = None, tables: Tables | None = None
+) -> Callable[[str], pd.DataFrame]:
+    """Reads each table once: `tables` holds those already parsed (e.g. by the checks), and
+    the ones read here are added to it."""
+    cache: Tables = {} if tables is None else tables
+
+    def read(name: str) -> pd.DataFrame:
+        if name not in cache:
+            cache[name] = read_table(schema, name, root)
+        return cache[name]
+
+    return read
+
+
+def joined_rows(
+    schema: DatasetSchema, root: Path | None = None, tables: Tables | None = None
+) -> pd.DataFrame:
     """The unit table with every join applied and the filters kept, columns qualified."""
-    frame = _qualified(read_table(schema, schema.unit, root), schema.unit)
+    read = table_reader(schema, root, tables)
+    frame = _qualified(read(schema.unit), schema.unit)
     for join in schema.joins:
         table = schema.tables[join.table]
-        right = _qualified(read_table(schema, join.table, root), join.table)
+        right = _qualified(read(join.table), join.table)
         right = right.drop(columns=[SPLIT], errors="ignore")
         keys = [f"{join.table}.{c}" for c in (join.right or table.key)]
         if join.order_by is not None:
@@ -236,34 +257,45 @@ def history_rows(
     return id_values(rows, spec.source_keys()), rows[at].to_numpy(np.float64), own
 
 
-def build_examples(schema: DatasetSchema, root: Path | None = None) -> pd.DataFrame:
-    """The example table: user_id, item_id, category_id (int64), t0 (epoch seconds), split,
-    every feature (numbers float64, categorical values and text as strings), every task's label
-    (float64, NaN when unknown) and every history feature."""
-    frame = joined_rows(schema, root)
+def served_values(schema: DatasetSchema, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """What the model reads of the joined rows `frame` besides history: the ids (int64), t0
+    (epoch seconds) and every feature; the same offline and online."""
     t0 = pd.Series(moments(frame, schema), index=frame.index)
     if t0.isna().any():
         row = int(np.flatnonzero(t0.isna())[0])
         raise ShopguideError(f"{schema.name}: example {row} has no time ({schema.time} is empty)")
     out = {ID_COLUMNS[role]: id_values(frame, refs) for role, refs in schema.ids}
-    out |= {"t0": t0.to_numpy(np.int64), "split": splits(frame, schema)}
-    out |= {name: evaluate(spec, frame, schema) for name, spec in schema.features.items()}
-    labels = {name: evaluate(spec, frame, schema) for name, spec in schema.tasks.items()}
-    out |= labels
-    values = {**out, **labels}
-    tables: dict[str, pd.DataFrame] = {}
+    out["t0"] = t0.to_numpy(np.int64)
+    return out | {n: np.asarray(evaluate(s, frame, schema)) for n, s in schema.features.items()}
 
-    def read(name: str) -> pd.DataFrame:
-        if name not in tables:
-            tables[name] = read_table(schema, name, root)
-        return tables[name]
 
-    for h in schema.history:
-        event_keys, known, own = history_rows(h, schema, frame, values, read)
-        out[h.feature] = history_feature(
-            h, id_values(frame, h.by), t0.to_numpy(np.float64), event_keys, known, own
-        )
-    examples = pd.DataFrame({k: np.asarray(v) for k, v in out.items()})
+def unit_values(schema: DatasetSchema, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """`served_values`, the split and every task's label (NaN when unknown)."""
+    out = served_values(schema, frame) | {"split": splits(frame, schema)}
+    return out | {n: np.asarray(evaluate(s, frame, schema)) for n, s in schema.tasks.items()}
+
+
+def history_events(
+    schema: DatasetSchema, frame: pd.DataFrame, values: dict, read: Callable[[str], pd.DataFrame]
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """`history_rows` of each declared history feature, in order."""
+    return [history_rows(h, schema, frame, values, read) for h in schema.history]
+
+
+def build_examples(
+    schema: DatasetSchema, root: Path | None = None, tables: Tables | None = None
+) -> pd.DataFrame:
+    """The example table: user_id, item_id, category_id (int64), t0 (epoch seconds), split,
+    every feature (numbers float64, categorical values and text as strings), every task's label
+    (float64, NaN when unknown) and every history feature. `tables`: tables already parsed."""
+    tables = {} if tables is None else tables
+    frame = joined_rows(schema, root, tables)
+    out = unit_values(schema, frame)
+    t0 = out["t0"].astype(np.float64)
+    events = history_events(schema, frame, out, table_reader(schema, root, tables))
+    for h, (event_keys, known, own) in zip(schema.history, events, strict=True):
+        out[h.feature] = history_feature(h, id_values(frame, h.by), t0, event_keys, known, own)
+    examples = pd.DataFrame(out)
     if examples.empty:
         raise ShopguideError(f"{schema.name}: no examples left after the joins and filters")
     log.info(

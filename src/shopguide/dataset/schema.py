@@ -29,6 +29,8 @@ FEATURE_KINDS: dict[str, str] = {
     "text": "text",
 }
 Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+# The schema a model was trained on, or a Feast repo generated from, saved beside it.
+SCHEMA_FILE = "dataset.json"
 
 
 class Strict(BaseModel):
@@ -251,6 +253,15 @@ class TextSpec(Strict):
     idf: bool = True
 
 
+class ServingSpec(Strict):
+    """Where the predictor finds each column a feature reads. `lookup` tables (entity
+    attributes: a product, a seller) are read from the online store by the key their join
+    names; every other column is a request-time field the request carries; history comes from
+    the online store, as of its last materialisation."""
+
+    lookup: tuple[Name, ...] = ()
+
+
 class DatasetSchema(Strict):
     name: Name
     description: str = ""
@@ -269,6 +280,7 @@ class DatasetSchema(Strict):
     split: SplitSpec | None = None
     text: TextSpec = TextSpec()
     categorical_buckets: int = Field(default=10_007, ge=2)
+    serving: ServingSpec = ServingSpec()
 
     @field_validator("tasks")
     @classmethod
@@ -327,11 +339,28 @@ class DatasetSchema(Strict):
             given = self.tasks.get(task.given) if task.given else None
             if task.given and (given is None or given.type != "binary"):
                 problems.append(f"tasks.{name}.given: {task.given!r} is not a binary task")
+        problems += self._lookups()
         if problems:
             raise ValueError("; ".join(problems))
         self._check_leaks()
         self._check_history()
         return self
+
+    def _lookups(self) -> list[str]:
+        joins = {j.table: j for j in self.joins}
+        problems = []
+        for name in self.serving.lookup:
+            join, table = joins.get(name), self.tables.get(name)
+            if join is None or table is None:
+                problems.append(f"serving.lookup: {name!r} is not a joined table")
+            elif table.known_at is not None:
+                problems.append(f"serving.lookup: {name}'s rows arrive later ({table.known_at})")
+            elif join.pick != "one" or (join.right and join.right != table.key) or not table.key:
+                problems.append(f"serving.lookup: {name} must be joined by its key, one row each")
+        return problems
+
+    def join_of(self, table: str) -> JoinSpec:
+        return next(j for j in self.joins if j.table == table)
 
     def _refs(self, where: str, refs: Any, scope: list[str]) -> list[str]:
         out = []
@@ -471,3 +500,11 @@ def load_schema(path: Path | str) -> DatasetSchema:
         return DatasetSchema.model_validate(raw)
     except ValidationError as exc:
         raise ShopguideError(f"{path}: invalid dataset schema\n{format_errors(exc)}") from exc
+
+
+def saved_schema(folder: Path) -> DatasetSchema:
+    """The schema saved in a model directory or generated Feast repo (`SCHEMA_FILE`)."""
+    path = Path(folder) / SCHEMA_FILE
+    if not path.is_file():
+        raise ShopguideError(f"{folder}: no {SCHEMA_FILE} (not a declared dataset's model or repo)")
+    return DatasetSchema.model_validate_json(path.read_text())

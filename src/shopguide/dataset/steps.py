@@ -16,23 +16,29 @@ from shopguide.config import Params
 from shopguide.dataset.card import render_dataset_card
 from shopguide.dataset.checks import validate_dataset
 from shopguide.dataset.drift import split_drift
+from shopguide.dataset.examples import Tables
 from shopguide.dataset.learn import predictions, task_report, train_declared
-from shopguide.dataset.schema import DatasetSchema, load_schema
+from shopguide.dataset.online import write_repo
+from shopguide.dataset.schema import SCHEMA_FILE, DatasetSchema, load_schema
 from shopguide.train import write_outputs
 from shopguide.validation import raise_on_failure
 
 log = logging.getLogger(__name__)
-SCHEMA_FILE = "dataset.json"
 CARD_FILE = "MODEL_CARD.md"
 
 
 def checked_examples(
-    schema_path: Path, params: Params, report_dir: Path, root: Path | None = None
+    schema_path: Path,
+    params: Params,
+    report_dir: Path,
+    root: Path | None = None,
+    tables: Tables | None = None,
 ) -> tuple[DatasetSchema, pd.DataFrame]:
-    """(schema, examples) once every suite passed; else the failures, each named."""
+    """(schema, examples) once every suite passed; else the failures, each named. `tables`
+    gets the tables as parsed, for a caller that reads them again."""
     schema = load_schema(schema_path)
     report, examples = validate_dataset(
-        schema, schema_path, report_dir, root, params.validation.max_drift_psi
+        schema, schema_path, report_dir, root, params.validation.max_drift_psi, tables
     )
     raise_on_failure(report, schema_path)
     return schema, examples
@@ -57,10 +63,6 @@ def check_step(
     }
     log.info("%s", json.dumps(summary))
     return summary
-
-
-def load_saved_schema(model_dir: Path) -> DatasetSchema:
-    return DatasetSchema.model_validate_json((Path(model_dir) / SCHEMA_FILE).read_text())
 
 
 def train_step(
@@ -105,3 +107,13 @@ def train_step(
     )
     log.info("%s: model in %s, test metrics %s", schema.name, model_dir, metrics["test"])
     return metrics
+
+
+def features_step(
+    schema_path: Path, params: Params, repo: Path, report_dir: Path, root: Path | None = None
+) -> dict:
+    """Validate, then generate the dataset's Feast repo at `repo`, `feast apply` it and write
+    the lookups and history as of the data's end into its online store."""
+    tables: Tables = {}
+    schema, _ = checked_examples(schema_path, params, report_dir, root, tables)
+    return write_repo(schema, repo, root, tables)

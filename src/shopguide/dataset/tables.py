@@ -5,6 +5,7 @@ Great Expectations suite's to judge (`shopguide.dataset.checks`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,29 +52,38 @@ def _raw(path: Path, spec: TableSpec) -> pd.DataFrame:
     return frame[list(spec.columns)]
 
 
-def _first_bad(path: Path, column: str, raw: pd.Series, bad: np.ndarray, what: str) -> None:
+def file_line(path: Path) -> Callable[[int, str], str]:
+    """Where a value of a table file is: the file, its line (the header is line 1), column."""
+    return lambda row, column: f"{path}: line {row + 2}, column {column}"
+
+
+def _first_bad(
+    locate: Callable[[int, str], str], column: str, raw: pd.Series, bad: np.ndarray, what: str
+) -> None:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ShopguideError(
-            f"{path}: line {row + 2}, column {column}: {raw.iloc[row]!r} is not {what} "
-            f"({int(bad.sum())} such values)"
+            f"{locate(row, column)}: {raw.iloc[row]!r} is not {what} ({int(bad.sum())} such values)"
         )
 
 
-def parse_column(path: Path, name: str, raw: pd.Series, spec: ColumnSpec) -> pd.Series:
+def parse_column(
+    locate: Callable[[int, str], str], name: str, raw: pd.Series, spec: ColumnSpec
+) -> pd.Series:
     """`raw` as its declared type: numeric float64, timestamp epoch seconds (float64, NaN for
-    none; the file may hold epoch seconds or date-time text), the others strings."""
+    none; epoch seconds or date-time text), the others strings. A value that does not parse
+    is named by `locate(row, name)` (`file_line`: the file's line)."""
     present = raw.notna().to_numpy()
     if spec.type == "numeric":
         values = pd.to_numeric(raw, errors="coerce")
-        _first_bad(path, name, raw, present & values.isna().to_numpy(), "a number")
+        _first_bad(locate, name, raw, present & values.isna().to_numpy(), "a number")
         return values.astype(np.float64)
     if spec.type == "timestamp":  # epoch seconds, or date-time text
         numbers = pd.to_numeric(raw, errors="coerce")
         if (numbers.notna().to_numpy() == present).all():
             return numbers.astype(np.float64)
         stamps = pd.to_datetime(raw, errors="coerce", format="mixed")
-        _first_bad(path, name, raw, present & stamps.isna().to_numpy(), "a timestamp")
+        _first_bad(locate, name, raw, present & stamps.isna().to_numpy(), "a timestamp")
         seconds = stamps.to_numpy("datetime64[s]").astype(np.int64).astype(np.float64)
         return pd.Series(np.where(stamps.notna(), seconds, np.nan), index=raw.index)
     return raw.astype("string")
@@ -85,7 +95,8 @@ def read_table(schema: DatasetSchema, name: str, root: Path | None = None) -> pd
     spec, parts = schema.tables[name], []
     for split, path in table_paths(schema, name, root):
         raw = _raw(path, spec)
-        part = pd.DataFrame({c: parse_column(path, c, raw[c], s) for c, s in spec.columns.items()})
+        where = file_line(path)
+        part = pd.DataFrame({c: parse_column(where, c, raw[c], s) for c, s in spec.columns.items()})
         part[LINE] = np.arange(len(part)) + 2
         if spec.files:
             part[SPLIT] = split

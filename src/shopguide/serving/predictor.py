@@ -36,7 +36,13 @@ from shopguide.model.store import load_model
 from shopguide.registry import champion, version_name
 from shopguide.serving import metrics
 from shopguide.serving.features import OnlineFeatureReader, Reader, make_reader
-from shopguide.serving.schema import Batch, parse_infer_request, parse_request, v1_batch
+from shopguide.serving.schema import (
+    MAX_V2_TENSORS,
+    Batch,
+    parse_infer_request,
+    parse_request,
+    v1_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +142,7 @@ class ShopguidePredictor(kserve.Model):
     # Batches scored at once. One: with two, batches get smaller and the threads contend for
     # the GIL; measured on 2 cores at 8 clients: more CPU per request, a worse p99, no gain.
     scoring_threads = 1
+    max_v2_tensors = MAX_V2_TENSORS  # what RequestGuard lets reach the v2 parse
 
     def __init__(
         self,

@@ -42,16 +42,19 @@ def running_server(
     workdir: Path | None = None,
     timeout_s: float = 120.0,
     extra_env: dict[str, str] | None = None,
+    declared: bool = False,
 ) -> Iterator[tuple[str, subprocess.Popen, Path]]:
-    """`shopguide serve` in a subprocess on a free 127.0.0.1 port, ready when yielded as
-    (base URL, process, log path); stopped on exit whatever happened."""
+    """`shopguide serve` (`declared`: `shopguide dataset serve`) in a subprocess on a free
+    127.0.0.1 port, ready when yielded as (base URL, process, log path); stopped on exit
+    whatever happened."""
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sg-serve-")))
         params_file = workdir / "params.yaml"
         params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
         port, log_path = free_port(), workdir / "server.log"
-        command = [sys.executable, "-m", "shopguide.cli", "serve", "--params", str(params_file)]
+        command = [sys.executable, "-m", "shopguide.cli", *(["dataset"] if declared else [])]
+        command += ["serve", "--params", str(params_file)]
         command += ["--repo", str(Path(feature_repo).resolve()), "--host", "127.0.0.1"]
         command += ["--http-port", str(port)]
         if model_dir is not None:

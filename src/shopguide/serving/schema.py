@@ -143,16 +143,20 @@ def _bounded_v1(payload: dict, max_candidates: int) -> None:
             )
 
 
-def parse_request(payload: object, max_candidates: int) -> PredictRequest:
-    """Validate a decoded v1 body.
-
-    KServe hands over the raw bytes when the client did not say `application/json` (curl's
-    `-d` default); those are decoded here rather than refused."""
+def decoded(payload: object) -> object:
+    """A v1 body as JSON: KServe hands over the raw bytes when the client did not say
+    `application/json` (curl's `-d` default); those are decoded here rather than refused."""
     if isinstance(payload, bytes | str):
         try:
-            payload = orjson.loads(payload)
+            return orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise ShopguideError(f"request body is not valid JSON: {exc}") from exc
+    return payload
+
+
+def parse_request(payload: object, max_candidates: int) -> PredictRequest:
+    """Validate a v1 body (`decoded`)."""
+    payload = decoded(payload)
     if not isinstance(payload, dict):
         raise ShopguideError(
             "request body must be a JSON object like "
@@ -199,7 +203,9 @@ def _not_an_integer_type(where: str, datatype: object) -> str:
     )
 
 
-def check_v2_envelope(body: bytes, max_candidates: int) -> str | None:
+def check_v2_envelope(
+    body: bytes, max_candidates: int, max_tensors: int = MAX_V2_TENSORS
+) -> str | None:
     """The problem with a v2 JSON body that FastAPI's parse would let through or pay for,
     else None (a body that is not a JSON object with a list of inputs is left to it): shape
     entries that are not JSON integers (FastAPI's lax parse reads "3", 3.0 and true as
@@ -212,10 +218,8 @@ def check_v2_envelope(body: bytes, max_candidates: int) -> str | None:
     inputs = doc.get("inputs") if isinstance(doc, dict) else None
     if not isinstance(inputs, list):
         return None
-    if len(inputs) > MAX_V2_TENSORS:
-        return (
-            f"invalid request: inputs has {len(inputs)} tensors; expected exactly {list(V2_INPUTS)}"
-        )
+    if len(inputs) > max_tensors:
+        return f"invalid request: inputs has {len(inputs)} tensors; at most {max_tensors}"
     for i, tensor in enumerate(inputs):
         if not isinstance(tensor, dict):
             continue

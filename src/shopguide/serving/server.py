@@ -45,6 +45,7 @@ from shopguide.config import ServingParams
 from shopguide.errors import ShopguideError
 from shopguide.logs import background_logging
 from shopguide.serving import metrics
+from shopguide.serving.declared import DeclaredPredictor
 from shopguide.serving.predictor import RejectedRequest, ShopguidePredictor
 from shopguide.serving.schema import check_v2_envelope, describe
 
@@ -60,10 +61,11 @@ class RequestGuard:
     """ASGI middleware: 413 for bodies over `max_bytes` (declared or streamed), the strict v2
     envelope check on v2 inference bodies, and a count of every response by status code."""
 
-    def __init__(self, app, max_bytes: int, max_candidates: int) -> None:
+    def __init__(self, app, max_bytes: int, max_candidates: int, max_tensors: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_candidates = max_candidates
+        self.max_tensors = max_tensors
 
     @staticmethod
     async def _reply(send, status: int, error: str) -> None:
@@ -122,7 +124,7 @@ class RequestGuard:
             if not message.get("more_body"):
                 break
         if v2:
-            problem = check_v2_envelope(bytes(body), self.max_candidates)
+            problem = check_v2_envelope(bytes(body), self.max_candidates, self.max_tensors)
             if problem is not None:
                 await self._reply(send, 400, problem)
                 return
@@ -188,11 +190,14 @@ class ClientErrorsInOneLine(logging.Filter):
         return True
 
 
-def extend_app(app: FastAPI, serving: ServingParams) -> None:
+def extend_app(app: FastAPI, serving: ServingParams, max_tensors: int) -> None:
     """Our middleware and exception handlers on KServe's app (before it starts; KServe adds
     its own handlers when it starts, for other exception types)."""
     app.add_middleware(
-        RequestGuard, max_bytes=serving.max_request_bytes, max_candidates=serving.max_candidates
+        RequestGuard,
+        max_bytes=serving.max_request_bytes,
+        max_candidates=serving.max_candidates,
+        max_tensors=max_tensors,
     )
     app.add_exception_handler(RequestValidationError, invalid_envelope)
     app.add_exception_handler(StarletteHTTPException, unparsable_body)
@@ -222,8 +227,10 @@ def serve(
     registry: Path | None,
     http_port: int,
     host: str | None = None,
+    predictor: type[ShopguidePredictor | DeclaredPredictor] = ShopguidePredictor,
 ) -> None:
-    """Run the model server in the foreground until SIGTERM or SIGINT.
+    """Run the model server in the foreground until SIGTERM or SIGINT: `predictor` serves the
+    pipeline's models, `DeclaredPredictor` a declared dataset's.
 
     Unless OMP_NUM_THREADS says otherwise, torch gets one thread: a request is a few small
     matrix products, and torch's default (every core of the node, not the pod's CPU limit)
@@ -234,7 +241,7 @@ def serve(
     host = host or serving.host
     quiet_request_logs()
     with background_logging(on_drop=metrics.LOG_RECORDS_DROPPED.inc):
-        model = ShopguidePredictor(serving, feature_repo, model_dir=model_dir, registry=registry)
+        model = predictor(serving, feature_repo, model_dir=model_dir, registry=registry)
         model.load()
         server = kserve.ModelServer(
             http_port=http_port,
@@ -244,7 +251,7 @@ def serve(
             grace_period=GRACE_PERIOD_S,
         )
         server.register_model(model)
-        extend_app(kserve_app, serving)
+        extend_app(kserve_app, serving, model.max_v2_tensors)
         rest = RESTServer(
             FASTAPI_APP_IMPORT_STRING,
             server.dataplane,
