@@ -22,12 +22,14 @@ from shopguide.config import Params, load_params
 from shopguide.dataset.examples import build_examples, joined_rows
 from shopguide.dataset.learn import predictions
 from shopguide.dataset.online import OnlineFeatures, request_columns
-from shopguide.dataset.schema import DatasetSchema, load_schema
+from shopguide.dataset.schema import DatasetSchema, load_schema, saved_schema
 from shopguide.dataset.steps import train_step
+from shopguide.errors import ShopguideError
 from shopguide.features import open_store
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.store import load_model
 from shopguide.registry import champion, versions
+from shopguide.serving.declared import same_inputs
 from shopguide.serving.process import running_server
 from tests.test_dataset_model import (
     dataset_cli,
@@ -122,6 +124,15 @@ def test_an_unknown_product_is_scored_without_its_attributes(served: Served) -> 
     assert got["weight_g"].isna().all() and got["photos"].isna().all()
     assert (got["product_id_count"] == 0).all() and got["product_id_bad_review_mean"].isna().all()
     assert got["seller_id_count"].notna().all()  # the seller is still known
+
+
+def test_a_repo_of_another_dataset_or_schema_version_is_refused(served: Served) -> None:
+    other = served.schema.model_copy(update={"name": "shops"})
+    with pytest.raises(ShopguideError, match="holds the features of dataset 'olist'"):
+        OnlineFeatures(served.repo, other)
+    changed = served.schema.model_copy(update={"features": {}})
+    with pytest.raises(ShopguideError, match="features differ"):
+        same_inputs(changed, saved_schema(served.repo))
 
 
 def _v2_inputs(schema: DatasetSchema, request: pd.DataFrame) -> list[dict]:
@@ -245,6 +256,10 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     refused = dataset_cli(tmp_path, "gate", "--params", "strict.yaml")
     assert refused.returncode == 3, refused.stderr[-2000:]
     assert "rated: auc" in refused.stderr and "does not beat 0.9900" in refused.stderr
+    decision = json.loads((tmp_path / "artifacts/datasets/gate_decision.json").read_text())
+    assert decision["champion"] == "v0001"  # the same model again: no regression against it
+    against = [c for c in decision["checks"] if c["rule"] == "no_regression_vs_champion"]
+    assert len(against) == 3 and all(c["passed"] and c["p_worse"] == 0 for c in against)
     again = dataset_cli(tmp_path, "promote")
     assert again.returncode == 3 and "champion unchanged" in again.stderr
     assert [v.name for v in versions(registry)] == ["v0001"]

@@ -21,14 +21,26 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
 
 
-@pytest.mark.slow
-def test_dvc_repro_runs_everything_then_nothing(sample: Path, tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
+def _checkout(repo: Path) -> Path:
+    """This working tree's files (tracked and untracked, not ignored) copied to `repo`."""
     files = _run(["git", "ls-files", "-co", "--exclude-standard"], ROOT).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
+    return repo
+
+
+def _commit(repo: Path) -> None:
+    git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
+    assert _run(["git", "init", "-q"], repo).returncode == 0
+    assert _run([*git, "add", "-A"], repo).returncode == 0
+    assert _run([*git, "commit", "-qm", "snapshot"], repo).returncode == 0
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_everything_then_nothing(sample: Path, tmp_path: Path) -> None:
+    repo = _checkout(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["raw_path"] = str(sample)
     params["train"]["max_epochs"] = 4
@@ -36,10 +48,7 @@ def test_dvc_repro_runs_everything_then_nothing(sample: Path, tmp_path: Path) ->
     params["sampling"] |= {"recent": 2, "popularity": 1, "uniform": 1}
     params["features"]["sequence_length"] = 8
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
-    assert _run(["git", "init", "-q"], repo).returncode == 0
-    assert _run([*git, "add", "-A"], repo).returncode == 0
-    assert _run([*git, "commit", "-qm", "snapshot"], repo).returncode == 0
+    _commit(repo)
 
     first = _run(["dvc", "repro"], repo)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -64,3 +73,36 @@ def test_dvc_repro_runs_everything_then_nothing(sample: Path, tmp_path: Path) ->
     assert second.returncode == 0
     assert "Running stage" not in second.stdout
     assert "Data and pipelines are up to date" in second.stdout
+
+
+@pytest.mark.slow
+def test_dvc_repro_of_the_declared_datasets_promotes_and_fills_the_store(
+    olist: Path, tmp_path: Path
+) -> None:
+    """`dvc repro datasets/dvc.yaml` as shipped (olist_review, its tables where the tests
+    find Olist): trained, gated, promoted and served features; then nothing to do."""
+    repo = _checkout(tmp_path / "repo")
+    pipeline = yaml.safe_load((repo / "datasets/pipeline.yaml").read_text())
+    for entry in pipeline["datasets"].values():
+        entry["root"] = str(olist)
+    (repo / "datasets/pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    settings = repo / "datasets/olist_review.params.yaml"
+    settings.write_text(settings.read_text() + "evaluation: {bootstrap_samples: 50}\n")
+    _commit(repo)
+
+    first = _run(["dvc", "repro", "datasets/dvc.yaml"], repo)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for stage in ("train", "gate", "promote", "features"):
+        assert f"Running stage 'datasets/dvc.yaml:{stage}@olist_review'" in first.stdout
+    out = repo / "artifacts/datasets/olist_review"
+    record = read_json(out / "promotion.json")
+    registry = repo / "registry/datasets/olist_review"
+    assert record["promoted"] and champion(registry).name == record["version"] == "v0001"
+    assert read_json(out / "gate_decision.json")["passed"]
+    assert read_json(out / "feature_repo/online.json")["dataset"] == "olist_review"
+    metrics = read_json(repo / "metrics/datasets/olist_review.json")
+    assert metrics["test"]["bad_review"]["auc"] > 0.85
+
+    second = _run(["dvc", "repro", "datasets/dvc.yaml"], repo)
+    assert second.returncode == 0
+    assert "Running stage" not in second.stdout

@@ -311,7 +311,9 @@ def test_local_runs_promote_then_refuse_a_finetune(
         update={
             "gate": params.gate.model_copy(
                 update={"auc_floor": dict.fromkeys(params.protocol.tasks, 0.99)}
-            )
+            ),
+            # Refused whatever it learns: one epoch is enough to reach the gate.
+            "finetune": params.finetune.model_copy(update={"max_epochs": 1}),
         }
     )
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root / "ft"))

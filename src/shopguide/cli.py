@@ -326,6 +326,13 @@ RootOpt = Annotated[
 ]
 
 
+DatasetRegistryOpt = Annotated[Path, typer.Option(help="the dataset's registry")]
+DATASET_REGISTRY = Path("registry/datasets")
+DATASET_MODEL = Path("artifacts/datasets/model")
+DATASET_DECISION = Path("artifacts/datasets/gate_decision.json")
+DATASET_REPO = Path("artifacts/datasets/feature_repo")
+
+
 @dataset_app.command("check")
 @step
 def dataset_check(
@@ -347,7 +354,7 @@ def dataset_check(
 def dataset_train(
     schema: SchemaArg,
     root: RootOpt = None,
-    model_dir: Path = Path("artifacts/datasets/model"),
+    model_dir: Path = DATASET_MODEL,
     metrics: Path = Path("metrics/dataset_train.json"),
     history: Path = Path("plots/dataset_train_history.csv"),
     report_dir: Path = Path("reports/datasets"),
@@ -364,9 +371,7 @@ def dataset_train(
 @step
 def dataset_features(
     schema: SchemaArg,
-    repo: Annotated[Path, typer.Option(help="the Feast repo to generate")] = Path(
-        "artifacts/datasets/feature_repo"
-    ),
+    repo: Annotated[Path, typer.Option(help="the Feast repo to generate")] = DATASET_REPO,
     root: RootOpt = None,
     report_dir: Path = Path("reports/datasets"),
     params: ParamsOpt = Path("params.yaml"),
@@ -382,11 +387,9 @@ def dataset_features(
 @dataset_app.command("gate")
 @step
 def dataset_gate(
-    model_dir: Path = Path("artifacts/datasets/model"),
-    registry: Annotated[Path, typer.Option(help="the dataset's registry")] = Path(
-        "registry/datasets"
-    ),
-    decision: Path = Path("artifacts/datasets/gate_decision.json"),
+    model_dir: Path = DATASET_MODEL,
+    registry: DatasetRegistryOpt = DATASET_REGISTRY,
+    decision: Path = DATASET_DECISION,
     root: RootOpt = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
@@ -406,11 +409,9 @@ def dataset_gate(
 @dataset_app.command("promote")
 @step
 def dataset_promote(
-    model_dir: Path = Path("artifacts/datasets/model"),
-    registry: Annotated[Path, typer.Option(help="the dataset's registry")] = Path(
-        "registry/datasets"
-    ),
-    decision: Path = Path("artifacts/datasets/gate_decision.json"),
+    model_dir: Path = DATASET_MODEL,
+    registry: DatasetRegistryOpt = DATASET_REGISTRY,
+    decision: Path = DATASET_DECISION,
     metrics: Path = Path("metrics/dataset_train.json"),
     out: Path = Path("artifacts/datasets/promotion.json"),
 ) -> None:
@@ -424,11 +425,9 @@ def dataset_promote(
 @dataset_app.command("serve")
 @step
 def dataset_serve(
-    repo: Annotated[Path, typer.Option(help="the dataset's Feast repo")] = Path(
-        "artifacts/datasets/feature_repo"
-    ),
-    model_dir: Annotated[Path | None, typer.Option(help="serve this model directory")] = Path(
-        "artifacts/datasets/model"
+    repo: Annotated[Path, typer.Option(help="the dataset's Feast repo")] = DATASET_REPO,
+    model_dir: Annotated[Path | None, typer.Option(help="serve this model directory")] = (
+        DATASET_MODEL
     ),
     registry: Annotated[Path | None, typer.Option(help="serve its champion instead")] = None,
     http_port: Annotated[int | None, typer.Option(help="default serving.http_port")] = None,

@@ -18,6 +18,7 @@ A refusal writes the decision with one reason per check and leaves the registry 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,15 +61,25 @@ def _draws(kind: str, y: np.ndarray, guess: np.ndarray, weights: np.ndarray):
     return metric_draws(kind, y, np.asarray(guess), weights)[JUDGED[kind]]
 
 
+def _judged(
+    schema: DatasetSchema, test: pd.DataFrame, params: Params
+) -> Iterator[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(task, type, labels, mask of the known ones, resample weights over those) of each
+    served task: what both rules judge, on the same resamples."""
+    gate = params.gate
+    for task in schema.served_tasks():
+        y = test[task].to_numpy(np.float64)
+        known = ~np.isnan(y)
+        weights = resample_weights(int(known.sum()), gate.bootstrap_samples, gate.seed)
+        yield task, schema.tasks[task].type, y, known, weights
+
+
 def floor_checks(
     schema: DatasetSchema, test: pd.DataFrame, train: pd.DataFrame, predicted: dict, params: Params
 ) -> list[dict]:
     gate, checks = params.gate, []
-    for task in schema.served_tasks():
-        kind, metric = schema.tasks[task].type, JUDGED[schema.tasks[task].type]
-        y = test[task].to_numpy(np.float64)
-        known = ~np.isnan(y)
-        weights = resample_weights(int(known.sum()), gate.bootstrap_samples, gate.seed)
+    for task, kind, y, known, weights in _judged(schema, test, params):
+        metric = JUDGED[kind]
         draws = _draws(kind, y[known], np.asarray(predicted[task])[known], weights)
         low, high = interval(draws[1:], 1 - 2 * (1 - gate.regression_confidence))
         worse_end = low if DIRECTION[metric] > 0 else high
@@ -98,11 +109,8 @@ def regression_checks(
     schema: DatasetSchema, test: pd.DataFrame, candidate: dict, champ: dict, params: Params
 ) -> list[dict]:
     gate, checks = params.gate, []
-    for task in schema.served_tasks():
-        kind, metric = schema.tasks[task].type, JUDGED[schema.tasks[task].type]
-        y = test[task].to_numpy(np.float64)
-        known = ~np.isnan(y)
-        weights = resample_weights(int(known.sum()), gate.bootstrap_samples, gate.seed)
+    for task, kind, y, known, weights in _judged(schema, test, params):
+        metric = JUDGED[kind]
         ours = _draws(kind, y[known], np.asarray(candidate[task])[known], weights)
         theirs = _draws(kind, y[known], np.asarray(champ[task])[known], weights)
         tolerance = float(gate.max_auc_regression) * (1.0 if metric != "rmse" else theirs[0])

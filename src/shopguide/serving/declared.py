@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 NUMBER_TYPES = ("FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16")
 
 
-def _same_inputs(model: DatasetSchema, repo: DatasetSchema) -> None:
+def same_inputs(model: DatasetSchema, repo: DatasetSchema) -> None:
     """The repo must serve what the model reads: the same tables, features and history."""
     for part in ("tables", "joins", "ids", "features", "history", "serving"):
         if getattr(model, part) != getattr(repo, part):
@@ -66,7 +66,7 @@ class DeclaredPredictor(kserve.Model):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shopguide-score")
 
     def load(self) -> bool:
-        _same_inputs(self.schema, saved_schema(self.feature_repo))
+        same_inputs(self.schema, saved_schema(self.feature_repo))
         self.net = load_model(self.path)
         self.online = OnlineFeatures(self.feature_repo, self.schema)
         self.tasks = [*self.net.config.tasks, *(t.name for t in self.net.config.aux_tasks)]

@@ -45,7 +45,6 @@ from shopguide.config import ServingParams
 from shopguide.errors import ShopguideError
 from shopguide.logs import background_logging
 from shopguide.serving import metrics
-from shopguide.serving.declared import DeclaredPredictor
 from shopguide.serving.predictor import RejectedRequest, ShopguidePredictor
 from shopguide.serving.schema import check_v2_envelope, describe
 
@@ -227,10 +226,11 @@ def serve(
     registry: Path | None,
     http_port: int,
     host: str | None = None,
-    predictor: type[ShopguidePredictor | DeclaredPredictor] = ShopguidePredictor,
+    predictor: type[kserve.Model] = ShopguidePredictor,
 ) -> None:
     """Run the model server in the foreground until SIGTERM or SIGINT: `predictor` serves the
-    pipeline's models, `DeclaredPredictor` a declared dataset's.
+    pipeline's models, `shopguide.serving.declared.DeclaredPredictor` a declared dataset's
+    (its imports, scikit-learn's text hashing among them, stay out of the pipeline's image).
 
     Unless OMP_NUM_THREADS says otherwise, torch gets one thread: a request is a few small
     matrix products, and torch's default (every core of the node, not the pod's CPU limit)
