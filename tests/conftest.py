@@ -16,6 +16,9 @@ from shopguide.features import fresh_repo
 # that spin while waiting cost several times their work. Set before any test imports torch;
 # subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One thread per process: the two xdist workers fill the two cores, and the pipeline tests they
+# run side by side (training, KFP steps, servers) would otherwise each start a thread per core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = Path(
