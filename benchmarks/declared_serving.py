@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 
 from shopguide.config import load_params
 from shopguide.dataset.examples import joined_rows
@@ -27,24 +26,8 @@ from shopguide.dataset.online import request_columns
 from shopguide.dataset.schema import load_schema
 from shopguide.errors import exit_on_error
 from shopguide.io import write_json
+from shopguide.serving.declared import v2_inputs
 from shopguide.serving.process import running_server
-
-
-def v2_inputs(schema, rows) -> list[dict]:
-    """The rows' request-time fields as v2 tensors (numbers FP64, the rest BYTES)."""
-    inputs = []
-    for name in rows.columns:
-        numeric = schema.column(name).type in ("numeric", "timestamp")
-        data = [None if pd.isna(v) else (float(v) if numeric else str(v)) for v in rows[name]]
-        inputs.append(
-            {
-                "name": name,
-                "shape": [len(rows)],
-                "datatype": "FP64" if numeric else "BYTES",
-                "data": data,
-            }
-        )
-    return inputs
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from shopguide.features import open_store
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.store import load_model
 from shopguide.registry import champion, versions
-from shopguide.serving.declared import same_inputs
+from shopguide.serving.declared import same_inputs, v2_inputs
 from shopguide.serving.process import running_server
 from tests.test_dataset_model import (
     dataset_cli,
@@ -135,23 +135,8 @@ def test_a_repo_of_another_dataset_or_schema_version_is_refused(served: Served) 
         same_inputs(changed, saved_schema(served.repo))
 
 
-def _v2_inputs(schema: DatasetSchema, request: pd.DataFrame) -> list[dict]:
-    inputs = []
-    for name in request.columns:
-        values = request[name]
-        if schema.column(name).type in ("numeric", "timestamp"):
-            data = [None if pd.isna(v) else float(v) for v in values]
-            inputs.append({"name": name, "shape": [len(values)], "datatype": "FP64", "data": data})
-        else:
-            data = [None if pd.isna(v) else str(v) for v in values]
-            inputs.append({"name": name, "shape": [len(values)], "datatype": "BYTES", "data": data})
-    return inputs
-
-
 def _offline(served: Served, model: MultiTaskModel) -> dict[str, np.ndarray]:
     frame = OnlineFeatures(served.repo, served.schema).served_frame(served.request)
-    for task in served.schema.tasks:
-        frame[task] = np.nan
     return predictions(model, frame, served.schema)
 
 
@@ -159,7 +144,7 @@ def test_the_server_scores_rows_as_the_model_does_offline_and_names_bad_fields(
     served: Served,
 ) -> None:
     expected = _offline(served, load_model(served.model_dir))
-    inputs = _v2_inputs(served.schema, served.request)
+    inputs = v2_inputs(served.schema, served.request)
     with (
         running_server(served.params, served.repo, model_dir=served.model_dir, declared=True) as (
             url,

@@ -71,11 +71,16 @@ def model_config(
 def to_tensors(frame: pd.DataFrame, schema: DatasetSchema, config: ModelConfig) -> Tensors:
     """The inputs and labels of the examples in `frame` for a model of `config`. A missing
     number reads as its training mean (0 once standardised); a multiclass label is clipped to
-    0..n_classes - 1."""
-    heads = config.head_names()
+    0..n_classes - 1; a task column the frame lacks (served rows carry no labels) is unknown."""
     dense = frame[list(config.dense_features)].to_numpy(np.float32)
     dense = np.where(np.isnan(dense), np.asarray(config.dense_mean, np.float32), dense)
-    labels = frame[list(heads)].to_numpy(np.float32)
+    labels = np.stack(
+        [
+            frame[h].to_numpy(np.float32) if h in frame else np.full(len(frame), np.nan, np.float32)
+            for h in config.head_names()
+        ],
+        axis=1,
+    ).reshape(len(frame), -1)
     for j, task in enumerate(config.aux_tasks, start=len(config.tasks)):
         if task.type == "multiclass":
             labels[:, j] = np.clip(np.round(labels[:, j]), 0, task.n_classes - 1)

@@ -71,20 +71,19 @@ def key_column(view: str) -> str:
 
 
 def _needed(schema: DatasetSchema) -> list[str]:
-    """The qualified columns the served features, ids and history keys read, in order."""
+    """The qualified columns the served features, ids and history keys read, then the keys
+    the lookups are joined by (a lookup's key may come from an earlier lookup), in order."""
     refs = [c for spec in schema.features.values() for c in spec.columns()]
     refs += [r for _, ids in schema.ids for r in ids]
     refs += [r for h in schema.history for r in h.by]
     refs += [schema.time] if schema.time else []
+    refs += [c for j in schema.joins if j.table in schema.serving.lookup for c in j.left]
     return list(dict.fromkeys(refs))
 
 
 def lookup_columns(schema: DatasetSchema) -> dict[str, list[str]]:
     """{lookup table: its columns the served rows read}, in join order."""
     needed = _needed(schema)
-    for join in schema.joins:  # a lookup's own join keys may come from an earlier lookup
-        if join.table in schema.serving.lookup:
-            needed += [c for c in join.left if c not in needed]
     return {
         t: [c for c in schema.tables[t].columns if f"{t}.{c}" in needed]
         for t in schema.joined()
@@ -94,11 +93,7 @@ def lookup_columns(schema: DatasetSchema) -> dict[str, list[str]]:
 
 def request_columns(schema: DatasetSchema) -> list[str]:
     """The request-time fields: the qualified columns a request carries (those not looked up)."""
-    needed = _needed(schema)
-    for join in schema.joins:
-        if join.table in schema.serving.lookup:
-            needed += [c for c in join.left if c not in needed]
-    return [c for c in needed if c.partition(".")[0] not in schema.serving.lookup]
+    return [c for c in _needed(schema) if c.partition(".")[0] not in schema.serving.lookup]
 
 
 def history_groups(schema: DatasetSchema) -> dict[str, list[HistorySpec]]:

@@ -49,6 +49,18 @@ def same_inputs(model: DatasetSchema, repo: DatasetSchema) -> None:
             )
 
 
+def v2_inputs(schema: DatasetSchema, rows: pd.DataFrame) -> list[dict]:
+    """The v2 request inputs of `rows` (request-time fields by qualified column): numbers as
+    FP64, the rest as BYTES, missing values as null."""
+    inputs = []
+    for name in rows.columns:
+        numeric = schema.column(name).type in ("numeric", "timestamp")
+        data = [None if pd.isna(v) else (float(v) if numeric else str(v)) for v in rows[name]]
+        datatype = "FP64" if numeric else "BYTES"
+        inputs.append({"name": name, "shape": [len(rows)], "datatype": datatype, "data": data})
+    return inputs
+
+
 class DeclaredPredictor(kserve.Model):
     def __init__(
         self,
@@ -69,7 +81,6 @@ class DeclaredPredictor(kserve.Model):
         same_inputs(self.schema, saved_schema(self.feature_repo))
         self.net = load_model(self.path)
         self.online = OnlineFeatures(self.feature_repo, self.schema)
-        self.tasks = [*self.net.config.tasks, *(t.name for t in self.net.config.aux_tasks)]
         log.info("model %s of dataset %s loaded", self.version, self.schema.name)
         self.ready = True
         return True
@@ -148,10 +159,7 @@ class DeclaredPredictor(kserve.Model):
 
     def _score(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            frame = self.online.served_frame(rows)
-            for task in self.tasks:
-                frame[task] = np.nan
-            return predictions(self.net, frame, self.schema)
+            return predictions(self.net, self.online.served_frame(rows), self.schema)
 
     async def predict(
         self, payload: object, headers: dict[str, str] | None = None
