@@ -18,6 +18,7 @@ import yaml
 
 from shopguide.config import Params
 from shopguide.dataset.examples import build_examples
+from shopguide.dataset.gate import gate_step
 from shopguide.dataset.inputs import model_config, to_tensors
 from shopguide.dataset.learn import predictions, task_report, train_declared
 from shopguide.dataset.schema import load_schema, saved_schema
@@ -222,6 +223,7 @@ def test_impression_logs_train_on_their_own_fields(tmp_path: Path, name: str, ch
         tmp_path / "metrics.json",
         tmp_path / "history.csv",
         tmp_path / "reports",
+        tmp_path / "examples.parquet",
         root=fixtures,
     )
     (conversion,) = chain
@@ -231,6 +233,25 @@ def test_impression_logs_train_on_their_own_fields(tmp_path: Path, name: str, ch
     assert len(config.categorical_features) == len(schema.features_of("categorical")) > 10
     assert config.dense_features == tuple(schema.features_of("numeric"))
     assert json.loads((tmp_path / "metrics.json").read_text())["dataset"] == name
+    # The gate judges the examples the training wrote, and refuses any other table.
+    examples = pd.read_parquet(tmp_path / "examples.parquet")
+    judged = gate_step(
+        tmp_path / "model",
+        tmp_path / "examples.parquet",
+        tmp_path / "registry",
+        tmp_path / "decision.json",
+        params,
+    )
+    assert {c["task"] for c in judged["checks"]} == {"click", conversion}
+    examples.iloc[:-1].to_parquet(tmp_path / "other.parquet")
+    with pytest.raises(ShopguideError, match="not the example table the model"):
+        gate_step(
+            tmp_path / "model",
+            tmp_path / "other.parquet",
+            tmp_path / "registry",
+            tmp_path / "decision.json",
+            params,
+        )
 
 
 def readme_block(marker: str) -> str:

@@ -63,7 +63,15 @@ def served(olist: Path, tmp_path_factory: pytest.TempPathFactory) -> Served:
     params_path = write_yaml(work / "params.yaml", raw)
     params = Params.model_validate(raw)
     model_dir, repo = work / "model", work / "feature_repo"
-    train_step(schema_path, params, model_dir, work / "m.json", work / "h.csv", work / "reports")
+    train_step(
+        schema_path,
+        params,
+        model_dir,
+        work / "m.json",
+        work / "h.csv",
+        work / "reports",
+        work / "examples.parquet",
+    )
     done = dataset_cli(
         work, "features", str(schema_path), "--repo", str(repo), "--params", str(params_path)
     )

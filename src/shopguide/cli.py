@@ -330,6 +330,8 @@ DatasetRegistryOpt = Annotated[Path, typer.Option(help="the dataset's registry")
 DATASET_REGISTRY = Path("registry/datasets")
 DATASET_MODEL = Path("artifacts/datasets/model")
 DATASET_DECISION = Path("artifacts/datasets/gate_decision.json")
+DATASET_EXAMPLES = Path("artifacts/datasets/examples.parquet")
+ExamplesOpt = Annotated[Path, typer.Option(help="the example table the training wrote")]
 DATASET_REPO = Path("artifacts/datasets/feature_repo")
 
 
@@ -358,13 +360,15 @@ def dataset_train(
     metrics: Path = Path("metrics/dataset_train.json"),
     history: Path = Path("plots/dataset_train_history.csv"),
     report_dir: Path = Path("reports/datasets"),
+    examples: ExamplesOpt = DATASET_EXAMPLES,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Check the dataset, train the model of params.yaml on every declared task (binary,
     regression, multiclass), and report each task on the test split with intervals."""
     from shopguide.dataset.steps import train_step
 
-    train_step(schema, load_params(params), model_dir, metrics, history, report_dir, root)
+    p = load_params(params)
+    train_step(schema, p, model_dir, metrics, history, report_dir, examples, root)
 
 
 @dataset_app.command("features")
@@ -390,15 +394,16 @@ def dataset_gate(
     model_dir: Path = DATASET_MODEL,
     registry: DatasetRegistryOpt = DATASET_REGISTRY,
     decision: Path = DATASET_DECISION,
+    examples: ExamplesOpt = DATASET_EXAMPLES,
     root: RootOpt = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Judge a declared dataset's model on its test examples: every served task beats the
-    trivial guess and, paired bootstrap, does not regress against the registry's champion.
-    Exit code 3 when refused (the decision names each failed check)."""
+    """Judge a declared dataset's model on the test split of the examples its training wrote:
+    every served task beats the trivial guess and, paired bootstrap, does not regress against
+    the registry's champion. Exit code 3 when refused (the decision names each failed check)."""
     from shopguide.dataset.gate import gate_step
 
-    outcome = gate_step(model_dir, registry, decision, load_params(params), root)
+    outcome = gate_step(model_dir, examples, registry, decision, load_params(params), root)
     if not outcome["passed"]:
         failed = [
             r for r, c in zip(outcome["reasons"], outcome["checks"], strict=True) if not c["passed"]

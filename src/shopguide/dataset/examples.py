@@ -19,10 +19,13 @@ from shopguide.dataset.encode import hash_values
 from shopguide.dataset.schema import DatasetSchema, FilterSpec, HistorySpec, ValueSpec
 from shopguide.dataset.tables import LINE, SPLIT, read_table
 from shopguide.errors import ShopguideError
+from shopguide.io import atomic_path, fingerprint
 
 log = logging.getLogger(__name__)
 UNIT_SECONDS = {"seconds": 1.0, "hours": 3600.0, "days": 86400.0}
 ID_COLUMNS = {"user": "user_id", "item": "item_id", "category": "category_id"}
+# In a model's directory: the sha256 of the example table it was trained on.
+EXAMPLES_DIGEST = "examples.sha256"
 
 
 def _qualified(frame: pd.DataFrame, table: str) -> pd.DataFrame:
@@ -306,3 +309,24 @@ def build_examples(
         int((examples["split"] == "test").sum()),
     )
     return examples
+
+
+def write_examples(examples: pd.DataFrame, path: Path) -> str:
+    """Write the example table (Parquet, atomically); returns the file's sha256."""
+    with atomic_path(path) as tmp:
+        examples.to_parquet(tmp, index=False)
+    return fingerprint(path)
+
+
+def read_examples(path: Path, model_dir: Path) -> pd.DataFrame:
+    """The example table `model_dir`'s model was trained on, refused when `path` holds
+    another (the data or the schema changed since, or another model's training wrote it)."""
+    recorded = Path(model_dir) / EXAMPLES_DIGEST
+    if not Path(path).is_file():
+        raise ShopguideError(f"{path}: no example table (run `shopguide dataset train`)")
+    if not recorded.is_file() or recorded.read_text().strip() != fingerprint(path):
+        raise ShopguideError(
+            f"{path}: not the example table the model in {model_dir} was trained on; train "
+            "again, or pass the examples its training wrote (--examples)"
+        )
+    return pd.read_parquet(path)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from shopguide.config import Params
-from shopguide.dataset.examples import build_examples
+from shopguide.dataset.examples import build_examples, read_examples
 from shopguide.dataset.learn import metric_draws, predictions, resample_weights
 from shopguide.dataset.schema import DatasetSchema, saved_schema
 from shopguide.errors import GateRefused, ShopguideError
@@ -134,12 +134,19 @@ def regression_checks(
 
 
 def gate_step(
-    model_dir: Path, registry: Path, decision_path: Path, params: Params, root: Path | None = None
+    model_dir: Path,
+    examples_path: Path,
+    registry: Path,
+    decision_path: Path,
+    params: Params,
+    root: Path | None = None,
 ) -> dict:
-    """Judge the candidate in `model_dir` (on its own schema's test examples) against the
-    floors and the registry's champion of the same dataset; write the decision."""
+    """Judge the candidate in `model_dir` on the test split of the examples its training
+    wrote (`examples_path`) against the floors and the registry's champion of the same
+    dataset; write the decision. `root`: the tables, for a champion whose schema reads other
+    features of the same rows."""
     schema = saved_schema(model_dir)
-    examples = build_examples(schema, root)
+    examples = read_examples(examples_path, model_dir)
     train, test = examples[examples["split"] == "train"], examples[examples["split"] == "test"]
     predicted = predictions(load_model(model_dir), test, schema)
     checks = floor_checks(schema, test, train, predicted, params)

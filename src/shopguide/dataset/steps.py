@@ -16,7 +16,7 @@ from shopguide.config import Params
 from shopguide.dataset.card import render_dataset_card
 from shopguide.dataset.checks import validate_dataset
 from shopguide.dataset.drift import split_drift
-from shopguide.dataset.examples import Tables
+from shopguide.dataset.examples import EXAMPLES_DIGEST, Tables, write_examples
 from shopguide.dataset.learn import predictions, task_report, train_declared
 from shopguide.dataset.online import write_repo
 from shopguide.dataset.schema import SCHEMA_FILE, DatasetSchema, load_schema
@@ -72,10 +72,12 @@ def train_step(
     metrics_path: Path,
     history_path: Path,
     report_dir: Path,
+    examples_path: Path,
     root: Path | None = None,
 ) -> dict:
     """Validate, build the examples, train, report each task on the test split (bootstrap
-    intervals), and write the model (with its schema), metrics and history atomically."""
+    intervals), and write the examples (for the gate), then the model (with its schema and
+    the examples' digest), metrics and history atomically."""
     schema, examples = checked_examples(schema_path, params, report_dir, root)
     model, result = train_declared(examples, schema, params)
     test = examples[examples["split"] == "test"]
@@ -96,6 +98,7 @@ def train_step(
     }
 
     schema_text = schema.model_dump_json(by_alias=True, indent=2)
+    digest = write_examples(examples, examples_path)
     write_outputs(
         model,
         model_dir,
@@ -103,7 +106,11 @@ def train_step(
         metrics_path,
         result.history,
         history_path,
-        {SCHEMA_FILE: schema_text, CARD_FILE: render_dataset_card(schema, metrics)},
+        {
+            SCHEMA_FILE: schema_text,
+            CARD_FILE: render_dataset_card(schema, metrics),
+            EXAMPLES_DIGEST: digest,
+        },
     )
     log.info("%s: model in %s, test metrics %s", schema.name, model_dir, metrics["test"])
     return metrics
