@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
+from shopguide.config import load_params
 from shopguide.io import read_json
 from shopguide.registry import champion
+from shopguide.serving.process import running_server
 from tests.conftest import ROOT
 
 
@@ -77,32 +80,68 @@ def test_dvc_repro_runs_everything_then_nothing(sample: Path, tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_dvc_repro_of_the_declared_datasets_promotes_and_fills_the_store(
-    olist: Path, tmp_path: Path
+    olist: Path, sample: Path, tmp_path: Path
 ) -> None:
-    """`dvc repro datasets/dvc.yaml` as shipped (olist_review, its tables where the tests
-    find Olist): trained, gated, promoted and served features; then nothing to do."""
+    """`dvc repro datasets/dvc.yaml` as shipped (olist_review and taobao, their tables where
+    the tests find them): trained, gated, promoted and served features; then nothing to do;
+    the taobao champion answers a request for (user, item, category, moment) rows."""
     repo = _checkout(tmp_path / "repo")
     pipeline = yaml.safe_load((repo / "datasets/pipeline.yaml").read_text())
-    for entry in pipeline["datasets"].values():
-        entry["root"] = str(olist)
+    assert set(pipeline["datasets"]) == {"olist_review", "taobao"}
+    pipeline["datasets"]["olist_review"]["root"] = str(olist)
+    pipeline["datasets"]["taobao"]["root"] = str(sample.parent)
     (repo / "datasets/pipeline.yaml").write_text(yaml.safe_dump(pipeline))
-    settings = repo / "datasets/olist_review.params.yaml"
-    settings.write_text(settings.read_text() + "evaluation: {bootstrap_samples: 50}\n")
+    schema = yaml.safe_load((repo / "datasets/taobao.yaml").read_text())
+    schema["tables"]["events"]["path"] = sample.name
+    (repo / "datasets/taobao.yaml").write_text(yaml.safe_dump(schema, sort_keys=False))
+    for name in ("olist_review", "taobao"):
+        settings = repo / f"datasets/{name}.params.yaml"
+        extra = "evaluation: {bootstrap_samples: 50}\ngate: {bootstrap_samples: 50}\n"
+        settings.write_text(settings.read_text() + extra)
     _commit(repo)
 
     first = _run(["dvc", "repro", "datasets/dvc.yaml"], repo)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for stage in ("train", "gate", "promote", "features"):
-        assert f"Running stage 'datasets/dvc.yaml:{stage}@olist_review'" in first.stdout
-    out = repo / "artifacts/datasets/olist_review"
-    record = read_json(out / "promotion.json")
-    registry = repo / "registry/datasets/olist_review"
-    assert record["promoted"] and champion(registry).name == record["version"] == "v0001"
-    assert read_json(out / "gate_decision.json")["passed"]
-    assert read_json(out / "feature_repo/online.json")["dataset"] == "olist_review"
+    for name in ("olist_review", "taobao"):
+        for stage in ("train", "gate", "promote", "features"):
+            assert f"Running stage 'datasets/dvc.yaml:{stage}@{name}'" in first.stdout
+        out = repo / "artifacts/datasets" / name
+        record = read_json(out / "promotion.json")
+        registry = repo / "registry/datasets" / name
+        assert record["promoted"] and champion(registry).name == record["version"] == "v0001"
+        assert read_json(out / "gate_decision.json")["passed"]
+        assert read_json(out / "feature_repo/online.json")["dataset"] == name
     metrics = read_json(repo / "metrics/datasets/olist_review.json")
     assert metrics["test"]["bad_review"]["auc"] > 0.85
+    taobao = read_json(repo / "metrics/datasets/taobao.json")["test"]
+    assert taobao["buy"]["rows"] == 13_744 and taobao["buy"]["auc"] > 0.55
+    assert {"gauc", "gauc_interval"} <= set(taobao["cart"])
 
     second = _run(["dvc", "repro", "datasets/dvc.yaml"], repo)
     assert second.returncode == 0
     assert "Running stage" not in second.stdout
+
+    request = {
+        "events.user_id": ["1", "100", "1"],
+        "events.item_id": ["2268318", "2576651", "999"],
+        "events.category_id": ["2520377", "149192", "1"],
+        "events.timestamp": [1512316800.0, 1512316800.0, 1512320000.0],
+    }
+    inputs = [
+        {"name": k, "shape": [3], "datatype": "FP64" if k.endswith("timestamp") else "BYTES"}
+        | {"data": v}
+        for k, v in request.items()
+    ]
+    params = load_params(repo / "datasets/taobao.params.yaml")
+    out = repo / "artifacts/datasets/taobao"
+    with (
+        running_server(
+            params, out / "feature_repo", registry=repo / "registry/datasets/taobao", declared=True
+        ) as (url, _, _),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        reply = client.post("/v2/models/taobao/infer", json={"inputs": inputs})
+        assert reply.status_code == 200, reply.text
+        outputs = {o["name"]: o["data"] for o in reply.json()["outputs"]}
+        assert set(outputs) == {"cart", "fav", "buy"}
+        assert all(0.0 < p < 1.0 for scores in outputs.values() for p in scores)

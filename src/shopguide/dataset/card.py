@@ -59,14 +59,14 @@ def render_dataset_card(schema: DatasetSchema, metrics: dict) -> str:
         "",
         "## Tasks and test metrics",
         "",
-        "| task | type | role | AUC | RMSE | MAE | accuracy | rows |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | type | role | AUC | GAUC | RMSE | MAE | accuracy | rows |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     test = metrics.get("test") or {}
     for task, m in test.items():
         spec = schema.tasks.get(task)
         kind, role = (spec.type, spec.role) if spec else ("binary", "report")
-        cells = [_value(m, k) for k in ("auc", "rmse", "mae", "accuracy")]
+        cells = [_value(m, k) for k in ("auc", "gauc", "rmse", "mae", "accuracy")]
         lines.append(f"| {task} | {kind} | {role} | {' | '.join(cells)} | {m.get('rows')} |")
     lines += [
         "",

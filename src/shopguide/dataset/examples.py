@@ -16,7 +16,14 @@ import numpy as np
 import pandas as pd
 
 from shopguide.dataset.encode import hash_values
-from shopguide.dataset.schema import DatasetSchema, FilterSpec, HistorySpec, ValueSpec
+from shopguide.dataset.schema import (
+    DatasetSchema,
+    EventSource,
+    FilterSpec,
+    HistorySpec,
+    TaskSpec,
+    ValueSpec,
+)
 from shopguide.dataset.tables import LINE, SPLIT, read_table
 from shopguide.errors import ShopguideError
 from shopguide.io import atomic_path, fingerprint
@@ -77,15 +84,23 @@ def joined_rows(
             how="inner" if join.required else "left",
             suffixes=("", "__dup"),
         )
-    return kept(frame, schema.filters).reset_index(drop=True)
+    frame = kept(frame, schema.filters)
+    if schema.first_per:
+        ordered = frame.sort_values(schema.time, kind="stable") if schema.time else frame
+        frame = frame.loc[ordered.drop_duplicates(list(schema.first_per)).index.sort_values()]
+    return frame.reset_index(drop=True)
 
 
 def kept(frame: pd.DataFrame, filters: tuple[FilterSpec, ...]) -> pd.DataFrame:
-    """The rows of `frame` that pass every filter (the column set, and in `in` if given)."""
+    """The rows of `frame` that pass every filter (the column set, in `in` if given, within
+    the bounds if given)."""
     for f in filters:
         keep = frame[f.column].notna()
         if f.in_ is not None:
             keep &= frame[f.column].isin(f.in_)
+        if f.at_least is not None or f.below is not None:
+            low, high = f.bounds()
+            keep &= (frame[f.column] >= low) & (frame[f.column] < high)
         frame = frame[keep]
     return frame
 
@@ -162,7 +177,7 @@ def splits(frame: pd.DataFrame, schema: DatasetSchema) -> np.ndarray:
     """(rows,) "train"/"test": by the file a row came from, or by the split column."""
     if schema.split is None:
         return frame[SPLIT].to_numpy(object)
-    at = pd.Timestamp(schema.split.test_start).timestamp()
+    at = schema.split.start()
     column = frame[schema.split.column or schema.time].to_numpy(np.float64)
     return np.where(column >= at, "test", "train")
 
@@ -174,8 +189,43 @@ def id_values(frame: pd.DataFrame, refs: tuple[str, ...]) -> np.ndarray:
         return np.zeros(len(frame), np.int64)
     if len(refs) == 1:
         return hash_values(frame[refs[0]].astype("string"))
-    joined = frame[list(refs)].astype("string").fillna("").agg("\x1f".join, axis=1)
-    return hash_values(joined)
+    first, *others = (frame[r].astype("string").fillna("") for r in refs)
+    return hash_values(first.str.cat(others, sep="\x1f"))
+
+
+def _running(event_keys: np.ndarray, known: np.ndarray, values: np.ndarray | None) -> pd.DataFrame:
+    """The rows (hashed key, moment, value; those without a moment or value left out) in time
+    order, with each key's running count, sum and latest moment."""
+    present = ~np.isnan(known)
+    if values is not None:
+        present &= ~np.isnan(values)
+    events = pd.DataFrame(
+        {
+            "key": event_keys[present],
+            "moment": known[present],
+            "value": values[present] if values is not None else 1.0,
+        }
+    ).sort_values(["key", "moment"], kind="stable")
+    events["count"] = events.groupby("key").cumcount() + 1.0
+    events["sum"] = events.groupby("key")["value"].cumsum()
+    events = events.sort_values("moment", kind="stable")
+    events["last"] = events["moment"]
+    return events
+
+
+def _as_of(events: pd.DataFrame, keys: np.ndarray, moments: np.ndarray, inclusive: bool):
+    """The running totals of each query's key over the rows before `moments` (`inclusive`:
+    at or before), in the queries' order; no row: count and sum 0, last NaN."""
+    queries = pd.DataFrame({"key": keys, "moment": moments, "row": np.arange(len(keys))})
+    matched = pd.merge_asof(
+        queries.sort_values("moment", kind="stable"),
+        events[["key", "moment", "count", "sum", "last"]],
+        on="moment",
+        by="key",
+        allow_exact_matches=inclusive,
+        direction="backward",
+    )
+    return matched.sort_values("row").fillna({"count": 0.0, "sum": 0.0})
 
 
 def history_feature(
@@ -190,35 +240,8 @@ def history_feature(
     rows (`event_keys`, known at `known`, `values`) with its key known strictly before t0
     (with `spec.window_s`: and at or after t0 - window_s). A count or sum over nothing is 0;
     a mean or age over nothing is NaN."""
-    present = ~np.isnan(known)
-    if values is not None:
-        present &= ~np.isnan(values)
-    events = pd.DataFrame(
-        {
-            "key": event_keys[present],
-            "at": known[present],
-            "value": values[present] if values is not None else 1.0,
-        }
-    ).sort_values(["key", "at"], kind="stable")
-    events["count"] = events.groupby("key").cumcount() + 1.0
-    events["sum"] = events.groupby("key")["value"].cumsum()
-    events = events.sort_values("at", kind="stable").rename(columns={"at": "moment"})
-    events["last"] = events["moment"]
-
-    def as_of(moments: np.ndarray) -> pd.DataFrame:
-        """The running totals of each example's key over the rows strictly before `moments`."""
-        queries = pd.DataFrame({"key": keys, "moment": moments, "row": np.arange(len(keys))})
-        matched = pd.merge_asof(
-            queries.sort_values("moment", kind="stable"),
-            events[["key", "moment", "count", "sum", "last"]],
-            on="moment",
-            by="key",
-            allow_exact_matches=False,
-            direction="backward",
-        )
-        return matched.sort_values("row").fillna({"count": 0.0, "sum": 0.0})
-
-    now = as_of(t0)
+    events = _running(event_keys, known, values)
+    now = _as_of(events, keys, t0, inclusive=False)
     count, total = now["count"].to_numpy(), now["sum"].to_numpy()
     if spec.fn == "age":
         last = now["last"].to_numpy()
@@ -226,7 +249,7 @@ def history_feature(
             last = np.where(t0 - last <= spec.window_s, last, np.nan)
         return t0 - last
     if spec.window_s:
-        before = as_of(t0 - spec.window_s)
+        before = _as_of(events, keys, t0 - spec.window_s, inclusive=False)
         count = count - before["count"].to_numpy()
         total = total - before["sum"].to_numpy()
     if spec.fn == "count":
@@ -234,6 +257,47 @@ def history_feature(
     if spec.fn == "sum":
         return total
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def source_rows(
+    spec: EventSource, schema: DatasetSchema, read: Callable[[str], pd.DataFrame]
+) -> tuple[pd.DataFrame, str]:
+    """(every row of `spec.table`, columns qualified; the qualified column of their moment)."""
+    at = f"{spec.table}.{spec.at or schema.tables[spec.table].known_at}"
+    return _qualified(read(spec.table), spec.table), at
+
+
+def next_label(
+    task: TaskSpec,
+    schema: DatasetSchema,
+    frame: pd.DataFrame,
+    read: Callable[[str], pd.DataFrame],
+) -> np.ndarray:
+    """(rows,) float64 label of a `next` task: how many matching rows follow each example's
+    t0 within the horizon (binary: whether any), NaN where the horizon passes the table's
+    last moment (or the `below` bound of its time in `where`) or, for a training example of
+    a time split, the test period's start."""
+    spec = task.next_
+    rows, at = source_rows(spec, schema, read)
+    end = float(np.nanmax(rows[at].to_numpy(np.float64))) if len(rows) else -np.inf
+    for f in spec.where:  # a window the rows are cut to ends the data there
+        if f.column == at and f.below is not None:
+            end = min(end, f.bounds()[1])
+    t0 = moments(frame, schema)
+    if schema.split is not None and schema.split.column in (None, schema.time):
+        # A training label must not read the test period: its horizon ends at the split.
+        start = schema.split.start()
+        end = np.where(t0 < start, min(start, end), end)
+    matched = kept(rows, spec.where)
+    events = _running(
+        id_values(matched, spec.source_keys()), matched[at].to_numpy(np.float64), None
+    )
+    keys = id_values(frame, spec.by)
+    horizon = t0 + spec.within_s if spec.within_s else np.full(len(t0), np.inf)
+    until = _as_of(events, keys, horizon, inclusive=True)["count"].to_numpy()
+    count = until - _as_of(events, keys, t0, inclusive=True)["count"].to_numpy()
+    label = count if task.type == "regression" else (count > 0).astype(np.float64)
+    return np.where(horizon > end, np.nan, label) if spec.within_s else label
 
 
 def history_rows(
@@ -254,8 +318,8 @@ def history_rows(
         )
         own = np.asarray(values[spec.of], np.float64) if spec.of is not None else None
         return id_values(frame, spec.by), known, own
-    rows = kept(_qualified(read(spec.table), spec.table), spec.where)
-    at = f"{spec.table}.{spec.at or schema.tables[spec.table].known_at}"
+    rows, at = source_rows(spec, schema, read)
+    rows = kept(rows, spec.where)
     own = rows[f"{spec.table}.{spec.of}"].to_numpy(np.float64) if spec.of is not None else None
     return id_values(rows, spec.source_keys()), rows[at].to_numpy(np.float64), own
 
@@ -272,10 +336,20 @@ def served_values(schema: DatasetSchema, frame: pd.DataFrame) -> dict[str, np.nd
     return out | {n: np.asarray(evaluate(s, frame, schema)) for n, s in schema.features.items()}
 
 
-def unit_values(schema: DatasetSchema, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """`served_values`, the split and every task's label (NaN when unknown)."""
+def unit_values(
+    schema: DatasetSchema, frame: pd.DataFrame, read: Callable[[str], pd.DataFrame]
+) -> dict[str, np.ndarray]:
+    """`served_values`, the split and every task's label (NaN when unknown); `read` gives
+    the tables a `next` task reads."""
     out = served_values(schema, frame) | {"split": splits(frame, schema)}
-    return out | {n: np.asarray(evaluate(s, frame, schema)) for n, s in schema.tasks.items()}
+    for name, spec in schema.tasks.items():
+        label = (
+            evaluate(spec, frame, schema)
+            if spec.next_ is None
+            else next_label(spec, schema, frame, read)
+        )
+        out[name] = np.asarray(label)
+    return out
 
 
 def history_events(
@@ -293,9 +367,10 @@ def build_examples(
     (float64, NaN when unknown) and every history feature. `tables`: tables already parsed."""
     tables = {} if tables is None else tables
     frame = joined_rows(schema, root, tables)
-    out = unit_values(schema, frame)
+    read = table_reader(schema, root, tables)
+    out = unit_values(schema, frame, read)
     t0 = out["t0"].astype(np.float64)
-    events = history_events(schema, frame, out, table_reader(schema, root, tables))
+    events = history_events(schema, frame, out, read)
     for h, (event_keys, known, own) in zip(schema.history, events, strict=True):
         out[h.feature] = history_feature(h, id_values(frame, h.by), t0, event_keys, known, own)
     examples = pd.DataFrame(out)

@@ -12,7 +12,7 @@ import torch
 from shopguide.config import Params
 from shopguide.dataset.inputs import model_config, to_tensors
 from shopguide.dataset.schema import DatasetSchema
-from shopguide.metrics import bootstrap_weights, interval, weighted_auc
+from shopguide.metrics import bootstrap_weights, interval, weighted_auc, weighted_gauc
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.fit import FitResult, fit, head_outputs, probabilities, settings_from_params
 from shopguide.model.tasks import aux_predictions
@@ -72,11 +72,19 @@ def resample_weights(rows: int, samples: int, seed: int) -> np.ndarray:
     return np.vstack([np.ones((1, rows)), *bootstrap_weights(rows, samples, seed)])
 
 
-def metric_draws(kind: str, y: np.ndarray, guess: np.ndarray, weights: np.ndarray) -> dict:
-    """{metric: (1 + samples,) values} of one task on the rows of `weights`: binary AUC,
-    regression RMSE and MAE, multiclass accuracy (`guess`: class probabilities)."""
+def metric_draws(
+    kind: str,
+    y: np.ndarray,
+    guess: np.ndarray,
+    weights: np.ndarray,
+    users: np.ndarray | None = None,
+) -> dict:
+    """{metric: (1 + samples,) values} of one task on the rows of `weights`: binary AUC (and,
+    given each row's user, GAUC: the ranking within each user), regression RMSE and MAE,
+    multiclass accuracy (`guess`: class probabilities)."""
     if kind == "binary":
-        return {"auc": weighted_auc(y, guess, weights)}
+        out = {"auc": weighted_auc(y, guess, weights)}
+        return out if users is None else out | {"gauc": weighted_gauc(y, guess, users, weights)}
     if kind == "regression":
         err = guess - y
         return {
@@ -104,14 +112,21 @@ def task_report(
     confidence: float = 0.95,
     seed: int = 7,
 ) -> dict:
-    """Per task in `predicted`, by its type (`metric_draws`), with bootstrap intervals over
-    the rows whose label is known."""
+    """Per task in `predicted`, by its type (`metric_draws`; GAUC where the schema names the
+    user), with bootstrap intervals over the rows whose label is known."""
     out = {}
+    users = labels["user_id"].to_numpy() if schema.ids.user else None
     for task, guess in predicted.items():
         y = labels[task].to_numpy(np.float64)
         known = ~np.isnan(y)
         weights = resample_weights(int(known.sum()), samples, seed)
-        draws = metric_draws(schema.tasks[task].type, y[known], np.asarray(guess)[known], weights)
+        draws = metric_draws(
+            schema.tasks[task].type,
+            y[known],
+            np.asarray(guess)[known],
+            weights,
+            users[known] if users is not None else None,
+        )
         out[task] = {"rows": int(known.sum())} | summary(draws, confidence)
         given = schema.tasks[task].given
         if given is not None:  # e.g. conversion among the clicked: the CVR

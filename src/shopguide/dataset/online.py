@@ -141,7 +141,7 @@ def online_tables(
     tables = {} if tables is None else tables
     read = table_reader(schema, root, tables)
     frame = joined_rows(schema, root, tables)
-    values = unit_values(schema, frame)
+    values = unit_values(schema, frame, read)
     events = dict(zip(schema.history, history_events(schema, frame, values, read), strict=True))
     last = [float(np.max(values["t0"]))] if len(frame) else [0.0]
     last += [float(np.nanmax(known)) for _, known, _ in events.values() if np.isfinite(known).any()]

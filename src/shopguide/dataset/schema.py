@@ -12,6 +12,8 @@ import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
+import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -66,6 +68,12 @@ class TableSpec(Strict):
     columns: dict[str, ColumnSpec]
     # A column of this table holding when each row became known (a review: its answer time).
     known_at: str | None = None
+    # False: a CSV without a header line, its columns in the declared order.
+    header: bool = True
+    # Rows that are malformed (a value that does not parse, or missing where the column is not
+    # nullable; a cut-off last line) are dropped with a warning naming their lines while they
+    # are at most this share of the file's rows; above it the first is an error.
+    max_malformed_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _own_columns(self) -> TableSpec:
@@ -107,10 +115,28 @@ class JoinSpec(Strict):
 
 
 class FilterSpec(Strict):
-    """Keep the examples whose `column` is not null and, with `in`, one of those values."""
+    """Keep the rows whose `column` is not null and, with `in`, one of those values; with
+    `at_least` / `below`, a number or timestamp in [at_least, below) (a timestamp bound:
+    epoch seconds or date-time text)."""
 
     column: str
     in_: tuple[str, ...] | None = Field(default=None, alias="in")
+    at_least: float | str | None = None
+    below: float | str | None = None
+
+    def bounds(self) -> tuple[float, float]:
+        """[low, high) in the column's numbers (epoch seconds for a timestamp)."""
+        return _number(self.at_least, -np.inf), _number(self.below, np.inf)
+
+
+def _number(bound: float | str | None, default: float) -> float:
+    """A bound as a number: itself, a numeric text, or a date-time text's epoch seconds."""
+    if bound is None:
+        return default
+    try:
+        return float(bound)
+    except ValueError:
+        return pd.Timestamp(bound).timestamp()
 
 
 class ValueSpec(Strict):
@@ -156,6 +182,10 @@ class ValueSpec(Strict):
 
 
 class TaskSpec(ValueSpec):
+    """A label: a value of the example (`column`, ...) or what follows t0 (`next`)."""
+
+    column: str | None = None
+    next_: NextSpec | None = Field(default=None, alias="next")
     type: Literal["binary", "regression", "multiclass"]
     n_classes: int = Field(default=2, ge=2)  # multiclass: labels 0..n-1 (values clipped)
     loss: Literal["mse", "huber"] = "mse"  # regression, on the standardised label
@@ -165,25 +195,27 @@ class TaskSpec(ValueSpec):
     # given click: the CVR beside the CTCVR that the task over every example measures).
     given: Name | None = None
 
+    @model_validator(mode="after")
+    def _column_or_next(self) -> TaskSpec:
+        if (self.column is None) == (self.next_ is None):
+            raise ValueError("give exactly one of column and next")
+        if self.next_ is not None and (
+            self.op or self.minus or self.part or self.type == "multiclass"
+        ):
+            raise ValueError("next makes a binary or regression label alone (no op, minus, part)")
+        return self
 
-class HistorySpec(Strict):
-    """An aggregate as of t0 over earlier rows that share a key with the example (`by`, columns
-    of the example; several: a pair such as user x item). The rows are the earlier examples,
-    each counted from when its value became known, or those of `table` (an event log, say;
-    `on` its key columns, `where` filters, each counted from its time `at`). Only rows strictly
-    before t0 count, with `window_s` only those of the last `window_s` seconds. `fn`: `count`,
-    `sum` or `mean` of `of` (a task or numeric feature of the examples, or a numeric column of
-    `table`), or `age`: seconds since the latest such row (recency)."""
+
+class EventSource(Strict):
+    """Rows that share a key with the example (`by`, columns of the example; several: a pair
+    such as user x item): those of `table` (an event log, say; `on` its key columns, `where`
+    filters, each at its time `at`)."""
 
     by: tuple[str, ...]
     table: Name | None = None
     on: tuple[str, ...] = ()  # columns of `table` matching `by` (default: the same names)
     where: tuple[FilterSpec, ...] = ()  # qualified columns of `table`
     at: str | None = None  # timestamp column of `table`; default: its known_at
-    fn: Literal["count", "mean", "sum", "age"] = "count"
-    of: str | None = None
-    window_s: int | None = Field(default=None, gt=0)
-    name: Name | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -193,13 +225,35 @@ class HistorySpec(Strict):
         return raw
 
     @model_validator(mode="after")
-    def _needs_value(self) -> HistorySpec:
-        if (self.fn in ("count", "age")) != (self.of is None):
-            raise ValueError("count and age take no `of`; mean and sum need one")
+    def _source(self) -> EventSource:
         if self.table is None and (self.on or self.where or self.at):
             raise ValueError("on, where and at are for a `table` source")
         if self.on and len(self.on) != len(self.by):
             raise ValueError(f"on: {len(self.on)} columns for {len(self.by)} in by")
+        return self
+
+    def source_keys(self) -> tuple[str, ...]:
+        """The qualified columns of `table` that match `by`."""
+        return tuple(f"{self.table}.{c}" for c in (self.on or [b.split(".")[-1] for b in self.by]))
+
+
+class HistorySpec(EventSource):
+    """An aggregate as of t0 over earlier rows that share a key with the example: the earlier
+    examples, each counted from when its value became known, or the rows of `table`, each
+    from its time `at`. Only rows strictly before t0 count, with `window_s` only those of the
+    last `window_s` seconds. `fn`: `count`, `sum` or `mean` of `of` (a task or numeric feature
+    of the examples, or a numeric column of `table`), or `age`: seconds since the latest such
+    row (recency)."""
+
+    fn: Literal["count", "mean", "sum", "age"] = "count"
+    of: str | None = None
+    window_s: int | None = Field(default=None, gt=0)
+    name: Name | None = None
+
+    @model_validator(mode="after")
+    def _needs_value(self) -> HistorySpec:
+        if (self.fn in ("count", "age")) != (self.of is None):
+            raise ValueError("count and age take no `of`; mean and sum need one")
         return self
 
     @property
@@ -213,9 +267,16 @@ class HistorySpec(Strict):
             parts.append(f"{self.window_s}s")
         return "_".join(parts)
 
-    def source_keys(self) -> tuple[str, ...]:
-        """The qualified columns of `table` that match `by`."""
-        return tuple(f"{self.table}.{c}" for c in (self.on or [b.split(".")[-1] for b in self.by]))
+
+class NextSpec(EventSource):
+    """A label from what follows t0: the rows of `table` sharing the example's key at a moment
+    after t0 and, with `within_s`, at most that many seconds after it (none: up to the data's
+    end). A binary task is 1 when there is one, a regression counts them. With `within_s`, an
+    example whose horizon passes the table's last moment is unknown (censored): the data
+    cannot tell yet."""
+
+    table: Name
+    within_s: int | None = Field(default=None, gt=0)
 
 
 class IdsSpec(Strict):
@@ -240,6 +301,10 @@ class SplitSpec(Strict):
 
     column: str | None = None
     test_start: str
+
+    def start(self) -> float:
+        """The test period's start, epoch seconds."""
+        return _number(self.test_start, 0.0)
 
 
 class TextSpec(Strict):
@@ -273,6 +338,8 @@ class DatasetSchema(Strict):
     time: str | None = None
     joins: tuple[JoinSpec, ...] = ()
     filters: tuple[FilterSpec, ...] = ()
+    # Keep only each key's first example by t0 (a user's first view of an item).
+    first_per: tuple[str, ...] = ()
     ids: IdsSpec = IdsSpec()
     features: dict[Name, ValueSpec] = {}
     history: tuple[HistorySpec, ...] = ()
@@ -318,6 +385,7 @@ class DatasetSchema(Strict):
                 problems.append(f"time: {self.time} is not a timestamp column")
         for i, f in enumerate(self.filters):
             problems += self._refs(f"filters[{i}].column", [f.column], scope)
+        problems += self._refs("first_per", self.first_per, scope)
         for role, refs in self.ids:
             problems += self._refs(f"ids.{role}", refs, scope)
         by_files = self.tables[self.unit].files is not None
@@ -339,6 +407,12 @@ class DatasetSchema(Strict):
             given = self.tasks.get(task.given) if task.given else None
             if task.given and (given is None or given.type != "binary"):
                 problems.append(f"tasks.{name}.given: {task.given!r} is not a binary task")
+            if task.next_ is not None:
+                where = f"tasks.{name}.next"
+                if self.time is None:
+                    problems.append(f"{where}: needs `time` (what follows t0)")
+                problems += self._refs(f"{where}.by", task.next_.by, scope)
+                problems += self._source_table(where, task.next_)
         problems += self._lookups()
         if problems:
             raise ValueError("; ".join(problems))
@@ -389,7 +463,7 @@ class DatasetSchema(Strict):
 
     def _check_leaks(self) -> None:
         problems = []
-        label_columns = {spec.column: t for t, spec in self.tasks.items()}  # what a label reads
+        label_columns = {s.column: t for t, s in self.tasks.items() if s.column}  # labels read
         for name, spec in self.features.items():
             for ref in spec.columns():
                 if not self.known_at_t0(ref):
@@ -416,9 +490,14 @@ class DatasetSchema(Strict):
             where = f"history[{i}]"
             problems += self._refs(f"{where}.by", h.by, [self.unit, *self.joined()])
             if h.table is not None:
-                problems += self._history_table(where, h)
+                problems += self._source_table(where, h)
             elif h.of is not None and h.of not in names:
                 problems.append(f"{where}.of: no task or feature {h.of!r}")
+            elif h.of in self.tasks and self.tasks[h.of].next_ is not None:
+                problems.append(
+                    f"{where}.of: task {h.of!r} is read from later rows; aggregate its "
+                    f"table {self.tasks[h.of].next_.table!r} instead (history with `table`)"
+                )
             elif h.of in self.features and self.feature_kind(h.of) != "numeric":
                 problems.append(f"{where}.of: feature {h.of!r} is not numeric")
             if h.feature in self.features:
@@ -430,7 +509,7 @@ class DatasetSchema(Strict):
         if problems:
             raise ValueError("; ".join(problems))
 
-    def _history_table(self, where: str, h: HistorySpec) -> list[str]:
+    def _source_table(self, where: str, h: EventSource) -> list[str]:
         if h.table not in self.tables:
             return [f"{where}.table: no table {h.table!r}"]
         table = self.tables[h.table]
@@ -441,7 +520,7 @@ class DatasetSchema(Strict):
             problems.append(f"{where}.at: {h.table} declares no known_at; name its time column")
         elif at not in table.columns or table.columns[at].type != "timestamp":
             problems.append(f"{where}.at: {at!r} is not a timestamp column of {h.table}")
-        if h.of is not None:
+        if isinstance(h, HistorySpec) and h.of is not None:
             column = table.columns.get(h.of)
             if column is None or column.type != "numeric":
                 problems.append(f"{where}.of: {h.table} has no numeric column {h.of!r}")

@@ -1,10 +1,13 @@
 """Reading the declared tables: only the declared columns, each parsed as its declared type,
 with an error naming the file, line and column of the first value that does not parse. What
 the values must satisfy beyond their type (nulls, ranges, allowed values, unique keys) is the
-Great Expectations suite's to judge (`shopguide.dataset.checks`)."""
+Great Expectations suite's to judge (`shopguide.dataset.checks`), except for the malformed
+rows a table allows (`max_malformed_fraction`: a cut-off last line), dropped here with a
+warning naming their lines."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +17,9 @@ import pandas as pd
 from shopguide.dataset.schema import ColumnSpec, DatasetSchema, TableSpec
 from shopguide.errors import ShopguideError
 
+log = logging.getLogger(__name__)
 SPLIT = "__split"  # the split of the file a row came from, for a table read from `files`
-LINE = "__line"  # the row's line in its file (the header is line 1)
+LINE = "__line"  # the row's line in its file (the header, if any, is line 1)
 
 
 def table_path(schema: DatasetSchema, name: str, root: Path | None = None) -> Path:
@@ -40,7 +44,10 @@ def _raw(path: Path, spec: TableSpec) -> pd.DataFrame:
         if path.suffix == ".parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+            headless = {} if spec.header else {"header": None, "names": list(spec.columns)}
+            frame = pd.read_csv(
+                path, dtype=str, keep_default_na=False, na_values=[""], index_col=False, **headless
+            )
     except Exception as exc:  # pyarrow and the CSV parser raise many kinds
         raise ShopguideError(f"{path}: unreadable table file: {exc}") from exc
     missing = [c for c in spec.columns if c not in frame.columns]
@@ -52,9 +59,9 @@ def _raw(path: Path, spec: TableSpec) -> pd.DataFrame:
     return frame[list(spec.columns)]
 
 
-def file_line(path: Path) -> Callable[[int, str], str]:
-    """Where a value of a table file is: the file, its line (the header is line 1), column."""
-    return lambda row, column: f"{path}: line {row + 2}, column {column}"
+def file_line(path: Path, lines: np.ndarray) -> Callable[[int, str], str]:
+    """Where a value of a table file is: the file, the row's line (`lines`), the column."""
+    return lambda row, column: f"{path}: line {lines[row]}, column {column}"
 
 
 def _first_bad(
@@ -67,37 +74,70 @@ def _first_bad(
         )
 
 
+def _parsed(raw: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, np.ndarray, str]:
+    """(values, mask of the present values that do not parse, what they should be)."""
+    present = raw.notna().to_numpy()
+    if spec.type == "numeric":
+        values = pd.to_numeric(raw, errors="coerce")
+        return values.astype(np.float64), present & values.isna().to_numpy(), "a number"
+    if spec.type == "timestamp":  # epoch seconds, or date-time text
+        numbers = pd.to_numeric(raw, errors="coerce")
+        if (numbers.notna().to_numpy() == present).all():
+            return numbers.astype(np.float64), np.zeros(len(raw), bool), "a timestamp"
+        stamps = pd.to_datetime(raw, errors="coerce", format="mixed")
+        seconds = stamps.to_numpy("datetime64[s]").astype(np.int64).astype(np.float64)
+        values = pd.Series(np.where(stamps.notna(), seconds, np.nan), index=raw.index)
+        return values, present & stamps.isna().to_numpy(), "a timestamp"
+    return raw.astype("string"), np.zeros(len(raw), bool), "text"
+
+
 def parse_column(
     locate: Callable[[int, str], str], name: str, raw: pd.Series, spec: ColumnSpec
 ) -> pd.Series:
     """`raw` as its declared type: numeric float64, timestamp epoch seconds (float64, NaN for
     none; epoch seconds or date-time text), the others strings. A value that does not parse
     is named by `locate(row, name)` (`file_line`: the file's line)."""
-    present = raw.notna().to_numpy()
-    if spec.type == "numeric":
-        values = pd.to_numeric(raw, errors="coerce")
-        _first_bad(locate, name, raw, present & values.isna().to_numpy(), "a number")
-        return values.astype(np.float64)
-    if spec.type == "timestamp":  # epoch seconds, or date-time text
-        numbers = pd.to_numeric(raw, errors="coerce")
-        if (numbers.notna().to_numpy() == present).all():
-            return numbers.astype(np.float64)
-        stamps = pd.to_datetime(raw, errors="coerce", format="mixed")
-        _first_bad(locate, name, raw, present & stamps.isna().to_numpy(), "a timestamp")
-        seconds = stamps.to_numpy("datetime64[s]").astype(np.int64).astype(np.float64)
-        return pd.Series(np.where(stamps.notna(), seconds, np.nan), index=raw.index)
-    return raw.astype("string")
+    values, bad, what = _parsed(raw, spec)
+    _first_bad(locate, name, raw, bad, what)
+    return values
+
+
+def _without_malformed(
+    raw: pd.DataFrame, spec: TableSpec, path: Path, first: int
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """(the rows of `raw` that parse and have every non-nullable value, their lines) when the
+    others are at most the table's `max_malformed_fraction`; else `raw` and every line."""
+    lines = np.arange(len(raw)) + first
+    if spec.max_malformed_fraction == 0 or raw.empty:
+        return raw, lines
+    bad = np.zeros(len(raw), bool)
+    for column, col in spec.columns.items():
+        bad |= _parsed(raw[column], col)[1]
+        if not col.nullable:
+            bad |= raw[column].isna().to_numpy()
+    if not bad.any() or bad.sum() > spec.max_malformed_fraction * len(raw):
+        return raw, lines  # the suite or the parser names the first
+    log.warning(
+        "%s: dropped %d malformed rows (lines %s%s; max_malformed_fraction %g)",
+        path,
+        int(bad.sum()),
+        ", ".join(str(n) for n in lines[bad][:5]),
+        ", ..." if bad.sum() > 5 else "",
+        spec.max_malformed_fraction,
+    )
+    return raw[~bad].reset_index(drop=True), lines[~bad]
 
 
 def read_table(schema: DatasetSchema, name: str, root: Path | None = None) -> pd.DataFrame:
     """Table `name` with its declared columns parsed, and each row's line in its file
     (`LINE`) and, for a table of `files`, its split (`SPLIT`)."""
     spec, parts = schema.tables[name], []
+    first = 2 if spec.header else 1
     for split, path in table_paths(schema, name, root):
-        raw = _raw(path, spec)
-        where = file_line(path)
+        raw, lines = _without_malformed(_raw(path, spec), spec, path, first)
+        where = file_line(path, lines)
         part = pd.DataFrame({c: parse_column(where, c, raw[c], s) for c, s in spec.columns.items()})
-        part[LINE] = np.arange(len(part)) + 2
+        part[LINE] = lines
         if spec.files:
             part[SPLIT] = split
         parts.append(part)
