@@ -1,7 +1,8 @@
 """Declared datasets over an event log: a headerless file with a cut-off last line, a unit of
 one behaviour in a time window (a user's first view of each item), and labels from what
 follows t0 (`next`) within a horizon, censored where the data cannot tell yet. On the real
-Taobao sample the schema rebuilds protocol taobao-mtl-v1's exposures and positives exactly."""
+Taobao sample the schema rebuilds protocol taobao-mtl-v1's exposures and positives exactly,
+and so does the REES46 schema on the same events in REES46's layout."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from sklearn.metrics import roc_auc_score
 
 from shopguide.config import Params
 from shopguide.dataset.examples import build_examples
+from shopguide.dataset.learn import predictions, train_declared
 from shopguide.dataset.schema import load_schema
 from shopguide.dataset.steps import check_step
 from shopguide.errors import ShopguideError
+from tests.test_rees46_pipeline import SHIFT, write_rees46_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 1_000_000  # an exposure's moment
@@ -184,3 +188,26 @@ def test_the_taobao_schema_rebuilds_the_protocols_exposures(sample: Path, tmp_pa
 def _write(path: Path, raw: dict) -> Path:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def test_the_rees46_schema_reads_the_items_own_fields(sample: Path, tmp_path: Path) -> None:
+    """REES46's layout (the Taobao sample's events written as REES46 writes them): the same
+    exposures and labels as Taobao's, and brand, price and the category_code levels reach the
+    model as a category, a number and a bag."""
+    write_rees46_csv(sample, tmp_path / "events.csv")
+    raw = yaml.safe_load((ROOT / "datasets/rees46.yaml").read_text())
+    raw["root"], raw["tables"]["events"]["path"] = str(tmp_path), "events.csv"
+    raw["split"]["test_start"] = str(1512144000 + SHIFT)  # the sample's test period
+    schema = load_schema(_write(tmp_path / "rees46.yaml", raw))
+    examples = build_examples(schema)
+    test = examples[examples["split"] == "test"]
+    assert (examples["split"] == "train").sum() == 44_312 and len(test) == 15_562
+    assert test["buy"].notna().sum() == 13_744
+    assert int(test["cart"].sum()) == 85 and int(test["buy"].sum()) == 129
+    params = Params.model_validate({"train": {"max_epochs": 1}})
+    model, _ = train_declared(examples, schema, params)
+    config = model.config
+    assert "brand" in config.categorical_features and "price" in config.dense_features
+    assert "category_levels" in config.bag_features
+    known = test[test["buy"].notna()]
+    assert roc_auc_score(known["buy"], predictions(model, known, schema)["buy"]) > 0.6
