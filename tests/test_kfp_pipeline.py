@@ -283,7 +283,10 @@ def test_local_runs_promote_then_refuse_a_finetune(
     monkeypatch.chdir(tmp_path)
     feature_repo = copy_feature_repo(tmp_path / "feature_repo")
     registry = tmp_path / "registry"
-    params = load_params(write_params(tmp_path, sample))
+    # Three epochs clear the gate on the sample (its best epoch is early); the train step's
+    # fine-tune to the new categories takes one.
+    fewer = {"train": {"max_epochs": 3}, "finetune": {"max_epochs": 1}}
+    params = load_params(write_params(tmp_path, sample, **fewer))
     kfp_root = tmp_path / "kfp_root"
 
     outcome, run_dir = _run(kfp_root / "pass", params, sample, feature_repo, registry)
