@@ -89,19 +89,21 @@ def test_every_model_learns_and_round_trips(
 
 @pytest.mark.parametrize(
     "balancing",
-    [{"loss_balancing": b} for b in ("uncertainty", "gradnorm", "pcgrad")]
+    [{"loss_balancing": b} for b in ("uncertainty", "gradnorm", "pcgrad", "dwa")]
     + [{"warmup_epochs": 1, "warmup_task": "buy"}],
-    ids=["uncertainty", "gradnorm", "pcgrad", "staged"],
+    ids=["uncertainty", "gradnorm", "pcgrad", "dwa", "staged"],
 )
 def test_every_balancer_learns(balancing: dict, pipeline_run: PipelineRun, splits: tuple) -> None:
     params = small_params(pipeline_run.params, "shared_bottom", **balancing)
     _, result, metrics, _ = train_and_score(params, splits)
     assert_learns(metrics)
     weights = [[row[f"weight_{t}"] for t in params.protocol.tasks] for row in result.history]
-    if balancing.get("loss_balancing") in ("uncertainty", "gradnorm"):
-        assert weights[-1] != weights[0], "the learned task weights never moved"
-    if balancing.get("loss_balancing") == "gradnorm":
+    if balancing.get("loss_balancing") in ("uncertainty", "gradnorm", "dwa"):
+        assert weights[-1] != weights[0], "the task weights never moved"
+    if balancing.get("loss_balancing") in ("gradnorm", "dwa"):
         assert sum(weights[-1]) == pytest.approx(len(params.protocol.tasks), rel=1e-4)
+    if balancing.get("loss_balancing") == "dwa":  # equal until two epochs have run
+        assert weights[0] == [1.0] * len(params.protocol.tasks)
 
 
 def test_saved_mmoe_without_kind_still_loads() -> None:

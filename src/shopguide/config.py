@@ -261,9 +261,10 @@ class TrainParams(Strict):
     max_epochs: PositiveInt = 20
     patience: PositiveInt = 3
     validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
-    loss_balancing: Literal["fixed", "uncertainty", "gradnorm", "pcgrad"] = "fixed"
+    loss_balancing: Literal["fixed", "uncertainty", "gradnorm", "pcgrad", "dwa"] = "fixed"
     task_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     gradnorm_alpha: Annotated[float, Field(ge=0)] = 1.5
+    dwa_temperature: Annotated[float, Field(gt=0)] = 2.0  # dwa: lower, sharper weights
     warmup_epochs: Annotated[int, Field(ge=0)] = 0  # epochs on warmup_task alone, then joint
     warmup_task: str = "cart"
     compile: bool = False  # torch.compile the task heads

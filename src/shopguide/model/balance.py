@@ -1,10 +1,12 @@
 """Ways to turn per-task losses into one update: fixed weights, uncertainty weighting (Kendall
-et al., CVPR 2018), GradNorm (Chen et al., ICML 2018) and PCGrad (Yu et al., NeurIPS 2020).
-Each sets `.grad` on the trainable parameters; the optimizer step stays the caller's."""
+et al., CVPR 2018), GradNorm (Chen et al., ICML 2018), PCGrad (Yu et al., NeurIPS 2020) and
+dynamic weight averaging (Liu et al., CVPR 2019). Each sets `.grad` on the trainable
+parameters; the optimizer step stays the caller's."""
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -28,6 +30,9 @@ class Balancer(nn.Module):
 
     def after_step(self) -> None:
         """Hook run after the optimizer step."""
+
+    def after_epoch(self) -> None:
+        """Hook run after an epoch's last step."""
 
     def current_weights(self) -> list[float]:
         return self.task_weights.tolist()
@@ -156,7 +161,56 @@ class PCGrad(Balancer):
             p.grad = steps[k] if p.grad is None else p.grad + steps[k]
 
 
-def make_balancer(name: str, weights: list[float], gradnorm_alpha: float) -> Balancer:
+class DynamicWeightAverage(Balancer):
+    """Each epoch's task weights from how fast each task's mean training loss fell over the
+    two epochs before: K softmax(r / temperature), r_k = L_k(t-1) / L_k(t-2) (a task whose
+    loss falls slower weighs more), times the fixed weights; equal until two epochs have run.
+    No extra backward pass: the cost of fixed weighting."""
+
+    def __init__(self, weights: list[float], temperature: float) -> None:
+        super().__init__(weights)
+        self.temperature = temperature
+        tasks = len(weights)
+        self.register_buffer("dynamic", torch.ones(tasks))
+        self.register_buffer("sums", torch.zeros(tasks, dtype=torch.float64))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.float64))
+        # the mean losses of the last two epochs (NaN: not run yet)
+        self.register_buffer("means", torch.full((2, tasks), float("nan"), dtype=torch.float64))
+
+    def backward(
+        self,
+        losses: torch.Tensor,
+        extra: torch.Tensor,
+        representation: torch.Tensor,
+        params: list[nn.Parameter],
+    ) -> None:
+        ((self.dynamic * self.task_weights * losses).sum() + extra).backward()
+        self.sums += losses.detach().double()
+        self.steps += 1
+
+    def after_epoch(self) -> None:
+        sums = torch.cat([self.sums, self.steps.reshape(1)])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)  # every process the same weights
+        if sums[-1] == 0:  # a warm-up epoch: the balancer took no step
+            return
+        self.means.copy_(torch.stack([self.means[1], sums[:-1] / sums[-1]]))
+        if not self.means.isnan().any():
+            rate = self.means[1] / self.means[0].clamp_min(1e-12)
+            weights = len(rate) * torch.softmax(rate / self.temperature, dim=0)
+            self.dynamic.copy_(weights.float())
+        self.sums.zero_()
+        self.steps.zero_()
+
+    def current_weights(self) -> list[float]:
+        return (self.dynamic * self.task_weights).tolist()
+
+
+def make_balancer(
+    name: str, weights: list[float], gradnorm_alpha: float, dwa_temperature: float = 2.0
+) -> Balancer:
+    if name == "dwa":
+        return DynamicWeightAverage(weights, dwa_temperature)
     if name == "uncertainty":
         return Uncertainty(weights)
     if name == "gradnorm":

@@ -56,6 +56,7 @@ class FitSettings:
     loss_balancing: str = "fixed"
     task_weights: tuple[float, ...] = ()  # empty: every task weighs 1
     gradnorm_alpha: float = 1.5
+    dwa_temperature: float = 2.0
     warmup_epochs: int = 0  # epochs on `warmup_task` alone before joint training
     warmup_task: int = 0  # index into the model's tasks
     compile: bool = False
@@ -119,6 +120,7 @@ def settings_from_params(train: TrainParams, tasks: tuple[str, ...]) -> FitSetti
         loss_balancing=train.loss_balancing,
         task_weights=tuple(train.task_weights.get(t, 1.0) for t in tasks),
         gradnorm_alpha=train.gradnorm_alpha,
+        dwa_temperature=train.dwa_temperature,
         warmup_epochs=train.warmup_epochs,
         warmup_task=tasks.index(train.warmup_task) if train.warmup_epochs else 0,
         compile=train.compile,
@@ -317,7 +319,9 @@ def _fit(
             )
     weights = list(settings.task_weights) or [1.0] * heads_count
     groups = GroupIndex.of(train.group) if settings.listwise_weight > 0 else None
-    balancer = make_balancer(settings.loss_balancing, weights, settings.gradnorm_alpha).to(device)
+    balancer = make_balancer(
+        settings.loss_balancing, weights, settings.gradnorm_alpha, settings.dwa_temperature
+    ).to(device)
     embeddings = [p for p in model.embedding_parameters() if p.requires_grad]
     # PCGrad flattens every task's gradient into one dense vector, so it keeps dense tables.
     sparse = settings.sparse_embeddings and settings.loss_balancing != "pcgrad"
@@ -421,6 +425,7 @@ def _fit(
                 balancer.after_step()
                 total += losses.detach().sum()
                 batches += 1
+            balancer.after_epoch()
             outputs = head_outputs(model, valid)
             metrics = task_metrics(
                 valid.labels[:, : len(tasks)].numpy(),
