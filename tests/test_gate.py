@@ -18,6 +18,7 @@ from shopguide.config import GateParams, Params
 from shopguide.errors import ShopguideError
 from shopguide.evaluate import Scored
 from shopguide.gate import (
+    collapse_checks,
     gate_step,
     gauc_floor_checks,
     infra_requests,
@@ -258,6 +259,26 @@ def test_gauc_floor_judges_the_interval_not_the_point(tmp_path: Path) -> None:
     assert not checks["cart"]["passed"] and checks["cart"]["value"] == 0.49
     assert "interval low 0.4900 <= 0.5000" in checks["cart"]["reason"]
     assert checks["buy"]["passed"]
+
+
+def test_a_collapsed_expert_gate_is_refused_only_when_asked() -> None:
+    """`gate.min_gate_entropy`: a gate that gives one expert nearly everything is refused;
+    off (None, the default) or for a model without experts, nothing is judged."""
+    health = {
+        "gates": {
+            "cart": {"share": [0.3, 0.3, 0.4], "entropy": 0.99},
+            "buy": {"share": [0.98, 0.01, 0.01], "entropy": 0.08},
+        }
+    }
+    report = {"overall": {}, "expert_health": health}
+    assert collapse_checks(report, GateParams()) == []
+    assert collapse_checks({"overall": {}}, GateParams(min_gate_entropy=0.2)) == []
+    checks = {c["gate"]: c for c in collapse_checks(report, GateParams(min_gate_entropy=0.2))}
+    assert checks["cart"]["passed"] and not checks["buy"]["passed"]
+    assert (
+        "gate buy: entropy 0.080 < 0.200 (expert shares 0.98, 0.01, 0.01)"
+        in (checks["buy"]["reason"])
+    )
 
 
 def test_ranking_floor_judges_the_served_scores_interval() -> None:

@@ -393,6 +393,9 @@ class GateParams(Strict):
     # `shopguide dataset gate`: the AUC floor of a declared dataset's binary tasks, by name
     # (0.5 for a task not named); the tasks are the dataset schema's, not protocol.tasks.
     declared_auc_floor: dict[str, Fraction] = Field(default_factory=dict)
+    # Expert collapse (MMoE, PLE): refuse when a gate's entropy on the test rows (1: even over
+    # its experts, 0: one expert takes all) is below this; None: reported, not judged.
+    min_gate_entropy: Fraction | None = None
     infra: InfraCheckParams = InfraCheckParams()
 
 

@@ -48,6 +48,7 @@ from shopguide.metrics import (
     weighted_logloss,
 )
 from shopguide.model.base import MultiTaskModel
+from shopguide.model.experts import PROBE_ROWS, expert_health, has_experts
 from shopguide.model.fit import aux_metrics, predict
 from shopguide.model.store import load_model
 from shopguide.model.tensors import (
@@ -448,6 +449,10 @@ def evaluate_step(
     metrics["ranking"] = ranking_report(model, read_ranking_test(ranking_set), train, params)
     if model.config.aux_tasks:
         metrics["aux"] = test_aux_metrics(model, test, training_set)
+    if has_experts(model):
+        probe = test.iloc[:PROBE_ROWS]
+        tensors = to_tensors(probe, model.config.head_names(), model.config)
+        metrics["expert_health"] = expert_health(model, tensors)
     metrics["model_dir"] = str(Path(model_dir).resolve())
     metrics["model_fingerprint"] = model_fingerprint(model_dir)
     roc, curve = [], []

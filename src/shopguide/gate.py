@@ -468,6 +468,30 @@ def infra_checks(
     ], details
 
 
+def collapse_checks(report: dict, gate: GateParams) -> list[dict]:
+    """With `gate.min_gate_entropy`, one check per gate of a model with experts: its entropy
+    on the test rows (`expert_health` in the evaluation) is not below the floor."""
+    health = report.get("expert_health")
+    if gate.min_gate_entropy is None or not health:
+        return []
+    checks = []
+    for name, g in health["gates"].items():
+        passed = g["entropy"] >= gate.min_gate_entropy
+        checks.append(
+            {
+                "rule": "no_expert_collapse",
+                "gate": name,
+                "entropy": g["entropy"],
+                "share": g["share"],
+                "passed": passed,
+                "reason": f"gate {name}: entropy {g['entropy']:.3f} "
+                f"{'>=' if passed else '<'} {gate.min_gate_entropy:.3f} (expert shares "
+                f"{', '.join(f'{v:.2f}' for v in g['share'])})",
+            }
+        )
+    return checks
+
+
 def _candidate_model(evaluation: dict, model_dir: Path | None) -> Path | None:
     """The candidate's directory: given, or recorded by `evaluate`; None for an evaluation that
     names none (then only the floors can be judged)."""
@@ -507,6 +531,7 @@ def gate_step(
     checks = _floor_checks(candidate_auc, params.gate)
     checks += gauc_floor_checks(report, params.gate)
     checks += ranking_floor_checks(report, params.gate)
+    checks += collapse_checks(report, params.gate)
     candidate_dir = _candidate_model(report, model_dir)
     candidate_fingerprint = model_fingerprint(candidate_dir) if candidate_dir else None
     evaluated = report.get("model_fingerprint")

@@ -57,6 +57,28 @@ def _sequence(config: dict) -> str:
     return "not read" if not length or encoder == "none" else f"the last {length}, {encoder}"
 
 
+def _expert_lines(health: dict | None) -> list[str]:
+    """The expert-health section (`shopguide.model.experts`): each gate's expert shares and
+    entropy, each expert's share of zero activations; none for a model without experts."""
+    if not health:
+        return []
+    lines = [
+        "## Expert health",
+        "",
+        f"On {health['rows']} test rows. Gate entropy: 1 spreads evenly, 0 gives one expert "
+        f"everything (lowest {health['min_gate_entropy']:.3f}); the largest share of zero "
+        f"activations of an expert is {health['max_zero_activation_share']:.3f}.",
+        "",
+        "| gate | expert shares | entropy |",
+        "|---|---|---|",
+    ]
+    for name, gate in health["gates"].items():
+        shares = " / ".join(f"{v:.2f}" for v in gate["share"])
+        lines.append(f"| {name} | {shares} | {gate['entropy']:.3f} |")
+    zero = ", ".join(f"{k} {v:.2f}" for k, v in health["zero_activation_share"].items())
+    return [*lines, "", f"Zero activations per expert: {zero}.", ""]
+
+
 def render_model_card(meta: dict, config: dict) -> str:
     version = meta.get("version", "?")
     params = meta.get("params") or {}
@@ -145,6 +167,7 @@ def render_model_card(meta: dict, config: dict) -> str:
         "",
         *_metrics_table(metrics),
         "",
+        *_expert_lines(metrics.get("expert_health")),
         "## Gate decision",
         "",
         *(_gate_lines(gate) or ["No gate decision recorded."]),

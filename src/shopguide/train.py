@@ -25,6 +25,7 @@ from shopguide.feature_spec import (
 )
 from shopguide.io import atomic_path, write_json
 from shopguide.model.base import MultiTaskModel
+from shopguide.model.experts import expert_health, has_experts
 from shopguide.model.fit import (
     aux_metrics,
     fit,
@@ -188,6 +189,8 @@ def train_step(
         "validation_rows": len(valid_part),
         "processes": world()[1],
     }
+    if has_experts(model):
+        metrics["expert_health"] = expert_health(model, valid)
     if world()[0] != 0:
         return metrics
     write_outputs(model, model_dir, metrics, metrics_path, result.history, history_path)

@@ -17,11 +17,6 @@ class MMoEConfig(ModelConfig):
     expert_hidden: tuple[int, ...]
 
 
-def gated_mixture(gate: nn.Module, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-    """Softmax-weighted sum of expert outputs (B, E, H) under `gate(x)` -> (B, H)."""
-    return (torch.softmax(gate(x), dim=1).unsqueeze(2) * experts).sum(dim=1)
-
-
 class MMoE(MultiTaskModel):
     config: MMoEConfig
 
@@ -39,12 +34,25 @@ class MMoE(MultiTaskModel):
     def shared_representation(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([e(x) for e in self.experts], dim=1).mean(dim=1)
 
-    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
-        experts = parallel_mlps(self.experts, x)  # (B, E, H)
-        gates = torch.addmm(
+    def _gates(self, x: torch.Tensor) -> torch.Tensor:
+        """Every task's gate weights in one matmul: (B, T, E)."""
+        logits = torch.addmm(
             torch.cat([g.bias for g in self.gates]),
             x,
             torch.cat([g.weight for g in self.gates]).t(),
-        ).unflatten(1, (len(self.gates), -1))  # every task's gate in one matmul: (B, T, E)
-        mixed = torch.bmm(torch.softmax(gates, dim=2), experts)  # (B, T, H)
+        ).unflatten(1, (len(self.gates), -1))
+        return torch.softmax(logits, dim=2)
+
+    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
+        experts = parallel_mlps(self.experts, x)  # (B, E, H)
+        mixed = torch.bmm(self._gates(x), experts)  # (B, T, H)
         return torch.cat([t(mixed[:, i]) for i, t in enumerate(self.towers)], dim=1)
+
+    def expert_probes(self, x: torch.Tensor) -> tuple[dict, dict]:
+        """({task: gate weights (B, E)}, {expert: outputs (B, H)}) for `shopguide.model.experts`."""
+        gates, experts = self._gates(x), parallel_mlps(self.experts, x)
+        names = self.config.head_names()
+        return (
+            {t: gates[:, i] for i, t in enumerate(names)},
+            {f"expert_{e}": experts[:, e] for e in range(experts.shape[1])},
+        )

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from shopguide.model.base import ModelConfig, MultiTaskModel, mlp, tower
-from shopguide.model.mmoe import gated_mixture
 
 
 class PLEConfig(ModelConfig):
@@ -36,16 +35,27 @@ class ExtractionLevel(nn.Module):
         self.shared_gate = None if last else nn.Linear(in_dim, tasks * own + shared)
 
     def forward(self, task_in: list[torch.Tensor], shared_in: torch.Tensor) -> tuple:
+        return self.probed(task_in, shared_in)[:2]
+
+    def probed(self, task_in: list[torch.Tensor], shared_in: torch.Tensor) -> tuple:
+        """(task outputs, shared output or None, [each task gate's weights, then the shared
+        gate's], [each task's own expert outputs, then the shared ones'])."""
         shared = [e(shared_in) for e in self.shared_experts]
         own = [[e(h) for e in es] for es, h in zip(self.task_experts, task_in, strict=True)]
-        task_out = [
-            gated_mixture(g, h, torch.stack(o + shared, dim=1))
-            for g, h, o in zip(self.task_gates, task_in, own, strict=True)
+        weights = [
+            torch.softmax(g(h), dim=1) for g, h in zip(self.task_gates, task_in, strict=True)
         ]
+        task_out = [
+            (w.unsqueeze(2) * torch.stack(o + shared, dim=1)).sum(dim=1)
+            for w, o in zip(weights, own, strict=True)
+        ]
+        outputs = [*own, shared]
         if self.shared_gate is None:
-            return task_out, None
+            return task_out, None, weights, outputs
         everything = torch.stack([e for o in own for e in o] + shared, dim=1)
-        return task_out, gated_mixture(self.shared_gate, shared_in, everything)
+        weights.append(torch.softmax(self.shared_gate(shared_in), dim=1))
+        mixed = (weights[-1].unsqueeze(2) * everything).sum(dim=1)
+        return task_out, mixed, weights, outputs
 
 
 class PLE(MultiTaskModel):
@@ -70,3 +80,19 @@ class PLE(MultiTaskModel):
         for level in self.levels:
             task_in, shared_in = level(task_in, shared_in)
         return torch.cat([t(h) for t, h in zip(self.towers, task_in, strict=True)], dim=1)
+
+    def expert_probes(self, x: torch.Tensor) -> tuple[dict, dict]:
+        """({gate: weights}, {expert: outputs}) per level (`l<level>.<task or shared>`), for
+        `shopguide.model.experts`."""
+        names = [*self.config.head_names(), "shared"]
+        gates, experts = {}, {}
+        task_in, shared_in = [x] * len(self.towers), x
+        for i, level in enumerate(self.levels):
+            task_in, shared_in, weights, outputs = level.probed(task_in, shared_in)
+            gates |= {f"l{i}.{names[j]}": w for j, w in enumerate(weights)}
+            experts |= {
+                f"l{i}.{names[j]}_{k}": out
+                for j, group in enumerate(outputs)
+                for k, out in enumerate(group)
+            }
+        return gates, experts
