@@ -50,19 +50,36 @@ def bootstrap_auc(labels: np.ndarray, probs: list[np.ndarray], rounds: int, seed
     return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
 
 
+def judged(labels: np.ndarray, tasks: tuple[str, ...]) -> list[str]:
+    """The tasks with both classes among the test exposures' known labels (`click` is 1 on
+    every exposure; censored labels are NaN)."""
+    out = []
+    for j, task in enumerate(tasks):
+        known = labels[~np.isnan(labels[:, j]), j]
+        if 0 < known.sum() < len(known):
+            out.append(task)
+    return out
+
+
 def summarise(runs: dict, labels: np.ndarray, tasks: tuple[str, ...], rounds: int) -> dict:
     table = {}
     for name, seeds in runs.items():
         row = {"seeds": sorted(seeds), "tasks": {}}
         for j, task in enumerate(tasks):
+            if task not in judged(labels, tasks):
+                continue
+            known = ~np.isnan(labels[:, j])
             aucs = [r["metrics"][task]["auc"] for r in seeds.values()]
             losses = [r["metrics"][task]["logloss"] for r in seeds.values()]
-            probs = [np.asarray(r["probs"])[:, j] for r in seeds.values()]
+            probs = [np.asarray(r["probs"])[known, j] for r in seeds.values()]
             row["tasks"][task] = {
                 "auc_mean": float(np.mean(aucs)),
                 "auc_std": float(np.std(aucs)),
-                "auc_ci95": bootstrap_auc(labels[:, j], probs, rounds, seed=j),
+                "auc_ci95": bootstrap_auc(labels[known, j], probs, rounds, seed=j),
                 "logloss_mean": float(np.mean(losses)),
+                "gauc_mean": float(
+                    np.mean([r["metrics"][task].get("gauc") for r in seeds.values()])
+                ),
             }
         row["mean_auc"] = float(np.mean([t["auc_mean"] for t in row["tasks"].values()]))
         aux = [r.get("aux", {}) for r in seeds.values()]
@@ -161,7 +178,12 @@ def main() -> None:
             seconds = time.perf_counter() - start
             test_tensors = to_tensors(test, heads, dense)
             probs = predict(model, test_tensors)
-            metrics = task_metrics(test_tensors.labels[:, : len(tasks)].numpy(), probs, tasks)
+            metrics = task_metrics(
+                test_tensors.labels[:, : len(tasks)].numpy(),
+                probs,
+                tasks,
+                users=test_tensors.user.numpy(),
+            )
             runs.setdefault(name, {})[str(seed)] = {
                 "metrics": metrics,
                 "aux": aux_metrics(model, test_tensors),
@@ -170,11 +192,15 @@ def main() -> None:
                 "probs": np.round(probs, 6).tolist(),
             }
             log.info(
-                "%s seed %d: %s", name, seed, {t: round(m["auc"], 4) for t, m in metrics.items()}
+                "%s seed %d: %s",
+                name,
+                seed,
+                {t: round(m["auc"], 4) for t, m in metrics.items() if m["auc"] is not None},
             )
             write_json(args.out, {"runs": runs})
     labels = test[list(tasks)].to_numpy(np.float32)
     table = summarise(runs, labels, tasks, args.bootstrap)
+    tasks = tuple(judged(labels, tasks))
     settings_note = {
         "max_epochs": args.max_epochs,
         "patience": args.patience,
