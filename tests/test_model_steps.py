@@ -91,6 +91,10 @@ def test_evaluation_has_slices_plots_and_report(pipeline_run: PipelineRun) -> No
     assert new["cart"]["rows"] == 4_218  # protocol taobao-transfer-v1
     groups = [ev["slices"][f"{g}_categories"]["cart"]["rows"] for g in ("head", "torso", "tail")]
     assert sum(groups) == exposures and all(groups)
+    # The candidate's (routed: its base network's) experts, gate by gate: shares sum to one.
+    health = ev["expert_health"]
+    assert set(health["gates"]) == {"click", "cart", "fav", "buy"}
+    assert all(abs(sum(g["share"]) - 1) < 1e-3 for g in health["gates"].values())
     for block in [ev["overall"], *ev["slices"].values()]:
         for task, m in block.items():
             for metric in ("auc", "logloss", "ece", "gauc"):

@@ -50,6 +50,7 @@ from shopguide.metrics import (
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.experts import PROBE_ROWS, expert_health, has_experts
 from shopguide.model.fit import aux_metrics, predict
+from shopguide.model.routed import Routed
 from shopguide.model.store import load_model
 from shopguide.model.tensors import (
     exposures_of,
@@ -449,10 +450,11 @@ def evaluate_step(
     metrics["ranking"] = ranking_report(model, read_ranking_test(ranking_set), train, params)
     if model.config.aux_tasks:
         metrics["aux"] = test_aux_metrics(model, test, training_set)
-    if has_experts(model):
+    network = model.base if isinstance(model, Routed) else model  # routed: the base network
+    if has_experts(network):
         probe = test.iloc[:PROBE_ROWS]
-        tensors = to_tensors(probe, model.config.head_names(), model.config)
-        metrics["expert_health"] = expert_health(model, tensors)
+        tensors = to_tensors(probe, network.config.head_names(), network.config)
+        metrics["expert_health"] = expert_health(network, tensors)
     metrics["model_dir"] = str(Path(model_dir).resolve())
     metrics["model_fingerprint"] = model_fingerprint(model_dir)
     roc, curve = [], []
