@@ -102,21 +102,21 @@ def parse_column(
     return values
 
 
-def _without_malformed(
-    raw: pd.DataFrame, spec: TableSpec, path: Path, first: int
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """(the rows of `raw` that parse and have every non-nullable value, their lines) when the
-    others are at most the table's `max_malformed_fraction`; else `raw` and every line."""
-    lines = np.arange(len(raw)) + first
-    if spec.max_malformed_fraction == 0 or raw.empty:
-        return raw, lines
+def _malformed(
+    raw: pd.DataFrame, parsed: dict, spec: TableSpec, path: Path, lines: np.ndarray
+) -> np.ndarray:
+    """(rows,) mask of the rows to drop: those that do not parse or miss a non-nullable value,
+    when they are at most the table's `max_malformed_fraction` (named in a warning); else
+    none (the parser or the table's suite names the first)."""
     bad = np.zeros(len(raw), bool)
+    if spec.max_malformed_fraction == 0 or raw.empty:
+        return bad
     for column, col in spec.columns.items():
-        bad |= _parsed(raw[column], col)[1]
+        bad |= parsed[column][1]
         if not col.nullable:
             bad |= raw[column].isna().to_numpy()
     if not bad.any() or bad.sum() > spec.max_malformed_fraction * len(raw):
-        return raw, lines  # the suite or the parser names the first
+        return np.zeros(len(raw), bool)
     log.warning(
         "%s: dropped %d malformed rows (lines %s%s; max_malformed_fraction %g)",
         path,
@@ -125,18 +125,27 @@ def _without_malformed(
         ", ..." if bad.sum() > 5 else "",
         spec.max_malformed_fraction,
     )
-    return raw[~bad].reset_index(drop=True), lines[~bad]
+    return bad
 
 
 def read_table(schema: DatasetSchema, name: str, root: Path | None = None) -> pd.DataFrame:
     """Table `name` with its declared columns parsed, and each row's line in its file
-    (`LINE`) and, for a table of `files`, its split (`SPLIT`)."""
+    (`LINE`) and, for a table of `files`, its split (`SPLIT`). Each column is parsed once,
+    twice only when malformed rows were dropped."""
     spec, parts = schema.tables[name], []
     first = 2 if spec.header else 1
     for split, path in table_paths(schema, name, root):
-        raw, lines = _without_malformed(_raw(path, spec), spec, path, first)
+        raw = _raw(path, spec)
+        parsed = {c: _parsed(raw[c], s) for c, s in spec.columns.items()}
+        lines = np.arange(len(raw)) + first
+        keep = ~_malformed(raw, parsed, spec, path, lines)
+        if not keep.all():  # parsed again without them: a column's format is read off its rows
+            raw, lines = raw[keep].reset_index(drop=True), lines[keep]
+            parsed = {c: _parsed(raw[c], s) for c, s in spec.columns.items()}
         where = file_line(path, lines)
-        part = pd.DataFrame({c: parse_column(where, c, raw[c], s) for c, s in spec.columns.items()})
+        for column, (_, bad, what) in parsed.items():
+            _first_bad(where, column, raw[column], bad, what)
+        part = pd.DataFrame({column: values for column, (values, _, _) in parsed.items()})
         part[LINE] = lines
         if spec.files:
             part[SPLIT] = split
