@@ -259,12 +259,19 @@ def history_feature(
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def _moment_column(spec: EventSource, schema: DatasetSchema) -> str:
+    """The column of `spec.table` holding each row's moment (`at`, else its known_at)."""
+    return spec.at or schema.tables[spec.table].known_at
+
+
 def source_rows(
     spec: EventSource, schema: DatasetSchema, read: Callable[[str], pd.DataFrame]
-) -> tuple[pd.DataFrame, str]:
-    """(every row of `spec.table`, columns qualified; the qualified column of their moment)."""
-    at = f"{spec.table}.{spec.at or schema.tables[spec.table].known_at}"
-    return _qualified(read(spec.table), spec.table), at
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(the rows of `spec.table` that pass `where`, columns qualified; their hashed keys;
+    their moments)."""
+    rows = kept(_qualified(read(spec.table), spec.table), spec.where)
+    at = f"{spec.table}.{_moment_column(spec, schema)}"
+    return rows, id_values(rows, spec.source_keys()), rows[at].to_numpy(np.float64)
 
 
 def next_label(
@@ -278,8 +285,9 @@ def next_label(
     last moment (or the `below` bound of its time in `where`) or, for a training example of
     a time split, the test period's start."""
     spec = task.next_
-    rows, at = source_rows(spec, schema, read)
-    end = float(np.nanmax(rows[at].to_numpy(np.float64))) if len(rows) else -np.inf
+    every = read(spec.table)[_moment_column(spec, schema)].to_numpy(np.float64)
+    end = float(np.nanmax(every)) if len(every) else -np.inf
+    at = f"{spec.table}.{_moment_column(spec, schema)}"
     for f in spec.where:  # a window the rows are cut to ends the data there
         if f.column == at and f.below is not None:
             end = min(end, f.bounds()[1])
@@ -288,10 +296,8 @@ def next_label(
         # A training label must not read the test period: its horizon ends at the split.
         start = schema.split.start()
         end = np.where(t0 < start, min(start, end), end)
-    matched = kept(rows, spec.where)
-    events = _running(
-        id_values(matched, spec.source_keys()), matched[at].to_numpy(np.float64), None
-    )
+    _, event_keys, event_moments = source_rows(spec, schema, read)
+    events = _running(event_keys, event_moments, None)
     keys = id_values(frame, spec.by)
     horizon = t0 + spec.within_s if spec.within_s else np.full(len(t0), np.inf)
     until = _as_of(events, keys, horizon, inclusive=True)["count"].to_numpy()
@@ -318,10 +324,9 @@ def history_rows(
         )
         own = np.asarray(values[spec.of], np.float64) if spec.of is not None else None
         return id_values(frame, spec.by), known, own
-    rows, at = source_rows(spec, schema, read)
-    rows = kept(rows, spec.where)
+    rows, keys, known = source_rows(spec, schema, read)
     own = rows[f"{spec.table}.{spec.of}"].to_numpy(np.float64) if spec.of is not None else None
-    return id_values(rows, spec.source_keys()), rows[at].to_numpy(np.float64), own
+    return keys, known, own
 
 
 def served_values(schema: DatasetSchema, frame: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -272,8 +272,8 @@ class NextSpec(EventSource):
     """A label from what follows t0: the rows of `table` sharing the example's key at a moment
     after t0 and, with `within_s`, at most that many seconds after it (none: up to the data's
     end). A binary task is 1 when there is one, a regression counts them. With `within_s`, an
-    example whose horizon passes the table's last moment is unknown (censored): the data
-    cannot tell yet."""
+    example whose horizon passes the table's last moment (or, for a training example of a
+    time split, the test period's start) is unknown (censored): the data cannot tell yet."""
 
     table: Name
     within_s: int | None = Field(default=None, gt=0)
