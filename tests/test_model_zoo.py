@@ -15,6 +15,7 @@ from shopguide.metrics import task_metrics
 from shopguide.model.esmm import product_logit
 from shopguide.model.fit import FitSettings, fit, predict, settings_from_params
 from shopguide.model.store import load_model, save_model
+from shopguide.model.tensor_factorised import FactorisedLayer
 from shopguide.model.tensors import Tensors, time_split, to_tensors
 from shopguide.model.zoo import MODELS, build, parse_config
 from shopguide.train import build_model
@@ -87,23 +88,28 @@ def test_every_model_learns_and_round_trips(
     assert shared and len(shared) < len(list(model.parameters()))
 
 
+BALANCERS = ("uncertainty", "gradnorm", "pcgrad", "dwa", "mgda_ub", "alternating")
+
+
 @pytest.mark.parametrize(
     "balancing",
-    [{"loss_balancing": b} for b in ("uncertainty", "gradnorm", "pcgrad", "dwa")]
-    + [{"warmup_epochs": 1, "warmup_task": "buy"}],
-    ids=["uncertainty", "gradnorm", "pcgrad", "dwa", "staged"],
+    [{"loss_balancing": b} for b in BALANCERS] + [{"warmup_epochs": 1, "warmup_task": "buy"}],
+    ids=[*BALANCERS, "staged"],
 )
 def test_every_balancer_learns(balancing: dict, pipeline_run: PipelineRun, splits: tuple) -> None:
     params = small_params(pipeline_run.params, "shared_bottom", **balancing)
     _, result, metrics, _ = train_and_score(params, splits)
     assert_learns(metrics)
     weights = [[row[f"weight_{t}"] for t in params.protocol.tasks] for row in result.history]
-    if balancing.get("loss_balancing") in ("uncertainty", "gradnorm", "dwa"):
+    name, tasks = balancing.get("loss_balancing"), len(params.protocol.tasks)
+    if name in ("uncertainty", "gradnorm", "dwa", "mgda_ub"):
         assert weights[-1] != weights[0], "the task weights never moved"
-    if balancing.get("loss_balancing") in ("gradnorm", "dwa"):
-        assert sum(weights[-1]) == pytest.approx(len(params.protocol.tasks), rel=1e-4)
-    if balancing.get("loss_balancing") == "dwa":  # equal until two epochs have run
-        assert weights[0] == [1.0] * len(params.protocol.tasks)
+    if name in ("gradnorm", "dwa", "mgda_ub"):
+        assert sum(weights[-1]) == pytest.approx(tasks, rel=1e-4)
+    if name == "dwa":  # equal until two epochs have run
+        assert weights[0] == [1.0] * tasks
+    if name == "alternating":  # each task one step in `tasks`
+        assert weights[-1] == pytest.approx([1 / tasks] * tasks)
 
 
 def test_saved_mmoe_without_kind_still_loads() -> None:
@@ -122,6 +128,29 @@ def test_saved_mmoe_without_kind_still_loads() -> None:
         "dropout": 0.0,
     }
     assert parse_config(raw).kind == "mmoe"
+
+
+def test_soft_sharing_saved_with_sharing_l2_still_loads() -> None:
+    """Soft-sharing models saved before the penalty had a choice of norm carry `sharing_l2`:
+    they load as the L2 penalty with that weight."""
+    raw = {
+        "kind": "soft_sharing",
+        "tasks": ["cart"],
+        "dense_features": ["a"],
+        "dense_mean": [0.0],
+        "dense_std": [1.0],
+        "user_buckets": 5,
+        "item_buckets": 5,
+        "category_buckets": 5,
+        "embedding_dim": 2,
+        "expert_hidden": [4],
+        "tower_hidden": [2],
+        "dropout": 0.0,
+        "sharing_l2": 0.5,
+    }
+    config = parse_config(raw)
+    assert (config.sharing_weight, config.sharing_penalty) == (0.5, "l2")
+    assert parse_config(config.model_dump()) == config
 
 
 @pytest.mark.parametrize("name", ["mmoe", "esmm"])
@@ -172,6 +201,70 @@ def test_soft_sharing_penalty_pulls_bottoms_together(pipeline_run: PipelineRun) 
             for p in same[1:]:
                 p.copy_(same[0])
         assert model.penalty(logits).item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("penalty", ["l1", "trace_norm"])
+def test_soft_sharing_l1_and_trace_norm_penalties(penalty: str, pipeline_run: PipelineRun) -> None:
+    """l1: zero when every task's copy is the same; trace norm: equal copies stack into a
+    rank-1 matrix whose nuclear norm is sqrt(tasks) times one copy's length, and independent
+    copies (full rank) cost more."""
+    frame = pd.read_parquet(pipeline_run.training_set).head(200)
+    params = small_params(pipeline_run.params, "soft_sharing")
+    model_params = params.model.model_copy(
+        update={"sharing_penalty": penalty, "sharing_weight": 1.0}
+    )
+    model = build_model(frame, params.model_copy(update={"model": model_params}))
+    logits, tasks = torch.zeros(1, 3), len(model.bottoms)
+    with torch.no_grad():
+        spread = model.penalty(logits).item()
+        for same in zip(*(b.parameters() for b in model.bottoms), strict=True):
+            for p in same[1:]:
+                p.copy_(same[0])
+        tied = model.penalty(logits).item()
+        if penalty == "l1":
+            assert spread > 0 and tied == pytest.approx(0.0, abs=1e-9)
+        else:
+            lengths = sum(p.norm().item() for p in model.bottoms[0].parameters())
+            assert tied == pytest.approx(tasks**0.5 * lengths, rel=1e-4)
+            # independent random copies are near orthogonal: about tasks (not sqrt) lengths
+            assert spread > 1.5 * tied
+
+
+def test_factorised_layer_gives_each_task_its_mix_of_the_bases() -> None:
+    """A task's output is its own weights' layer, W_t = sum_k mix[t, k] basis[k], whether the
+    input is shared (the first layer) or per task (later layers)."""
+    torch.manual_seed(0)
+    layer = FactorisedLayer(tasks=3, in_dim=5, out_dim=4, rank=2, dropout=0.0)
+    x = torch.randn(7, 5)
+    weights = torch.einsum("tk,kio->tio", layer.mix, layer.basis)
+    expected = torch.relu(torch.einsum("bi,tio->tbo", x, weights) + layer.bias)
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+    assert torch.allclose(layer(x.expand(3, 7, 5)), expected, atol=1e-5)
+
+
+def test_each_category_its_own_task_layer(pipeline_run: PipelineRun, splits: tuple) -> None:
+    """`model.category_task_buckets`: the model starts as the one without the layer (a row's
+    scores do not depend on its category: no id embeddings), learns, and ends with scores
+    that do, through each category's own layer alone."""
+    params = small_params(pipeline_run.params, "mmoe")
+    params = params.model_copy(
+        update={"model": params.model.model_copy(update={"category_task_buckets": 1009})}
+    )
+    test = splits[2].head(500)
+    other = test.assign(category_id=test["category_id"] + 1)
+    tasks = params.protocol.tasks
+
+    def scores(model: torch.nn.Module, frame: pd.DataFrame) -> torch.Tensor:
+        return torch.from_numpy(predict(model, to_tensors(frame, tasks, model.config)))
+
+    torch.manual_seed(params.train.seed)
+    fresh = build_model(splits[0], params)
+    assert torch.equal(scores(fresh, test), scores(fresh, other))
+    model, _, metrics, _ = train_and_score(params, splits)
+    assert_learns(metrics)
+    assert not torch.allclose(scores(model, test), scores(model, other), atol=1e-4)
+    table = model.encoders[0].category_task
+    assert table is not None and table.weight.abs().sum() > 0
 
 
 def test_settings_reject_unknown_task_names(pipeline_run: PipelineRun) -> None:

@@ -7,6 +7,7 @@ refuses a model that forgot the old categories."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -35,9 +36,11 @@ from shopguide.registry import champion, register
 from shopguide.train import build_model
 from shopguide.transfer import STRATEGIES, Adapted, adapt, choose, transfer_data
 from shopguide.transfer.adversarial import reverse_gradient
+from shopguide.transfer.alignment import coral, mmd
 from shopguide.transfer.coldstart import initial_rows
 from shopguide.transfer.common import fit_rows, frame_metrics, tensors
 from shopguide.transfer.l2sp import L2SP
+from shopguide.transfer.meta import meta_initialise
 from tests.conftest import PipelineRun
 
 
@@ -65,12 +68,18 @@ def registry(pipeline_run: PipelineRun, tmp_path_factory: pytest.TempPathFactory
     return root
 
 
+def short(params: Params) -> Params:
+    """Fine-tuning of at most 3 epochs: what `runs` and the `auto` test train with."""
+    return _with(params, "finetune", max_epochs=3)
+
+
 @pytest.fixture(scope="module")
 def runs(pipeline_run: PipelineRun, frame: pd.DataFrame) -> dict[str, Adapted]:
     """Each strategy once, from the same pre-trained model, on the whole new-category budget."""
-    data = transfer_data(frame, pipeline_run.params)
+    params = short(pipeline_run.params)
+    data = transfer_data(frame, params)
     base = load_model(pipeline_run.pretrained)
-    return {n: adapt(copy.deepcopy(base), data, pipeline_run.params, n) for n in STRATEGIES}
+    return {n: adapt(copy.deepcopy(base), data, params, n) for n in STRATEGIES}
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
@@ -109,7 +118,7 @@ def test_full_strategies_move_the_shared_layers(
     runs: dict[str, Adapted], pipeline_run: PipelineRun
 ) -> None:
     base = load_model(pipeline_run.pretrained)
-    for name in ("l2sp", "adversarial"):
+    for name in ("l2sp", "adversarial", "mmd", "coral", "meta"):
         changed = _changed(runs[name].tuned, base)
         assert changed["experts.0.0.weight"] and changed["encoders.0.embedding.weight"], name
 
@@ -275,7 +284,13 @@ def test_auto_keeps_the_best_validation_score(
 ) -> None:
     """`finetune.strategy: auto` through the step: every strategy's validation score recorded
     (equal to its own run's), the best one kept and saved."""
-    params = _with(pipeline_run.params, "finetune", strategy="auto")
+    # three of the strategies (every one is in `runs`): enough to test the choice
+    params = _with(
+        short(pipeline_run.params),
+        "finetune",
+        strategy="auto",
+        auto_strategies=("frozen", "l2sp", "coral"),
+    )
     metrics = finetune_step(
         pipeline_run.training_set,
         pipeline_run.pretrained,
@@ -285,7 +300,8 @@ def test_auto_keeps_the_best_validation_score(
         params,
     )
     scores, drops = metrics["validation_mean_auc"], metrics["old_category_validation_drop"]
-    assert scores == pytest.approx({n: r.validation[n] for n, r in runs.items()}, abs=1e-9)
+    tried = params.finetune.auto_strategies
+    assert scores == pytest.approx({n: runs[n].validation[n] for n in tried}, abs=1e-9)
     tolerance = params.gate.max_old_category_drop
     kept = {n: s for n, s in scores.items() if drops[n] <= tolerance} or None
     assert metrics["chosen_strategy"] == (
@@ -493,3 +509,79 @@ def test_transfer_benchmark_targets_are_paired_gaps_to_scratch(
         assert r["met"] == (r["gap"] > 0)
     assert any(r["met"] for r in pooled) and not all(r["met"] for r in pooled)
     assert "(coldstart)" in bench.pooled_markdown(pooled)
+
+
+def test_alignment_distances_see_a_shift_and_a_spread() -> None:
+    """MMD is near zero between two samples of one distribution and large between shifted
+    ones; CORAL is zero for equal covariances whatever the means, positive for a spread."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(400, 8, generator=generator) for _ in range(2))
+    assert abs(mmd(a, b).item()) < 0.02 < 0.5 < mmd(a, b + 2.0).item()
+    assert coral(a, a + 5.0).item() == pytest.approx(0.0, abs=1e-9)
+    assert coral(a, 3.0 * b).item() > 10 * coral(a, b).item()
+
+
+def test_alignment_strategies_bring_the_domains_together(
+    pipeline_run: PipelineRun, frame: pd.DataFrame
+) -> None:
+    """One epoch of each (half the labelled budget) from the same pre-trained weights,
+    without and with a strong penalty: the penalised run ends with the old and new
+    categories' shared representations closer by its own distance, measured on the same
+    2,000 rows of each."""
+    params = _with(pipeline_run.params, "finetune", max_epochs=1, isolate=False, replay_ratio=1.0)
+    data = transfer_data(frame, params, budget=0.5)
+    base = load_model(pipeline_run.pretrained)
+    # On the sample the old and new categories' representations barely differ (MMD about
+    # 0): the new side is made the busiest tenth of users' rows, a shift to align.
+    busiest = data.unlabelled.nlargest(len(data.unlabelled) // 10, base.config.dense_features[0])
+    data = dataclasses.replace(data, unlabelled=busiest)
+    old, new = tensors(base, data.old), tensors(base, data.unlabelled)
+    rows = [
+        torch.randperm(len(d), generator=torch.Generator().manual_seed(0))[:2000]
+        for d in (old, new)
+    ]
+
+    def distances(model: MultiTaskModel) -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            a, b = (
+                model.shared_representation(model.encode(*d.take(r).inputs()))
+                for d, r in zip((old, new), rows, strict=True)
+            )
+        return {"mmd": mmd(a, b).item(), "coral": coral(a, b).item()}
+
+    free = load_model(pipeline_run.pretrained)
+    adapt(free, data, _with(params, "finetune", mmd_weight=0.0), "mmd")
+    unaligned = distances(free)
+    for name, weight in (("mmd", 100.0), ("coral", 1e5)):
+        model = load_model(pipeline_run.pretrained)
+        adapt(model, data, _with(params, "finetune", **{f"{name}_weight": weight}), name)
+        assert unaligned[name] > 0 and distances(model)[name] < 0.5 * unaligned[name], (
+            name,
+            unaligned,
+        )
+
+
+def test_meta_initialisation_moves_part_way_to_each_categorys_steps(
+    pipeline_run: PipelineRun, frame: pd.DataFrame
+) -> None:
+    """One Reptile iteration with step size 1 ends where the inner steps ended; with 0.5, half
+    way there from the same start (same category, batches and dropout)."""
+    data = transfer_data(frame, pipeline_run.params)
+    start = load_model(pipeline_run.pretrained)
+    moved = {}
+    for size in (1.0, 0.5):
+        params = _with(pipeline_run.params, "finetune", meta_iterations=1, meta_step_size=size)
+        model = copy.deepcopy(start)
+        torch.manual_seed(0)
+        drawn = meta_initialise(model, data, params)
+        moved[size] = torch.cat(
+            [
+                (p - q).detach().flatten()
+                for p, q in zip(model.parameters(), start.parameters(), strict=True)
+            ]
+        )
+    sizes = data.old["category_id"].value_counts()
+    assert drawn == int((sizes >= 32).sum()) > 0
+    assert moved[1.0].abs().max() > 0
+    assert torch.allclose(moved[0.5], 0.5 * moved[1.0], atol=1e-6)

@@ -217,7 +217,15 @@ class FeatureParams(Strict):
 
 
 ModelName = Literal[
-    "single_task", "shared_bottom", "soft_sharing", "cross_stitch", "mmoe", "ple", "esmm", "aitm"
+    "single_task",
+    "shared_bottom",
+    "soft_sharing",
+    "cross_stitch",
+    "tensor_factorised",
+    "mmoe",
+    "ple",
+    "esmm",
+    "aitm",
 ]
 
 
@@ -238,7 +246,17 @@ class ModelParams(Strict):
     tower_hidden: tuple[PositiveInt, ...] = (32,)
     dropout: Fraction = 0.1
     wide: bool = True  # a linear term on the dense features in every head (Wide & Deep)
-    sharing_l2: Annotated[float, Field(ge=0)] = 1e-4  # soft sharing: pull toward the mean
+    # soft sharing: the penalty that ties each layer's task copies (l2 or l1 pull toward
+    # their mean, or trace_norm: toward a low-rank family) and its weight
+    sharing_penalty: Literal["l2", "l1", "trace_norm"] = "l2"
+    sharing_weight: Annotated[float, Field(ge=0)] = 1e-4
+    # Each category its own task: rows (categories hashed to them) of a per-category task
+    # layer, a bias and a linear term on the dense features per task, added to the logit
+    # beside the shared model (sparse gradients like the id tables). 0: none.
+    category_task_buckets: Annotated[int, Field(ge=0)] = 0
+    # tensor_factorised: shared bases of every task's layer weights (below the number of tasks
+    # the tasks must share; at it they may be independent)
+    factor_rank: PositiveInt = 2
     chain: dict[str, str] = Field(default_factory=lambda: {"buy": "cart"})  # ESMM child: parent
     calibration_weight: Annotated[float, Field(ge=0)] = 0.0  # AITM funnel calibrator
     # How every model reads the user's recent events (features.sequence_length of them): din,
@@ -261,7 +279,10 @@ class TrainParams(Strict):
     max_epochs: PositiveInt = 20
     patience: PositiveInt = 3
     validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
-    loss_balancing: Literal["fixed", "uncertainty", "gradnorm", "pcgrad", "dwa"] = "fixed"
+    # How task losses make one update (shopguide.model.balance; README, "Models").
+    loss_balancing: Literal[
+        "fixed", "uncertainty", "gradnorm", "pcgrad", "dwa", "mgda_ub", "alternating"
+    ] = "fixed"
     task_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     gradnorm_alpha: Annotated[float, Field(ge=0)] = 1.5
     dwa_temperature: Annotated[float, Field(gt=0)] = 2.0  # dwa: lower, sharper weights
@@ -297,7 +318,7 @@ class TrainParams(Strict):
         return self
 
 
-TransferStrategy = Literal["frozen", "l2sp", "adversarial", "coldstart"]
+TransferStrategy = Literal["frozen", "l2sp", "adversarial", "coldstart", "mmd", "coral", "meta"]
 
 
 class FinetuneParams(Strict):
@@ -316,17 +337,33 @@ class FinetuneParams(Strict):
     max_epochs: PositiveInt = 10
     patience: PositiveInt = 2
     # How to adapt (shopguide.transfer): frozen shared layers, L2-SP, adversarial (gradient
-    # reversal), cold-start rows, or `auto`: each of `auto_strategies`, best on validation.
+    # reversal), MMD or CORAL alignment, a meta-learned (Reptile) start, cold-start rows, or
+    # `auto`: each of `auto_strategies`, best on validation.
     strategy: TransferStrategy | Literal["auto"] = "l2sp"
     auto_strategies: Annotated[tuple[TransferStrategy, ...], Field(min_length=1)] = (
         "frozen",
         "l2sp",
         "adversarial",
+        "mmd",
+        "coral",
+        "meta",
         "coldstart",
     )
     full_learning_rate: LearningRate = 3e-4  # l2sp / adversarial: every layer
     l2sp_lambda: Annotated[float, Field(ge=0)] = 0.01  # pull toward the pre-trained weights
     adversarial_weight: Annotated[float, Field(ge=0)] = 0.1  # domain loss through the GRL
+    # Weights of the distance between the domains' shared representations: mmd (MMD^2 under
+    # Gaussian kernels, about 0.01-0.03 on Taobao's old and new categories at the start) and
+    # coral (covariance distance over 4 d^2, about 1e-4 there): scaled alike.
+    mmd_weight: Annotated[float, Field(ge=0)] = 1.0
+    coral_weight: Annotated[float, Field(ge=0)] = 100.0
+    # meta: Reptile over the old categories before fine-tuning: iterations (one category
+    # each), Adam steps per category and their learning rate, and how far each iteration
+    # moves the weights toward where its steps ended
+    meta_iterations: PositiveInt = 100
+    meta_inner_steps: PositiveInt = 5
+    meta_inner_lr: LearningRate = 1e-3
+    meta_step_size: Annotated[float, Field(gt=0, le=1)] = 0.1
     # Old categories' train exposures replayed per new-category exposure while adapting.
     replay_ratio: Annotated[float, Field(ge=0)] = 2.0  # as params.yaml: what keeps forgetting low
     # Parameter isolation (shopguide.model.routed): the fine-tuned copy scores only the new

@@ -50,7 +50,7 @@ class AITM(MultiTaskModel):
     def shared_modules(self) -> list[nn.Module]:
         return [self.bottoms]
 
-    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def task_logits(self, x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         z = self.bottoms[0](x)
         logits = [self.towers[0](z)]
         for i in range(1, len(self.towers)):

@@ -1,10 +1,13 @@
 """Ways to turn per-task losses into one update: fixed weights, uncertainty weighting (Kendall
-et al., CVPR 2018), GradNorm (Chen et al., ICML 2018), PCGrad (Yu et al., NeurIPS 2020) and
-dynamic weight averaging (Liu et al., CVPR 2019). Each sets `.grad` on the trainable
+et al., CVPR 2018), GradNorm (Chen et al., ICML 2018), PCGrad (Yu et al., NeurIPS 2020),
+dynamic weight averaging (Liu et al., CVPR 2019), MGDA-UB, the multiple-gradient descent
+toward a Pareto-stationary point (Sener and Koltun, NeurIPS 2018), and alternating
+optimisation (one task's loss per step, round robin). Each sets `.grad` on the trainable
 parameters; the optimizer step stays the caller's."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -24,8 +27,9 @@ class Balancer(nn.Module):
         representation: torch.Tensor,
         params: list[nn.Parameter],
     ) -> None:
-        """`losses` (tasks,), `extra` the regularisers, `representation` the shared input
-        tensor the heads consumed, `params` the trainable model parameters."""
+        """`losses` (tasks,), `extra` the regularisers, `representation` the model's
+        `shared_output` (the last activations every task reads), `params` the trainable
+        model parameters."""
         ((self.task_weights * losses).sum() + extra).backward()
 
     def after_step(self) -> None:
@@ -206,6 +210,99 @@ class DynamicWeightAverage(Balancer):
         return (self.dynamic * self.task_weights).tolist()
 
 
+def min_norm_weights(gram: np.ndarray, steps: int = 25) -> np.ndarray:
+    """The convex weights a (summing to 1) of the shortest vector in the convex hull of
+    gradients whose Gram matrix is `gram` (tasks, tasks): min a^T G a, by Frank-Wolfe with
+    exact line search, as MGDA's solver (Sener and Koltun, Algorithm 2). In NumPy: on a
+    tasks x tasks matrix, torch's per-operation overhead would cost more than the step's
+    extra backward passes."""
+    tasks = len(gram)
+    alpha = np.full(tasks, 1.0 / tasks)
+    for _ in range(steps):
+        towards = gram @ alpha
+        t = int(np.argmin(towards))
+        vv, vg, gg = float(alpha @ towards), float(towards[t]), float(gram[t, t])
+        denominator = vv - 2 * vg + gg
+        if denominator <= 1e-12:
+            break
+        step = min(max((vv - vg) / denominator, 0.0), 1.0)
+        if step <= 1e-6:
+            break
+        alpha = (1 - step) * alpha
+        alpha[t] += step
+    return alpha
+
+
+class MGDAUpperBound(Balancer):
+    """MGDA-UB: each step, the task weights whose combination of the tasks' gradients on the
+    shared activations is shortest (the min-norm point of their convex hull: a direction that
+    lowers no task's loss at the others' cost, to first order). The paper's upper bound takes
+    the gradients on the shared activations instead of the shared parameters: one backward
+    pass per task through the task's own layers. Gradients are normalised by their norms first
+    (the paper's loss+ normalisation would need the initial losses), and the weights scaled to
+    sum to the number of tasks, so the step size is fixed weighting's."""
+
+    def __init__(self, weights: list[float]) -> None:
+        super().__init__(weights)
+        self.register_buffer("latest", torch.tensor(weights, dtype=torch.float32))
+
+    def backward(
+        self,
+        losses: torch.Tensor,
+        extra: torch.Tensor,
+        representation: torch.Tensor,
+        params: list[nn.Parameter],
+    ) -> None:
+        weighted = self.task_weights * losses
+        grads = torch.stack(
+            [
+                torch.autograd.grad(loss, representation, retain_graph=True)[0].flatten()
+                for loss in weighted
+            ]
+        ).float()
+        grads = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        if dist.is_available() and dist.is_initialized():  # every process the same weights
+            gram = grads @ grads.T
+            dist.all_reduce(gram)
+        else:
+            gram = grads @ grads.T
+        solved = min_norm_weights(gram.detach().double().cpu().numpy()) * len(losses)
+        alpha = torch.from_numpy(solved).float().to(losses.device)
+        self.latest.copy_(alpha)
+        ((alpha.detach() * weighted).sum() + extra).backward()
+
+    def current_weights(self) -> list[float]:
+        return (self.latest * self.task_weights).tolist()
+
+
+class Alternating(Balancer):
+    """Alternating optimisation: each step trains one task's loss (times its fixed weight),
+    the tasks taking turns in a fixed round robin; regularisers every step. The cheapest
+    balancer (one task's tower gets gradients per step) and the classic way to train tasks
+    whose losses pull shared layers apart; every task sees a step in len(tasks)."""
+
+    def __init__(self, weights: list[float]) -> None:
+        super().__init__(weights)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def backward(
+        self,
+        losses: torch.Tensor,
+        extra: torch.Tensor,
+        representation: torch.Tensor,
+        params: list[nn.Parameter],
+    ) -> None:
+        turn = int(self.step) % len(losses)
+        (self.task_weights[turn] * losses[turn] + extra).backward()
+
+    def after_step(self) -> None:
+        self.step += 1
+
+    def current_weights(self) -> list[float]:
+        """Each task's weight averaged over one round: its fixed weight over len(tasks)."""
+        return (self.task_weights / len(self.task_weights)).tolist()
+
+
 def make_balancer(
     name: str, weights: list[float], gradnorm_alpha: float, dwa_temperature: float = 2.0
 ) -> Balancer:
@@ -217,4 +314,8 @@ def make_balancer(
         return GradNorm(weights, gradnorm_alpha)
     if name == "pcgrad":
         return PCGrad(weights)
+    if name == "mgda_ub":
+        return MGDAUpperBound(weights)
+    if name == "alternating":
+        return Alternating(weights)
     return Balancer(weights)

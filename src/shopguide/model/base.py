@@ -61,6 +61,8 @@ class ModelConfig(BaseModel):
     # Dense inputs are counts, log1p'd before standardising; False: declared numerics (already
     # transformed as their schema says), standardised as given.
     dense_log1p: bool = True
+    # Rows of the per-category task layer (categories hashed to them); 0: none.
+    category_task_buckets: int = 0
 
     def table_buckets(self) -> tuple[int, int, int]:
         """Rows of the user, item and category parts of the embedding table (1: not embedded,
@@ -247,11 +249,26 @@ class Encoder(nn.Module):
         )
         if self.bag_wide is not None:
             nn.init.zeros_(self.bag_wide.weight)
+        # With `config.category_task_buckets`, each category (hashed to one of that many rows)
+        # is its own task: per head output a bias and a linear term on the standardised dense
+        # features of its own, added to the head's logit. Also carried before `dense`; zero
+        # at the start, so the model starts as the one without it.
+        heads = sum(config.head_widths())
+        self.category_width = heads if config.category_task_buckets else 0
+        self.category_task = (
+            nn.Embedding(config.category_task_buckets, heads * (self.dense_width + 1))
+            if self.category_width
+            else None
+        )
+        if self.category_task is not None:
+            nn.init.zeros_(self.category_task.weight)
+        self.heads_width = heads
         self.out_dim = (
             self.id_width
             + config.sequence_width()
             + config.side_width()
             + self.wide_width
+            + self.category_width
             + self.dense_width
         )
 
@@ -274,8 +291,9 @@ class Encoder(nn.Module):
         self.idf.copy_(idf.float())
 
     def tables(self) -> list[nn.Module]:
-        """Its embedding tables: the ids', then the declared fields' and bags' if any."""
-        tables = (self.embedding, self.fields, self.bags, self.bag_wide)
+        """Its embedding tables: the ids', then the declared fields', the bags' and the
+        per-category task layer's if any."""
+        tables = (self.embedding, self.fields, self.bags, self.bag_wide, self.category_task)
         return [t for t in tables if t is not None]
 
     def rows(self, user: torch.Tensor, item: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
@@ -313,6 +331,10 @@ class Encoder(nn.Module):
         if self.bag_wide is not None:
             wide = self.bag_wide(tokens, per_sample_weights=weights)
             parts.append(wide.view(bags.shape[0], bags.shape[1], -1).sum(1))
+        if self.category_task is not None:  # (batch, heads, dense + 1) per row's category
+            rows = (category * _HASH) % self.category_task.num_embeddings
+            layer = self.category_task(rows).view(len(dense), self.category_width, -1)
+            parts.append(torch.bmm(layer[..., :-1], dense.unsqueeze(2)).squeeze(2) + layer[..., -1])
         return torch.cat([*parts, dense], dim=1)
 
     def split(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,11 +342,13 @@ class Encoder(nn.Module):
         return block[:, : self.id_width], block[:, block.shape[1] - self.dense_width :]
 
     def wide(self, block: torch.Tensor) -> torch.Tensor | None:
-        """A `forward` output's linear term of the token bags per head output, if any."""
-        if not self.wide_width:
+        """A `forward` output's per-head terms to add to the logits (the token bags' linear
+        term, the category's own task layer), summed; None when it has neither."""
+        width = self.wide_width + self.category_width
+        if not width:
             return None
         end = block.shape[1] - self.dense_width
-        return block[:, end - self.wide_width : end]
+        return block[:, end - width : end].unflatten(1, (-1, self.heads_width)).sum(1)
 
 
 class OutputLayer(nn.Module):
@@ -358,9 +382,10 @@ class OutputLayer(nn.Module):
 
 class MultiTaskModel(nn.Module):
     """Base of every model: `encode` turns raw inputs into the input representation, `heads`
-    turns it into one logit per task (`task_logits` of the subclass plus the shared output
-    layer, then `combine`). Splitting encode and heads lets GradNorm weigh task gradients on
-    the representation."""
+    turns it into one logit per task (`task_logits` of the subclass, from the representation
+    and the layer every task reads, `shared_output`, plus the shared output layer, then
+    `combine`). GradNorm and MGDA-UB weigh the tasks' gradients on `shared_output`, so each
+    task's extra backward pass runs through its own layers only."""
 
     config: ModelConfig
 
@@ -384,17 +409,24 @@ class MultiTaskModel(nn.Module):
         """`encode`'s output `x` as (id embeddings, dense features), one pair per encoder."""
         return [e.split(b) for e, b in zip(self.encoders, x.split(self.in_dim, dim=1), strict=True)]
 
-    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The towers' outputs side by side, (batch, sum of `config.head_widths()`)."""
+    def shared_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The last activations every task reads, from `encode`'s output `x` (a shared bottom's
+        output, MMoE's experts); `x` itself for a model whose tasks share nothing beyond it."""
+        return x
+
+    def task_logits(self, x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """The towers' outputs side by side, (batch, sum of `config.head_widths()`), from the
+        representation `x` and `shared = shared_output(x)`."""
         raise NotImplementedError
 
     def combine(self, logits: torch.Tensor) -> torch.Tensor:
         """Heads computed from other heads' logits (ESMM's chain); others as they are."""
         return logits
 
-    def heads(self, x: torch.Tensor) -> torch.Tensor:
-        """Every head's outputs side by side, (batch, sum of `config.head_widths()`)."""
-        logits = self.task_logits(x)
+    def heads(self, x: torch.Tensor, shared: torch.Tensor | None = None) -> torch.Tensor:
+        """Every head's outputs side by side, (batch, sum of `config.head_widths()`);
+        `shared`: `shared_output(x)` when the caller has it already."""
+        logits = self.task_logits(x, self.shared_output(x) if shared is None else shared)
         if self.output is not None:
             first = x[:, : self.in_dim]
             logits = logits + self.output(self.encoders[0].split(first)[1])

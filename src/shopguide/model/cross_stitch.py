@@ -44,7 +44,7 @@ class CrossStitch(MultiTaskModel):
     def shared_modules(self) -> list[nn.Module]:
         return [self.columns, self.stitches]
 
-    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def task_logits(self, x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         hs = [x] * len(self.towers)
         for layer, stitch in zip(self.columns, self.stitches, strict=True):
             out = torch.stack([f(h) for f, h in zip(layer, hs, strict=True)], dim=1)  # (B,T,H)

@@ -58,7 +58,7 @@ class ESMM(MultiTaskModel):
             for task, rate in zip(tasks, rates, strict=True)
         ]
 
-    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def task_logits(self, x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         return torch.cat([t(x) for t in self.towers], dim=1)
 
     def combine(self, logits: torch.Tensor) -> torch.Tensor:

@@ -391,7 +391,10 @@ def _fit(
                     representation = model.encode(*batch.inputs())
                     if not representation.requires_grad:  # frozen encoders; GradNorm needs it
                         representation.requires_grad_()
-                    logits = heads(representation).float()
+                    shared = model.shared_output(representation)
+                    if not shared.requires_grad:  # frozen shared layers
+                        shared.requires_grad_()
+                    logits = heads(representation, shared).float()
                 losses = task_losses(
                     logits, batch.labels, len(tasks), model.config.aux_tasks, batch.pointwise
                 )
@@ -418,7 +421,7 @@ def _fit(
                 if epoch < settings.warmup_epochs:
                     ((mask * losses).sum() + extra).backward()
                 else:
-                    balancer.backward(losses, extra, representation, params)
+                    balancer.backward(losses, extra, shared, params)
                 if size > 1:
                     _all_reduce_grads([*params, *balancer.parameters()], size)
                 optimizer.step()

@@ -32,7 +32,11 @@ class MMoE(MultiTaskModel):
         return [self.experts]
 
     def shared_representation(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([e(x) for e in self.experts], dim=1).mean(dim=1)
+        return self.shared_output(x).mean(dim=1)
+
+    def shared_output(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expert's output, (B, E, H)."""
+        return parallel_mlps(self.experts, x)
 
     def _gates(self, x: torch.Tensor) -> torch.Tensor:
         """Every task's gate weights in one matmul: (B, T, E)."""
@@ -43,14 +47,13 @@ class MMoE(MultiTaskModel):
         ).unflatten(1, (len(self.gates), -1))
         return torch.softmax(logits, dim=2)
 
-    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
-        experts = parallel_mlps(self.experts, x)  # (B, E, H)
-        mixed = torch.bmm(self._gates(x), experts)  # (B, T, H)
+    def task_logits(self, x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        mixed = torch.bmm(self._gates(x), shared)  # (B, T, H)
         return torch.cat([t(mixed[:, i]) for i, t in enumerate(self.towers)], dim=1)
 
     def expert_probes(self, x: torch.Tensor) -> tuple[dict, dict]:
         """({task: gate weights (B, E)}, {expert: outputs (B, H)}) for `shopguide.model.experts`."""
-        gates, experts = self._gates(x), parallel_mlps(self.experts, x)
+        gates, experts = self._gates(x), self.shared_output(x)
         names = self.config.head_names()
         return (
             {t: gates[:, i] for i, t in enumerate(names)},

@@ -75,7 +75,7 @@ class PLE(MultiTaskModel):
         experts = [m for level in self.levels for m in (level.task_experts, level.shared_experts)]
         return experts
 
-    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def task_logits(self, x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         task_in, shared_in = [x] * len(self.towers), x
         for level in self.levels:
             task_in, shared_in = level(task_in, shared_in)

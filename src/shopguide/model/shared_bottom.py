@@ -27,6 +27,8 @@ class SharedBottom(MultiTaskModel):
     def shared_modules(self) -> list[nn.Module]:
         return [self.bottom]
 
-    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.bottom(x)
-        return torch.cat([t(h) for t in self.towers], dim=1)
+    def shared_output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bottom(x)
+
+    def task_logits(self, x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t(shared) for t in self.towers], dim=1)

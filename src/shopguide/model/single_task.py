@@ -28,7 +28,7 @@ class SingleTask(MultiTaskModel):
     def shared_modules(self) -> list[nn.Module]:
         return [self.bottoms]
 
-    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def task_logits(self, x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         blocks = x.split(self.in_dim, dim=1)
         return torch.cat(
             [t(b(block)) for block, b, t in zip(blocks, self.bottoms, self.towers, strict=True)],

@@ -1,11 +1,16 @@
-"""Soft parameter sharing (Duong et al., 2015): a bottom per task over shared embeddings, with
-an L2 penalty pulling each task's bottom weights toward their mean across tasks."""
+"""Soft parameter sharing: a bottom per task over shared embeddings, each layer's task copies
+tied by a penalty instead of being one layer. `l2` pulls each copy toward the tasks' mean
+(Duong et al., 2015); `l1` does the same with absolute deviations, so most weights end up
+exactly shared and a few differ; `trace_norm` penalises the nuclear norm of the copies stacked
+as a (tasks, weights) matrix, pushing them toward a low-rank family rather than one mean
+(Yang and Hospedales, ICLR 2017 workshop)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
+from pydantic import AliasChoices, Field
 from torch import nn
 
 from shopguide.model.base import ModelConfig, MultiTaskModel, mlp, tower
@@ -14,7 +19,9 @@ from shopguide.model.base import ModelConfig, MultiTaskModel, mlp, tower
 class SoftSharingConfig(ModelConfig):
     kind: Literal["soft_sharing"] = "soft_sharing"
     expert_hidden: tuple[int, ...]
-    sharing_l2: float
+    # saved before the penalty had a choice of norm: `sharing_l2`, the L2 penalty's weight
+    sharing_weight: float = Field(validation_alias=AliasChoices("sharing_weight", "sharing_l2"))
+    sharing_penalty: Literal["l2", "l1", "trace_norm"] = "l2"
 
 
 class SoftSharing(MultiTaskModel):
@@ -29,13 +36,21 @@ class SoftSharing(MultiTaskModel):
     def shared_modules(self) -> list[nn.Module]:
         return [self.bottoms]
 
-    def task_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def task_logits(self, x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         return torch.cat([t(b(x)) for b, t in zip(self.bottoms, self.towers, strict=True)], dim=1)
 
     def penalty(self, logits: torch.Tensor) -> torch.Tensor:
-        """sharing_l2 * sum over tensors and tasks of ||W_task - mean_tasks(W)||^2."""
+        """sharing_weight times the sum over the bottoms' tensors of: ||W - mean_tasks(W)||^2
+        (l2), |W - mean_tasks(W)| (l1), or the nuclear norm of the tasks' copies (trace_norm)."""
         total = logits.new_zeros(())
         for same in zip(*(b.parameters() for b in self.bottoms), strict=True):
-            stacked = torch.stack(same)
-            total = total + (stacked - stacked.mean(dim=0)).pow(2).sum()
-        return self.config.sharing_l2 * total
+            stacked = torch.stack(same).flatten(1)  # (tasks, weights)
+            if self.config.sharing_penalty == "trace_norm":
+                total = total + torch.linalg.matrix_norm(stacked, ord="nuc")
+                continue
+            deviation = stacked - stacked.mean(dim=0)
+            if self.config.sharing_penalty == "l1":
+                total = total + deviation.abs().sum()
+            else:
+                total = total + deviation.pow(2).sum()
+        return self.config.sharing_weight * total

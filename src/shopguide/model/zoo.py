@@ -18,12 +18,14 @@ from shopguide.model.ple import PLE, PLEConfig
 from shopguide.model.shared_bottom import SharedBottom, SharedBottomConfig
 from shopguide.model.single_task import SingleTask, SingleTaskConfig
 from shopguide.model.soft_sharing import SoftSharing, SoftSharingConfig
+from shopguide.model.tensor_factorised import TensorFactorised, TensorFactorisedConfig
 
 MODELS: dict[str, tuple[type[ModelConfig], type[MultiTaskModel]]] = {
     "single_task": (SingleTaskConfig, SingleTask),
     "shared_bottom": (SharedBottomConfig, SharedBottom),
     "soft_sharing": (SoftSharingConfig, SoftSharing),
     "cross_stitch": (CrossStitchConfig, CrossStitch),
+    "tensor_factorised": (TensorFactorisedConfig, TensorFactorised),
     "mmoe": (MMoEConfig, MMoE),
     "ple": (PLEConfig, PLE),
     "esmm": (ESMMConfig, ESMM),
@@ -35,6 +37,7 @@ AnyConfig = Annotated[
     | SharedBottomConfig
     | SoftSharingConfig
     | CrossStitchConfig
+    | TensorFactorisedConfig
     | MMoEConfig
     | PLEConfig
     | ESMMConfig

@@ -20,7 +20,7 @@ from shopguide.errors import ShopguideError
 from shopguide.metrics import mean_metric
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.routed import AnyModel, CategoryRule, Routed, split_routes
-from shopguide.transfer import adversarial, coldstart, frozen, l2sp
+from shopguide.transfer import adversarial, alignment, coldstart, frozen, l2sp, meta
 from shopguide.transfer.common import Outcome, frame_metrics
 from shopguide.transfer.data import TransferData, transfer_data, user_budget
 
@@ -31,6 +31,9 @@ STRATEGIES: dict[str, Callable[[MultiTaskModel, TransferData, Params], Outcome]]
     "l2sp": l2sp.adapt,
     "adversarial": adversarial.adapt,
     "coldstart": coldstart.adapt,
+    "mmd": alignment.adapter("mmd"),
+    "coral": alignment.adapter("coral"),
+    "meta": meta.adapt,
 }
 
 __all__ = [

@@ -16,6 +16,7 @@ from shopguide.model.base import MultiTaskModel
 from shopguide.model.tensors import Tensors
 from shopguide.transfer.common import Outcome, fine_tune, tensors
 from shopguide.transfer.data import TransferData
+from shopguide.transfer.domains import DomainSampler
 
 HIDDEN = 32
 
@@ -44,48 +45,30 @@ class DomainLoss:
     def __init__(
         self,
         model: MultiTaskModel,
-        old: Tensors,
-        new: Tensors,
+        domains: DomainSampler,
         weight: float,
-        batch_size: int,
-        seed: int,
         device: str = "cpu",
     ) -> None:
-        self.old, self.new, self.weight = old, new, weight
-        self.half = max(batch_size // 2, 1)
-        self.generator = torch.Generator().manual_seed(seed)
-        width = model.shared_representation(model.encode(*old.take(torch.arange(1)).inputs()))
+        self.domains, self.weight = domains, weight
         self.classifier = nn.Sequential(
-            nn.Linear(width.shape[1], HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1)
+            nn.Linear(domains.width(model), HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1)
         ).to(device)
-        self.domain = torch.cat([torch.zeros(self.half), torch.ones(self.half)]).to(device)
-
-    def _draw(self, data: Tensors, device: torch.device) -> tuple[torch.Tensor, ...]:
-        index = torch.randint(len(data), (self.half,), generator=self.generator)
-        return tuple(t.to(device) for t in data.take(index).inputs())
+        half = domains.half
+        self.domain = torch.cat([torch.zeros(half), torch.ones(half)]).to(device)
 
     def __call__(self, model: MultiTaskModel, batch: Tensors, rep: torch.Tensor) -> torch.Tensor:
-        inputs = zip(
-            self._draw(self.old, rep.device), self._draw(self.new, rep.device), strict=True
-        )
-        both = [torch.cat(pair) for pair in inputs]
-        shared = model.shared_representation(model.encode(*both))
-        logits = self.classifier(reverse_gradient(shared.float(), self.weight)).squeeze(1)
+        shared = self.domains.shared(model, rep.device)
+        logits = self.classifier(reverse_gradient(shared, self.weight)).squeeze(1)
         return F.binary_cross_entropy_with_logits(logits, self.domain.to(rep.device))
 
 
 def adapt(model: MultiTaskModel, data: TransferData, params: Params) -> Outcome:
     f, t = params.finetune, params.train
     device = "cuda" if t.device != "cpu" and torch.cuda.is_available() else "cpu"
-    domain = DomainLoss(
-        model,
-        tensors(model, data.old),
-        tensors(model, data.unlabelled),
-        f.adversarial_weight,
-        t.batch_size,
-        t.seed,
-        device,
+    domains = DomainSampler(
+        tensors(model, data.old), tensors(model, data.unlabelled), t.batch_size, t.seed
     )
+    domain = DomainLoss(model, domains, f.adversarial_weight, device)
     return fine_tune(
         model,
         data,
