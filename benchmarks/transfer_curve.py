@@ -277,6 +277,48 @@ def summarise(
     return rows
 
 
+def efficiency(rows: list[dict]) -> list[dict]:
+    """Transfer efficiency in compute: per task and method, the smallest budget whose seed-mean
+    new-category AUC reaches the from-scratch model's at 100% of the data, with the wall time
+    of that run against scratch's at 100% (fine-tuning only: the pre-training is paid once for
+    every fold of new categories, and the pre-trained model's own row costs nothing)."""
+    frame = pd.DataFrame(rows)
+    out = []
+    for task, part in frame.groupby("task", sort=False):
+        goal = part[(part["method"] == "scratch") & (part["budget_percent"] == 100)].iloc[0]
+        for method, runs in part.groupby("method", sort=False):
+            reached = runs[runs["auc"] >= goal["auc"]].sort_values("budget_percent")
+            first = reached.iloc[0] if len(reached) else None
+            out.append(
+                {
+                    "task": task,
+                    "method": method,
+                    "goal_auc": float(goal["auc"]),
+                    "goal_seconds": float(goal["seconds"]),
+                    "budget_percent": None if first is None else int(first["budget_percent"]),
+                    "seconds": None if first is None else float(first["seconds"]),
+                }
+            )
+    return out
+
+
+def efficiency_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| task | method | first budget reaching scratch's 100% AUC | its seconds | "
+        "scratch at 100%: AUC, seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        budget, seconds = r["budget_percent"], r["seconds"]
+        first = "never" if budget is None else f"{budget}%"
+        took = "-" if seconds is None else f"{seconds:.0f}"
+        lines.append(
+            f"| {r['task']} | {r['method']} | {first} | {took} | "
+            f"{r['goal_auc']:.3f}, {r['goal_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def seed_mean_draws(
     labels: np.ndarray, probs: list[np.ndarray], rounds: int, task: int
 ) -> np.ndarray:
@@ -550,6 +592,7 @@ def run_fold(
             "bootstrap": args.bootstrap,
             "rows": rows,
             "targets": [row for row, _ in checks],
+            "efficiency": efficiency(rows),
             "bayes_auc": references and references["bayes"],
             "category_reference_auc": references and references["category"],
             "minutes": (time.monotonic() - started) / 60,
@@ -572,6 +615,7 @@ def run_fold(
     plot(rows, name, tasks, args.results / f"transfer-curve-{name}.png")
     table = markdown(rows, tasks, references)
     table += "\n\nTargets:\n\n" + targets_markdown([row for row, _ in checks])
+    table += "\n\nCompute to reach scratch's 100% AUC:\n\n" + efficiency_markdown(efficiency(rows))
     (args.results / f"transfer-curve-{name}.md").write_text(table + "\n")
     print(f"\n## {name}\n{table}\n")
     return checks

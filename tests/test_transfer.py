@@ -585,3 +585,23 @@ def test_meta_initialisation_moves_part_way_to_each_categorys_steps(
     assert drawn == int((sizes >= 32).sum()) > 0
     assert moved[1.0].abs().max() > 0
     assert torch.allclose(moved[0.5], 0.5 * moved[1.0], atol=1e-6)
+
+
+def test_transfer_benchmark_efficiency_is_the_first_budget_reaching_scratchs_full_auc() -> None:
+    def row(method: str, budget: int, auc: float, seconds: float) -> dict:
+        return {"task": "buy", "method": method, "budget_percent": budget, "auc": auc,
+                "seconds": seconds}  # fmt: skip
+
+    rows = [
+        row("scratch", 25, 0.60, 5.0),
+        row("scratch", 100, 0.70, 20.0),
+        row("l2sp", 25, 0.69, 4.0),
+        row("l2sp", 50, 0.71, 6.0),
+        row("l2sp", 100, 0.75, 12.0),
+        row("frozen", 100, 0.65, 3.0),
+    ]
+    found = {r["method"]: r for r in _transfer_benchmark().efficiency(rows)}
+    assert (found["l2sp"]["budget_percent"], found["l2sp"]["seconds"]) == (50, 6.0)
+    assert found["frozen"]["budget_percent"] is None and found["frozen"]["seconds"] is None
+    assert found["scratch"]["budget_percent"] == 100
+    assert found["l2sp"]["goal_auc"] == 0.70 and found["l2sp"]["goal_seconds"] == 20.0
