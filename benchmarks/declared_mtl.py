@@ -41,6 +41,7 @@ from shopguide.dataset.learn import (
 )
 from shopguide.dataset.schema import DatasetSchema, load_schema
 from shopguide.errors import exit_on_error
+from shopguide.evaluate import category_groups
 from shopguide.io import write_json
 
 log = logging.getLogger("benchmarks.declared_mtl")
@@ -94,7 +95,15 @@ def tfidf(train: pd.DataFrame, test: pd.DataFrame, schema: DatasetSchema, task: 
     return model.predict_proba(x_test)[:, 1]
 
 
-def run(schema: DatasetSchema, params: Params, seeds: list[int], samples: int) -> dict:
+def run(
+    schema: DatasetSchema,
+    params: Params,
+    seeds: list[int],
+    samples: int,
+    predictions_out: Path | None = None,
+) -> dict:
+    """Every method on every seed; with `predictions_out`, the multi- and single-task models'
+    test predictions per seed as `benchmarks/per_category.py` reads them."""
     examples = build_examples(schema)
     train = examples[examples["split"] == "train"]
     test = examples[examples["split"] == "test"].reset_index(drop=True)
@@ -106,10 +115,22 @@ def run(schema: DatasetSchema, params: Params, seeds: list[int], samples: int) -
     draws: dict[str, dict[str, list]] = {}  # method -> task -> per-seed draws
 
     users = test["user_id"].to_numpy() if schema.ids.user else None
+    groups = category_groups(train, params.evaluation.category_group_shares)
+    kept = pd.DataFrame(
+        {
+            "category_id": test["category_id"],
+            "group": test["category_id"].map(groups).fillna("tail"),
+        }
+    )
+    for task, spec in schema.tasks.items():
+        if spec.type != "multiclass":  # one score per row
+            kept[f"label/{spec.type}/{task}"] = test[task].astype(float)
 
-    def record(method: str, task: str, guess: np.ndarray) -> None:
+    def record(method: str, task: str, guess: np.ndarray, seed: int) -> None:
         """The task's draws on its known labels (censored ones left out), with GAUC where
         the schema names the user."""
+        if method in ("multi_task", "single_task") and schema.tasks[task].type != "multiclass":
+            kept[f"{method}/{seed}/{task}"] = np.asarray(guess, dtype=np.float64)
         y = test[task].to_numpy(np.float64)
         known = ~np.isnan(y)
         draws.setdefault(method, {}).setdefault(task, []).append(
@@ -126,18 +147,23 @@ def run(schema: DatasetSchema, params: Params, seeds: list[int], samples: int) -
         seeded = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
         model, result = train_declared(examples, schema, seeded)
         for task, guess in predictions(model, test, schema).items():
-            record("multi_task", task, guess)
+            record("multi_task", task, guess, seed)
         for task in tasks:
             single, _ = train_declared(examples, schema, seeded, tasks=[task])
-            record("single_task", task, predictions(single, test, schema)[task])
+            record("single_task", task, predictions(single, test, schema)[task], seed)
             if own:
-                record("boosting_no_history", task, boosting(train, test, schema, task, own, seed))
+                guess = boosting(train, test, schema, task, own, seed)
+                record("boosting_no_history", task, guess, seed)
             if len(everything) > len(own):
-                record("boosting", task, boosting(train, test, schema, task, everything, seed))
+                guess = boosting(train, test, schema, task, everything, seed)
+                record("boosting", task, guess, seed)
             if schema.features_of("text"):
-                record("tfidf_linear", task, tfidf(train, test, schema, task))
+                record("tfidf_linear", task, tfidf(train, test, schema, task), seed)
         log.info("seed %d done (multi-task best epoch %d)", seed, result.best_epoch)
 
+    if predictions_out is not None:
+        predictions_out.parent.mkdir(parents=True, exist_ok=True)
+        kept.reset_index(drop=True).to_parquet(predictions_out)
     confidence = params.evaluation.confidence
     mean = {
         m: {
@@ -179,12 +205,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
     parser.add_argument("--bootstrap", type=int, default=500)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--predictions", type=Path, help="also write the test predictions (per_category.py)"
+    )
     add_overrides(parser)
     args = parser.parse_args()
     raw = yaml.safe_load(args.params.read_text()) or {}
     apply_overrides(raw, args.set)
     params = Params.model_validate(raw)
-    report = run(load_schema(args.schema), params, args.seeds, args.bootstrap)
+    report = run(load_schema(args.schema), params, args.seeds, args.bootstrap, args.predictions)
     write_json(args.out, report)
     print(
         json.dumps(

@@ -219,6 +219,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
     ap.add_argument("--models", default="", help="comma-separated; default: params', single_task")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument(
+        "--no-anchors",
+        action="store_true",
+        help="skip the logistic-regression and boosting anchors (rows beside a full run)",
+    )
     ap.add_argument("--truth", type=Path, help="synthetic data: the generator's probabilities")
     ap.add_argument("--exposures", type=Path, default=Path("artifacts/data/exposures.parquet"))
     ap.add_argument("--queries", type=Path, default=Path("artifacts/data/queries.parquet"))
@@ -261,7 +266,7 @@ def main() -> None:
             for t in tasks:
                 entry = (values, on_exposures[name])
                 scores.setdefault(name, {}).setdefault(t, []).append(entry)
-        for t in tasks:
+        for t in [] if args.no_anchors else tasks:
             found = anchor_scores(train, train_queries, frames, t, seed)
             for name, by_frame in found.items():
                 entry = (by_frame["queries"], by_frame["exposures"])

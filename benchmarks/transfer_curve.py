@@ -133,18 +133,18 @@ def fold_name(dataset: str, params: Params, remainder: int) -> str:
     return dataset if protocol else f"{dataset}-fold{remainder}"
 
 
-def scratch(data: TransferData, params: Params) -> MultiTaskModel:
-    """A fresh model trained on the budget's labelled rows alone."""
+def scratch(data: TransferData, params: Params) -> tuple[MultiTaskModel, int]:
+    """A fresh model trained on the budget's labelled rows alone, and the rows it processed."""
     torch.manual_seed(params.train.seed)
     model = build_model(data.fit, params)
-    fit(
+    result = fit(
         model,
         tensors(model, data.fit),
         tensors(model, data.valid),
         settings_from_params(params.train, model.config.head_names()),
         description="from scratch",
     )
-    return model
+    return model, result.samples
 
 
 def run_seed(
@@ -183,6 +183,7 @@ def run_seed(
     def score(
         model: AnyModel,
         started: float,
+        samples: int = 0,
         validation: float | None = None,
         tuned: MultiTaskModel | None = None,
     ) -> dict:
@@ -194,6 +195,7 @@ def run_seed(
             "old_auc": old_auc(probs),
             "validation": validation,
             "seconds": seconds,
+            "samples": samples,
         }
         if tuned is not None:  # the strategy's network alone: `isolate: false`
             result["old_auc_shared"] = old_auc(predict(tuned, tensors(tuned, test)))
@@ -208,14 +210,21 @@ def run_seed(
             got["pretrained"] = score(base, time.monotonic())
         if "scratch" not in got:
             started = time.monotonic()
-            got["scratch"] = score(scratch(data, p), started)
+            model, samples = scratch(data, p)
+            got["scratch"] = score(model, started, samples)
             save()
         for name in STRATEGIES:
             if name in got:
                 continue
             started = time.monotonic()
             adapted = adapt(copy.deepcopy(base), data, p, name)
-            got[name] = score(adapted.model, started, adapted.validation[name], adapted.tuned)
+            got[name] = score(
+                adapted.model,
+                started,
+                adapted.outcome.samples,
+                adapted.validation[name],
+                adapted.tuned,
+            )
             save()
 
 
@@ -269,6 +278,7 @@ def summarise(
                         "old_auc_change": None if method == "scratch" else float(np.mean(old)),
                         "old_auc_change_shared": float(np.mean(shared)) if shared else None,
                         "seconds": float(np.mean([r[method]["seconds"] for r in per_seed])),
+                        "samples": float(np.mean([r[method]["samples"] for r in per_seed])),
                         "auto_choices": [r["auto_choice"] for r in per_seed]
                         if method == "auto"
                         else None,
@@ -280,8 +290,9 @@ def summarise(
 def efficiency(rows: list[dict]) -> list[dict]:
     """Transfer efficiency in compute: per task and method, the smallest budget whose seed-mean
     new-category AUC reaches the from-scratch model's at 100% of the data, with the wall time
-    of that run against scratch's at 100% (fine-tuning only: the pre-training is paid once for
-    every fold of new categories, and the pre-trained model's own row costs nothing)."""
+    and the training rows processed by that run against scratch's at 100% (fine-tuning only:
+    the pre-training is paid once for every fold of new categories, and the pre-trained
+    model's own row costs nothing)."""
     frame = pd.DataFrame(rows)
     out = []
     for task, part in frame.groupby("task", sort=False):
@@ -295,8 +306,10 @@ def efficiency(rows: list[dict]) -> list[dict]:
                     "method": method,
                     "goal_auc": float(goal["auc"]),
                     "goal_seconds": float(goal["seconds"]),
+                    "goal_samples": float(goal["samples"]),
                     "budget_percent": None if first is None else int(first["budget_percent"]),
                     "seconds": None if first is None else float(first["seconds"]),
+                    "samples": None if first is None else float(first["samples"]),
                 }
             )
     return out
@@ -304,17 +317,18 @@ def efficiency(rows: list[dict]) -> list[dict]:
 
 def efficiency_markdown(rows: list[dict]) -> str:
     lines = [
-        "| task | method | first budget reaching scratch's 100% AUC | its seconds | "
-        "scratch at 100%: AUC, seconds |",
-        "|---|---|---|---|---|",
+        "| task | method | first budget reaching scratch's 100% AUC | its seconds | its rows "
+        "processed | scratch at 100%: AUC, seconds, rows processed |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        budget, seconds = r["budget_percent"], r["seconds"]
+        budget, seconds, samples = r["budget_percent"], r["seconds"], r["samples"]
         first = "never" if budget is None else f"{budget}%"
         took = "-" if seconds is None else f"{seconds:.0f}"
+        processed = "-" if samples is None else f"{samples:,.0f}"
         lines.append(
-            f"| {r['task']} | {r['method']} | {first} | {took} | "
-            f"{r['goal_auc']:.3f}, {r['goal_seconds']:.0f} |"
+            f"| {r['task']} | {r['method']} | {first} | {took} | {processed} | "
+            f"{r['goal_auc']:.3f}, {r['goal_seconds']:.0f}, {r['goal_samples']:,.0f} |"
         )
     return "\n".join(lines)
 

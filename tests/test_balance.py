@@ -7,7 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from shopguide.model.balance import Alternating, MGDAUpperBound, PCGrad, min_norm_weights
+from shopguide.model.balance import (
+    Alternating,
+    MGDAUpperBound,
+    PCGrad,
+    SharedOutputPCGrad,
+    min_norm_weights,
+)
 
 
 def test_pcgrad_projects_only_what_the_tasks_share() -> None:
@@ -31,6 +37,30 @@ def test_pcgrad_leaves_agreeing_tasks_as_a_plain_sum() -> None:
     assert torch.allclose(w.grad, torch.tensor([1.0 + 2.0 + 2.0]))
     assert torch.allclose(a.grad, torch.tensor([1.0]))
     assert torch.allclose(b.grad, torch.tensor([1.0]))
+
+
+def test_shared_output_pcgrad_projects_at_the_shared_layer() -> None:
+    """The shared layer's output r = w (two units). The tasks' gradients there are (1, 0) and
+    (-1, 1): they conflict (dot -1), so each loses its part along the other: (0.5, 0.5) and
+    (0, 1). w gets their sum (0.5, 1.5) (the plain sum would be (0, 1)); each tower its own
+    task's gradient, and a regulariser is added as it is."""
+    w = nn.Parameter(torch.zeros(2))
+    a, b = nn.Parameter(torch.tensor([1.0, 0.0])), nn.Parameter(torch.tensor([-1.0, 1.0]))
+    r = w * 1.0
+    losses = torch.stack([(r * a).sum() + a.sum(), (r * b).sum()])
+    extra = (w - 1.0).pow(2).sum()  # gradient -2 at w = 0, per unit
+    SharedOutputPCGrad([1.0, 1.0]).backward(losses, extra, r, [w, a, b])
+    assert torch.allclose(w.grad, torch.tensor([0.5 - 2.0, 1.5 - 2.0]))
+    assert torch.allclose(a.grad, torch.ones(2))  # r = 0, plus the own term a.sum()
+    assert torch.allclose(b.grad, torch.zeros(2))
+
+
+def test_shared_output_pcgrad_leaves_agreeing_tasks_as_a_plain_sum() -> None:
+    w = nn.Parameter(torch.tensor([1.0, 2.0]))
+    r = 3.0 * w
+    losses = torch.stack([r.sum(), (2.0 * r).sum()])
+    SharedOutputPCGrad([1.0, 0.5]).backward(losses, torch.zeros(()), r, [w])
+    assert torch.allclose(w.grad, torch.full((2,), 3.0 * (1.0 + 0.5 * 2.0)))
 
 
 def test_min_norm_weights_find_the_shortest_combination() -> None:

@@ -32,6 +32,21 @@ SMALL_MODEL = {
     "tower_hidden": (16,),
 }
 
+# A tiny saved model config as `save_model` writes it, without "kind" (models saved before it).
+SAVED_CONFIG = {
+    "tasks": ["cart"],
+    "dense_features": ["a"],
+    "dense_mean": [0.0],
+    "dense_std": [1.0],
+    "user_buckets": 5,
+    "item_buckets": 5,
+    "category_buckets": 5,
+    "embedding_dim": 2,
+    "expert_hidden": [4],
+    "tower_hidden": [2],
+    "dropout": 0.0,
+}
+
 
 def small_params(params: Params, model: str, **train: object) -> Params:
     return params.model_copy(
@@ -86,6 +101,11 @@ def test_every_model_learns_and_round_trips(
     assert torch.equal(loaded(*data.inputs()), model(*data.inputs()))
     shared = {id(p) for p in model.shared_parameters()}
     assert shared and len(shared) < len(list(model.parameters()))
+    with torch.no_grad():
+        representation = model.shared_representation(
+            model.encode(*data.take(torch.arange(2)).inputs())
+        )
+    assert representation.shape[1] == model.shared_width()
 
 
 BALANCERS = ("uncertainty", "gradnorm", "pcgrad", "dwa", "mgda_ub", "alternating")
@@ -93,13 +113,18 @@ BALANCERS = ("uncertainty", "gradnorm", "pcgrad", "dwa", "mgda_ub", "alternating
 
 @pytest.mark.parametrize(
     "balancing",
-    [{"loss_balancing": b} for b in BALANCERS] + [{"warmup_epochs": 1, "warmup_task": "buy"}],
-    ids=[*BALANCERS, "staged"],
+    [{"loss_balancing": b} for b in BALANCERS]
+    + [
+        {"loss_balancing": "pcgrad", "pcgrad_space": "parameters"},
+        {"warmup_epochs": 1, "warmup_task": "buy"},
+    ],
+    ids=[*BALANCERS, "pcgrad-parameters", "staged"],
 )
 def test_every_balancer_learns(balancing: dict, pipeline_run: PipelineRun, splits: tuple) -> None:
     params = small_params(pipeline_run.params, "shared_bottom", **balancing)
     _, result, metrics, _ = train_and_score(params, splits)
     assert_learns(metrics)
+    assert result.samples == len(result.history) * len(splits[0])  # every row, every epoch
     weights = [[row[f"weight_{t}"] for t in params.protocol.tasks] for row in result.history]
     name, tasks = balancing.get("loss_balancing"), len(params.protocol.tasks)
     if name in ("uncertainty", "gradnorm", "dwa", "mgda_ub"):
@@ -113,42 +138,13 @@ def test_every_balancer_learns(balancing: dict, pipeline_run: PipelineRun, split
 
 
 def test_saved_mmoe_without_kind_still_loads() -> None:
-    raw = {
-        "tasks": ["cart"],
-        "dense_features": ["a"],
-        "dense_mean": [0.0],
-        "dense_std": [1.0],
-        "user_buckets": 5,
-        "item_buckets": 5,
-        "category_buckets": 5,
-        "embedding_dim": 2,
-        "num_experts": 2,
-        "expert_hidden": [4],
-        "tower_hidden": [2],
-        "dropout": 0.0,
-    }
-    assert parse_config(raw).kind == "mmoe"
+    assert parse_config({**SAVED_CONFIG, "num_experts": 2}).kind == "mmoe"
 
 
 def test_soft_sharing_saved_with_sharing_l2_still_loads() -> None:
     """Soft-sharing models saved before the penalty had a choice of norm carry `sharing_l2`:
     they load as the L2 penalty with that weight."""
-    raw = {
-        "kind": "soft_sharing",
-        "tasks": ["cart"],
-        "dense_features": ["a"],
-        "dense_mean": [0.0],
-        "dense_std": [1.0],
-        "user_buckets": 5,
-        "item_buckets": 5,
-        "category_buckets": 5,
-        "embedding_dim": 2,
-        "expert_hidden": [4],
-        "tower_hidden": [2],
-        "dropout": 0.0,
-        "sharing_l2": 0.5,
-    }
-    config = parse_config(raw)
+    config = parse_config({**SAVED_CONFIG, "kind": "soft_sharing", "sharing_l2": 0.5})
     assert (config.sharing_weight, config.sharing_penalty) == (0.5, "l2")
     assert parse_config(config.model_dump()) == config
 
@@ -278,22 +274,7 @@ def test_settings_reject_unknown_task_names(pipeline_run: PipelineRun) -> None:
 def test_fit_refuses_an_empty_run() -> None:
     from shopguide.errors import ShopguideError
 
-    config = parse_config(
-        {
-            "kind": "shared_bottom",
-            "tasks": ["cart"],
-            "dense_features": ["a"],
-            "dense_mean": [0.0],
-            "dense_std": [1.0],
-            "user_buckets": 5,
-            "item_buckets": 5,
-            "category_buckets": 5,
-            "embedding_dim": 2,
-            "expert_hidden": [4],
-            "tower_hidden": [2],
-            "dropout": 0.0,
-        }
-    )
+    config = parse_config({**SAVED_CONFIG, "kind": "shared_bottom"})
     data = Tensors(
         *(torch.zeros(4, dtype=torch.long) for _ in range(3)),
         torch.zeros(4, 1),

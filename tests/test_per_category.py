@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -14,6 +15,7 @@ def per_category() -> ModuleType:
     path = Path(__file__).parents[1] / "benchmarks" / "per_category.py"
     spec = importlib.util.spec_from_file_location("per_category", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up
     spec.loader.exec_module(module)
     return module
 
@@ -34,3 +36,58 @@ def test_compare_gives_the_seed_mean_gain_with_a_paired_interval() -> None:
     same = per_category().compare(labels, chance, chance, rounds=50, seed=0)
     assert same["gain"] == 0 and same["gain_ci95"] == [0.0, 0.0]
     assert result["positives"] == int(labels.sum()) and result["rows"] == 2000
+
+
+def test_a_regression_gain_is_the_error_removed() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.normal(size=1000)
+    close = [labels + rng.normal(scale=0.1, size=1000)]
+    far = [labels + rng.normal(scale=1.0, size=1000)]
+    result = per_category().compare(labels, close, far, rounds=100, seed=0, kind="regression")
+    assert result["multi_rmse"] == pytest.approx(0.1, rel=0.1)
+    assert result["single_rmse"] == pytest.approx(1.0, rel=0.1)
+    assert result["gain"] == pytest.approx(result["single_rmse"] - result["multi_rmse"])
+    assert result["relative_gain"] == pytest.approx(result["gain"] / result["single_rmse"])
+    assert result["gain_ci95"][0] > 0.8 and result["positives"] is None
+
+
+def test_a_declared_predictions_file_is_compared_per_category_and_group(tmp_path: Path) -> None:
+    """The file `benchmarks/declared_mtl.py --predictions` writes: a binary and a regression
+    task, two categories; the multi-task model is exact on category 1 only."""
+    import argparse
+
+    import pandas as pd
+
+    rng = np.random.default_rng(2)
+    n = 400
+    category = np.repeat([1, 2], n // 2)
+    late = (rng.random(n) < 0.3).astype(float)
+    late[::50] = np.nan  # unknown labels are left out
+    days = rng.normal(size=n)
+    noise = rng.random(n)
+    frame = pd.DataFrame(
+        {
+            "category_id": category,
+            "group": np.where(category == 1, "head", "tail"),
+            "label/binary/late": late,
+            "label/regression/days": days,
+            "multi_task/7/late": np.where(category == 1, np.nan_to_num(late), noise),
+            "multi_task/7/days": np.where(category == 1, days, 0.0),
+            "single_task/7/late": noise,
+            "single_task/7/days": np.zeros(n),
+        }
+    )
+    frame.to_parquet(tmp_path / "p.parquet")
+    module = per_category()
+    inputs = module.from_predictions(tmp_path / "p.parquet")
+    assert inputs.kinds == {"late": "binary", "days": "regression"}
+    args = argparse.Namespace(min_positives=10, min_rows=50, bootstrap=50)
+    report = module.comparison(inputs, "multi_task", "single_task", args)
+    late_part, days_part = report["tasks"]["late"], report["tasks"]["days"]
+    assert late_part["categories"]["1"]["multi_auc"] == pytest.approx(1.0)
+    assert late_part["categories"]["2"]["gain"] == 0.0
+    assert late_part["groups"]["head"]["rows"] == int((~np.isnan(late[category == 1])).sum())
+    assert days_part["categories"]["1"]["multi_rmse"] == 0.0
+    assert days_part["categories"]["2"]["gain"] == 0.0
+    assert set(late_part["groups"]) == {"head", "tail", "all"}
+    assert "| late | category 1 |" in module.markdown(report)

@@ -1,6 +1,7 @@
 """The engine's sparse path: id tables get sparse gradients and a lazy Adam, so a step moves only
 the rows its batch looked up (the rest of a multi-million-row table is never touched), while
-the model still learns; PCGrad, which needs flat dense gradients, falls back to dense tables.
+the model still learns; PCGrad on the parameters, which needs flat dense gradients, falls back
+to dense tables.
 Learning with the default (sparse) settings is covered for every model in test_model_zoo.py,
 kill-and-resume in test_training_engine.py."""
 
@@ -31,14 +32,14 @@ def embedded_params(params: Params, model: str, **train: object) -> Params:
     return small.model_copy(update={"model": small.model.model_copy(update={"id_embeddings": ids})})
 
 
-def _train(run: PipelineRun, balancing: str) -> tuple:
+def _train(run: PipelineRun, balancing: str, **train: object) -> tuple:
     """(table before, table after, test metrics, whether every table gradient was sparse,
     mask of the table rows that training ids hash to: the examples' own ids and the items and
     categories of their recent events)."""
     frame = pd.read_parquet(run.training_set)
     fit_part, valid_part = time_split(frame[frame["split"] == "train"], 0.15)
     test = frame[frame["split"] == "test"]
-    params = embedded_params(run.params, "mmoe", max_epochs=2, loss_balancing=balancing)
+    params = embedded_params(run.params, "mmoe", max_epochs=2, loss_balancing=balancing, **train)
     torch.manual_seed(3)
     model = build_model(fit_part, params)
     tasks, dense = params.protocol.tasks, model.config
@@ -70,9 +71,15 @@ def test_sparse_tables_move_only_looked_up_rows(pipeline_run: PipelineRun) -> No
     assert metrics["buy"]["auc"] > 0.6
 
 
-def test_pcgrad_keeps_dense_tables(pipeline_run: PipelineRun) -> None:
-    *_, sparse, _ = _train(pipeline_run, "pcgrad")
+def test_pcgrad_on_the_parameters_keeps_dense_tables(pipeline_run: PipelineRun) -> None:
+    *_, sparse, _ = _train(pipeline_run, "pcgrad", pcgrad_space="parameters")
     assert not sparse
+
+
+def test_pcgrad_on_the_shared_output_keeps_sparse_tables(pipeline_run: PipelineRun) -> None:
+    *_, metrics, sparse, _ = _train(pipeline_run, "pcgrad")
+    assert sparse
+    assert metrics["buy"]["auc"] > 0.6
 
 
 def test_whole_table_penalty_still_trains(pipeline_run: PipelineRun) -> None:

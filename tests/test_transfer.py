@@ -574,7 +574,7 @@ def test_meta_initialisation_moves_part_way_to_each_categorys_steps(
         params = _with(pipeline_run.params, "finetune", meta_iterations=1, meta_step_size=size)
         model = copy.deepcopy(start)
         torch.manual_seed(0)
-        drawn = meta_initialise(model, data, params)
+        drawn, samples = meta_initialise(model, data, params)
         moved[size] = torch.cat(
             [
                 (p - q).detach().flatten()
@@ -583,6 +583,8 @@ def test_meta_initialisation_moves_part_way_to_each_categorys_steps(
         )
     sizes = data.old["category_id"].value_counts()
     assert drawn == int((sizes >= 32).sum()) > 0
+    batch = params.train.batch_size  # one iteration: meta_inner_steps batches of one category
+    assert 0 < samples <= params.finetune.meta_inner_steps * batch
     assert moved[1.0].abs().max() > 0
     assert torch.allclose(moved[0.5], 0.5 * moved[1.0], atol=1e-6)
 
@@ -590,7 +592,7 @@ def test_meta_initialisation_moves_part_way_to_each_categorys_steps(
 def test_transfer_benchmark_efficiency_is_the_first_budget_reaching_scratchs_full_auc() -> None:
     def row(method: str, budget: int, auc: float, seconds: float) -> dict:
         return {"task": "buy", "method": method, "budget_percent": budget, "auc": auc,
-                "seconds": seconds}  # fmt: skip
+                "seconds": seconds, "samples": seconds * 1000}  # fmt: skip
 
     rows = [
         row("scratch", 25, 0.60, 5.0),
@@ -602,6 +604,8 @@ def test_transfer_benchmark_efficiency_is_the_first_budget_reaching_scratchs_ful
     ]
     found = {r["method"]: r for r in _transfer_benchmark().efficiency(rows)}
     assert (found["l2sp"]["budget_percent"], found["l2sp"]["seconds"]) == (50, 6.0)
+    assert found["l2sp"]["samples"] == 6000.0 and found["l2sp"]["goal_samples"] == 20000.0
     assert found["frozen"]["budget_percent"] is None and found["frozen"]["seconds"] is None
+    assert found["frozen"]["samples"] is None
     assert found["scratch"]["budget_percent"] == 100
     assert found["l2sp"]["goal_auc"] == 0.70 and found["l2sp"]["goal_seconds"] == 20.0

@@ -286,11 +286,16 @@ class TrainParams(Strict):
     task_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     gradnorm_alpha: Annotated[float, Field(ge=0)] = 1.5
     dwa_temperature: Annotated[float, Field(gt=0)] = 2.0  # dwa: lower, sharper weights
+    # pcgrad: project the tasks' gradients at the shared layer's output (one extra backward
+    # pass per task through its own layers) or on the shared parameters, as the paper (one
+    # through the whole network, dense id tables)
+    pcgrad_space: Literal["shared_output", "parameters"] = "shared_output"
     warmup_epochs: Annotated[int, Field(ge=0)] = 0  # epochs on warmup_task alone, then joint
     warmup_task: str = "cart"
     compile: bool = False  # torch.compile the task heads
     # Sparse id-table gradients with a lazy Adam (SparseAdam) for the tables, AdamW for the rest
-    # (PCGrad keeps dense tables); embedding_l2 then weighs the rows each batch looks up.
+    # (PCGrad on the parameters keeps dense tables); embedding_l2 then weighs the rows each
+    # batch looks up.
     sparse_embeddings: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available (bf16 autocast)
     # The validation metric whose mean over tasks picks the epoch: gauc (within each user, as

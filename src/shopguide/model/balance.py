@@ -1,5 +1,6 @@
 """Ways to turn per-task losses into one update: fixed weights, uncertainty weighting (Kendall
-et al., CVPR 2018), GradNorm (Chen et al., ICML 2018), PCGrad (Yu et al., NeurIPS 2020),
+et al., CVPR 2018), GradNorm (Chen et al., ICML 2018), PCGrad (Yu et al., NeurIPS 2020, on
+the shared parameters or, cheaper, on the shared layer's output),
 dynamic weight averaging (Liu et al., CVPR 2019), MGDA-UB, the multiple-gradient descent
 toward a Pareto-stationary point (Sener and Koltun, NeurIPS 2018), and alternating
 optimisation (one task's loss per step, round robin). Each sets `.grad` on the trainable
@@ -104,12 +105,25 @@ class GradNorm(Balancer):
         return self.learned.tolist()
 
 
+def project_conflicts(grads: list[torch.Tensor]) -> torch.Tensor:
+    """PCGrad's surgery on flat per-task gradients: each loses its component along any other
+    task's gradient it points against (the others visited in random order); their sum."""
+    projected = []
+    for i, g in enumerate(grads):
+        g = g.clone()
+        for j in torch.randperm(len(grads)).tolist():
+            if j != i and (dot := torch.dot(g, grads[j])) < 0:
+                g -= dot / grads[j].pow(2).sum().clamp_min(1e-20) * grads[j]
+        projected.append(g)
+    return torch.stack(projected).sum(dim=0)
+
+
 class PCGrad(Balancer):
-    """Projecting conflicting gradients: on the parameters more than one task's loss moves
-    (the shared ones), each task's gradient loses its component along any other task's
-    gradient it points against (visited in random order), then they are summed. A parameter
-    only one task reaches (its tower) gets that task's gradient unchanged, as in the paper:
-    projecting whole-model vectors would copy one task's tower gradient into another's."""
+    """Projecting conflicting gradients on the parameters more than one task's loss moves
+    (the shared ones), as in the paper: one backward pass per task through the whole network,
+    and dense id tables. A parameter only one task reaches (its tower) gets that task's
+    gradient unchanged: projecting whole-model vectors would copy one task's tower gradient
+    into another's."""
 
     def backward(
         self,
@@ -140,14 +154,7 @@ class PCGrad(Balancer):
             else torch.zeros(0)
             for g in per_task
         ]
-        projected = []
-        for i, g in enumerate(grads):
-            g = g.clone()
-            for j in torch.randperm(len(grads)).tolist():
-                if j != i and (dot := torch.dot(g, grads[j])) < 0:
-                    g -= dot / grads[j].pow(2).sum().clamp_min(1e-20) * grads[j]
-            projected.append(g)
-        total = torch.stack(projected).sum(dim=0)
+        total = project_conflicts(grads)
         if extra.requires_grad:
             extra.backward()
         steps: dict[int, torch.Tensor] = {}
@@ -163,6 +170,37 @@ class PCGrad(Balancer):
                     continue
                 steps[k] = torch.stack(own).sum(dim=0)
             p.grad = steps[k] if p.grad is None else p.grad + steps[k]
+
+
+class SharedOutputPCGrad(Balancer):
+    """PCGrad's surgery on the tasks' gradients at the model's `shared_output` (the last
+    activations every task reads) instead of on the shared parameters, in the spirit of
+    MGDA-UB's upper bound: each task's extra backward pass runs through its own layers only,
+    and one backward pass carries the projected sum into the shared layers (whose gradient is
+    linear in it), so id tables stay sparse. Layers a task reaches besides `shared_output`
+    (MMoE's gates from the input) get the plain sum."""
+
+    def backward(
+        self,
+        losses: torch.Tensor,
+        extra: torch.Tensor,
+        representation: torch.Tensor,
+        params: list[nn.Parameter],
+    ) -> None:
+        weighted = self.task_weights * losses
+        grads = [
+            torch.autograd.grad(loss, representation, retain_graph=True)[0].flatten().float()
+            for loss in weighted
+        ]
+        correction = (project_conflicts(grads) - torch.stack(grads).sum(dim=0)).view_as(
+            representation
+        )
+        # The plain backward gives `representation` the plain sum; the correction added at
+        # the same node turns it into the projected sum.
+        torch.autograd.backward(
+            [weighted.sum() + extra, representation],
+            [torch.ones_like(losses[0]), correction.to(representation.dtype)],
+        )
 
 
 class DynamicWeightAverage(Balancer):
@@ -261,11 +299,9 @@ class MGDAUpperBound(Balancer):
             ]
         ).float()
         grads = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        gram = grads @ grads.T
         if dist.is_available() and dist.is_initialized():  # every process the same weights
-            gram = grads @ grads.T
             dist.all_reduce(gram)
-        else:
-            gram = grads @ grads.T
         solved = min_norm_weights(gram.detach().double().cpu().numpy()) * len(losses)
         alpha = torch.from_numpy(solved).float().to(losses.device)
         self.latest.copy_(alpha)
@@ -304,7 +340,11 @@ class Alternating(Balancer):
 
 
 def make_balancer(
-    name: str, weights: list[float], gradnorm_alpha: float, dwa_temperature: float = 2.0
+    name: str,
+    weights: list[float],
+    gradnorm_alpha: float,
+    dwa_temperature: float = 2.0,
+    pcgrad_space: str = "shared_output",
 ) -> Balancer:
     if name == "dwa":
         return DynamicWeightAverage(weights, dwa_temperature)
@@ -313,7 +353,7 @@ def make_balancer(
     if name == "gradnorm":
         return GradNorm(weights, gradnorm_alpha)
     if name == "pcgrad":
-        return PCGrad(weights)
+        return PCGrad(weights) if pcgrad_space == "parameters" else SharedOutputPCGrad(weights)
     if name == "mgda_ub":
         return MGDAUpperBound(weights)
     if name == "alternating":

@@ -469,6 +469,10 @@ class MultiTaskModel(nn.Module):
         transfer makes it indistinguishable between old and new categories."""
         return x
 
+    def shared_width(self) -> int:
+        """Columns of `shared_representation`, from the configuration alone."""
+        return len(self.encoders) * self.in_dim
+
     def embedding_parameters(self) -> list[nn.Parameter]:
         return [t.weight for m in self.modules() if isinstance(m, Encoder) for t in m.tables()]
 

@@ -3,8 +3,9 @@ batched by index, per-task losses combined by a balancer, optional single-task w
 autocast on GPU, optional `torch.compile`, a checkpoint every epoch that a restarted run
 resumes from, early stopping on mean validation AUC, and data parallelism under `torchrun`.
 
-Id tables get sparse gradients and a lazy Adam (`shopguide.model.optim`) unless PCGrad needs
-them dense; heads may add auxiliary tasks of other types (`shopguide.model.tasks`).
+Id tables get sparse gradients and a lazy Adam (`shopguide.model.optim`) unless PCGrad on the
+parameters needs them dense; heads may add auxiliary tasks of other types
+(`shopguide.model.tasks`).
 
 Every epoch reseeds from (seed, epoch), so a run resumed from a checkpoint reproduces the
 uninterrupted run exactly on CPU (on CUDA up to its non-deterministic embedding backward).
@@ -57,11 +58,13 @@ class FitSettings:
     task_weights: tuple[float, ...] = ()  # empty: every task weighs 1
     gradnorm_alpha: float = 1.5
     dwa_temperature: float = 2.0
+    pcgrad_space: str = "shared_output"
     warmup_epochs: int = 0  # epochs on `warmup_task` alone before joint training
     warmup_task: int = 0  # index into the model's tasks
     compile: bool = False
     device: str = "cpu"
-    sparse_embeddings: bool = False  # sparse id-table gradients + SparseAdam (not with PCGrad)
+    # sparse id-table gradients + SparseAdam (not with PCGrad on the parameters)
+    sparse_embeddings: bool = False
     # The validation metric that picks the epoch (mean over tasks): auc, pooled over the rows,
     # gauc, within each user (what a ranking for one user is judged by), or moment_auc, within
     # each user at one moment (the candidates of one request).
@@ -77,6 +80,11 @@ class FitResult:
     best_metrics: dict
     history: list[dict] = field(default_factory=list)
     resumed_from: int | None = None
+
+    @property
+    def samples(self) -> int:
+        """Training rows processed over every epoch run (the compute a run took, in rows)."""
+        return sum(int(row.get("samples", 0)) for row in self.history)
 
 
 def resolve_device(device: str) -> str:
@@ -121,6 +129,7 @@ def settings_from_params(train: TrainParams, tasks: tuple[str, ...]) -> FitSetti
         task_weights=tuple(train.task_weights.get(t, 1.0) for t in tasks),
         gradnorm_alpha=train.gradnorm_alpha,
         dwa_temperature=train.dwa_temperature,
+        pcgrad_space=train.pcgrad_space,
         warmup_epochs=train.warmup_epochs,
         warmup_task=tasks.index(train.warmup_task) if train.warmup_epochs else 0,
         compile=train.compile,
@@ -320,11 +329,18 @@ def _fit(
     weights = list(settings.task_weights) or [1.0] * heads_count
     groups = GroupIndex.of(train.group) if settings.listwise_weight > 0 else None
     balancer = make_balancer(
-        settings.loss_balancing, weights, settings.gradnorm_alpha, settings.dwa_temperature
+        settings.loss_balancing,
+        weights,
+        settings.gradnorm_alpha,
+        settings.dwa_temperature,
+        settings.pcgrad_space,
     ).to(device)
     embeddings = [p for p in model.embedding_parameters() if p.requires_grad]
-    # PCGrad flattens every task's gradient into one dense vector, so it keeps dense tables.
-    sparse = settings.sparse_embeddings and settings.loss_balancing != "pcgrad"
+    # PCGrad on the parameters flattens every task's gradient into one dense vector, so it
+    # keeps dense tables.
+    sparse = settings.sparse_embeddings and not (
+        settings.loss_balancing == "pcgrad" and settings.pcgrad_space == "parameters"
+    )
     model.set_sparse_embeddings(sparse)
     optimizer = EngineOptimizer(
         [*params, *balancer.parameters()],
@@ -381,7 +397,7 @@ def _fit(
             if epoch < settings.warmup_epochs:
                 mask = F.one_hot(torch.tensor(settings.warmup_task), heads_count).float().to(device)
             # summed on the device: a host read per step would stall the GPU every batch
-            total, batches = torch.zeros((), dtype=torch.float64, device=device), 0
+            total, batches, seen = torch.zeros((), dtype=torch.float64, device=device), 0, 0
             shuffled = train.take(order)  # one gather per epoch; batches are views of it
             for begin in range(0, len(train), settings.batch_size):
                 if min(settings.batch_size, len(train) - begin) < size:
@@ -428,6 +444,7 @@ def _fit(
                 balancer.after_step()
                 total += losses.detach().sum()
                 batches += 1
+                seen += min(settings.batch_size, len(train) - begin)  # every process's rows
             balancer.after_epoch()
             outputs = head_outputs(model, valid)
             metrics = task_metrics(
@@ -445,6 +462,7 @@ def _fit(
             row = {
                 "epoch": epoch,
                 "train_loss": float(total) / max(batches, 1),
+                "samples": seen,
                 f"val_mean_{settings.selection}": score,
             }
             row |= {

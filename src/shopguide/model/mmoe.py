@@ -34,6 +34,9 @@ class MMoE(MultiTaskModel):
     def shared_representation(self, x: torch.Tensor) -> torch.Tensor:
         return self.shared_output(x).mean(dim=1)
 
+    def shared_width(self) -> int:
+        return self.config.expert_hidden[-1]
+
     def shared_output(self, x: torch.Tensor) -> torch.Tensor:
         """Every expert's output, (B, E, H)."""
         return parallel_mlps(self.experts, x)

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from shopguide.config import Params
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.tensors import Tensors
-from shopguide.transfer.common import Outcome, fine_tune, tensors
+from shopguide.transfer.common import Outcome, fine_tune_all
 from shopguide.transfer.data import TransferData
 from shopguide.transfer.domains import DomainSampler
 
@@ -51,7 +51,7 @@ class DomainLoss:
     ) -> None:
         self.domains, self.weight = domains, weight
         self.classifier = nn.Sequential(
-            nn.Linear(domains.width(model), HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1)
+            nn.Linear(model.shared_width(), HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1)
         ).to(device)
         half = domains.half
         self.domain = torch.cat([torch.zeros(half), torch.ones(half)]).to(device)
@@ -63,18 +63,16 @@ class DomainLoss:
 
 
 def adapt(model: MultiTaskModel, data: TransferData, params: Params) -> Outcome:
-    f, t = params.finetune, params.train
-    device = "cuda" if t.device != "cpu" and torch.cuda.is_available() else "cpu"
-    domains = DomainSampler(
-        tensors(model, data.old), tensors(model, data.unlabelled), t.batch_size, t.seed
-    )
-    domain = DomainLoss(model, domains, f.adversarial_weight, device)
-    return fine_tune(
+    device = "cuda" if params.train.device != "cpu" and torch.cuda.is_available() else "cpu"
+    domains = DomainSampler.of(model, data, params)
+    domain = DomainLoss(model, domains, params.finetune.adversarial_weight, device)
+    outcome = fine_tune_all(
         model,
         data,
         params,
-        [*model.parameters(), *domain.classifier.parameters()],
-        f.full_learning_rate,
         "fine-tune (adversarial)",
         extra_loss=domain,
+        extra_parameters=list(domain.classifier.parameters()),
     )
+    outcome.samples += domains.drawn
+    return outcome

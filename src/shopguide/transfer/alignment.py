@@ -17,7 +17,7 @@ import torch
 from shopguide.config import Params
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.tensors import Tensors
-from shopguide.transfer.common import Outcome, fine_tune, tensors
+from shopguide.transfer.common import Outcome, fine_tune_all
 from shopguide.transfer.data import TransferData
 from shopguide.transfer.domains import DomainSampler
 
@@ -69,19 +69,17 @@ def adapter(distance: str) -> Callable[[MultiTaskModel, TransferData, Params], O
     """The strategy that fine-tunes every layer with the `distance` penalty."""
 
     def adapt(model: MultiTaskModel, data: TransferData, params: Params) -> Outcome:
-        f, t = params.finetune, params.train
-        weights = {"mmd": f.mmd_weight, "coral": f.coral_weight}
-        domains = DomainSampler(
-            tensors(model, data.old), tensors(model, data.unlabelled), t.batch_size, t.seed
-        )
-        return fine_tune(
+        f = params.finetune
+        weight = {"mmd": f.mmd_weight, "coral": f.coral_weight}[distance]
+        domains = DomainSampler.of(model, data, params)
+        outcome = fine_tune_all(
             model,
             data,
             params,
-            list(model.parameters()),
-            f.full_learning_rate,
             f"fine-tune ({distance.upper()})",
-            extra_loss=AlignmentLoss(domains, distance, weights[distance]),
+            extra_loss=AlignmentLoss(domains, distance, weight),
         )
+        outcome.samples += domains.drawn
+        return outcome
 
     return adapt

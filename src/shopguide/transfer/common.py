@@ -21,6 +21,7 @@ from shopguide.transfer.data import TransferData
 class Outcome:
     result: FitResult
     trainable: int  # parameters the strategy let move
+    samples: int = 0  # rows the strategy processed: the fine-tuning's, plus its own passes
 
 
 def tensors(model: MultiTaskModel, frame: pd.DataFrame, group_s: int = 0) -> Tensors:
@@ -77,4 +78,25 @@ def fine_tune(
         extra_loss=extra_loss,
     )
     own = {id(p) for p in model.parameters()}
-    return Outcome(result, sum(p.numel() for p in trainable if id(p) in own))
+    return Outcome(result, sum(p.numel() for p in trainable if id(p) in own), result.samples)
+
+
+def fine_tune_all(
+    model: MultiTaskModel,
+    data: TransferData,
+    params: Params,
+    description: str,
+    extra_loss: ExtraLoss | None = None,
+    extra_parameters: list[nn.Parameter] | None = None,
+) -> Outcome:
+    """Every layer of `model` (and `extra_parameters`, e.g. a domain classifier) adapts at
+    `finetune.full_learning_rate`: the strategies that regularise instead of freezing."""
+    return fine_tune(
+        model,
+        data,
+        params,
+        [*model.parameters(), *(extra_parameters or [])],
+        params.finetune.full_learning_rate,
+        description,
+        extra_loss=extra_loss,
+    )

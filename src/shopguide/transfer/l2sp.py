@@ -9,7 +9,7 @@ import torch
 from shopguide.config import Params
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.tensors import Tensors
-from shopguide.transfer.common import Outcome, fine_tune
+from shopguide.transfer.common import Outcome, fine_tune_all
 from shopguide.transfer.data import TransferData
 
 
@@ -33,13 +33,7 @@ class L2SP:
 
 
 def adapt(model: MultiTaskModel, data: TransferData, params: Params) -> Outcome:
-    f = params.finetune
-    return fine_tune(
-        model,
-        data,
-        params,
-        list(model.parameters()),
-        f.full_learning_rate,
-        "fine-tune (L2-SP)",
-        extra_loss=L2SP(model, f.l2sp_lambda) if f.l2sp_lambda else None,
+    weight = params.finetune.l2sp_lambda
+    return fine_tune_all(
+        model, data, params, "fine-tune (L2-SP)", extra_loss=L2SP(model, weight) if weight else None
     )

@@ -16,7 +16,7 @@ from shopguide.config import Params
 from shopguide.logs import track
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.tasks import task_losses
-from shopguide.transfer.common import Outcome, fine_tune, tensors
+from shopguide.transfer.common import Outcome, fine_tune_all, tensors
 from shopguide.transfer.data import TransferData
 
 log = logging.getLogger(__name__)
@@ -24,18 +24,19 @@ log = logging.getLogger(__name__)
 MIN_ROWS = 32  # an old category with fewer exposures is not a meta-task
 
 
-def meta_initialise(model: MultiTaskModel, data: TransferData, params: Params) -> int:
+def meta_initialise(model: MultiTaskModel, data: TransferData, params: Params) -> tuple[int, int]:
     """Reptile over the old categories with at least MIN_ROWS train exposures, in place;
-    returns how many categories it drew from. Categories are drawn uniformly (the new ones are
-    any categories, not the busiest); each inner step is a batch drawn from the category with
-    replacement, trained with the pointwise task losses by Adam."""
+    returns how many categories it drew from and how many rows its inner steps processed.
+    Categories are drawn uniformly (the new ones are any categories, not the busiest); each
+    inner step is a batch drawn from the category with replacement, trained with the pointwise
+    task losses by Adam."""
     f, t = params.finetune, params.train
     old = data.old
     sizes = old["category_id"].value_counts()
     categories = sizes[sizes >= MIN_ROWS].index.to_numpy()
     if not len(categories):
         log.warning("meta: no old category has %d exposures; initialisation unchanged", MIN_ROWS)
-        return 0
+        return 0, 0
     rows_of = {c: np.flatnonzero(old["category_id"].to_numpy() == c) for c in categories}
     everything = tensors(model, old)
     heads, aux = len(model.config.tasks), model.config.aux_tasks
@@ -43,6 +44,7 @@ def meta_initialise(model: MultiTaskModel, data: TransferData, params: Params) -
     params_list = [p for p in model.parameters() if p.requires_grad]
     model.set_sparse_embeddings(False)
     model.train()
+    samples = 0
     for _ in track(range(f.meta_iterations), "meta-initialise (Reptile)"):
         rows = rows_of[categories[rng.integers(len(categories))]]
         start = [p.detach().clone() for p in params_list]
@@ -57,20 +59,16 @@ def meta_initialise(model: MultiTaskModel, data: TransferData, params: Params) -
             inner.zero_grad(set_to_none=True)
             losses.sum().backward()
             inner.step()
+            samples += len(batch)
         with torch.no_grad():
             for p, s in zip(params_list, start, strict=True):
                 p.copy_(s + f.meta_step_size * (p - s))
-    return len(categories)
+    return len(categories), samples
 
 
 def adapt(model: MultiTaskModel, data: TransferData, params: Params) -> Outcome:
-    drawn = meta_initialise(model, data, params)
-    log.info("meta: initialised over %d old categories", drawn)
-    return fine_tune(
-        model,
-        data,
-        params,
-        list(model.parameters()),
-        params.finetune.full_learning_rate,
-        "fine-tune (meta)",
-    )
+    drawn, samples = meta_initialise(model, data, params)
+    log.info("meta: initialised over %d old categories (%d rows)", drawn, samples)
+    outcome = fine_tune_all(model, data, params, "fine-tune (meta)")
+    outcome.samples += samples
+    return outcome
