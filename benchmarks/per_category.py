@@ -16,6 +16,7 @@ resampled test rows. Writes JSON, a Markdown table and a PNG of the per-category
     python benchmarks/declared_mtl.py --schema datasets/olist.yaml \
         --params datasets/olist.params.yaml --out R.json --predictions P.parquet
     python benchmarks/per_category.py --predictions P.parquet --multi multi_task \
+        --names ../shared/data/olist/product_category_name_translation.csv \
         --out benchmarks/results/per-category-olist
 """
 
@@ -194,6 +195,23 @@ def from_predictions(path: Path) -> Inputs:
     )
 
 
+def category_names(path: Path) -> dict[str, str]:
+    """A CSV of category values (first column, as the dataset's schema hashes them into
+    `category_id`) and the label to show for each (last column)."""
+    from shopguide.dataset.examples import hash_values
+
+    table = pd.read_csv(path, dtype=str).dropna()
+    ids = hash_values(table.iloc[:, 0].astype("string"))
+    return dict(zip(map(str, ids), table.iloc[:, -1], strict=True))
+
+
+def named(report: dict, names: dict[str, str]) -> dict:
+    """`report` with each category id replaced by its name where `names` has one."""
+    for parts in report["tasks"].values():
+        parts["categories"] = {names.get(c, c): r for c, r in parts["categories"].items()}
+    return report
+
+
 def markdown(report: dict) -> str:
     multi, single = report["multi"], report["single"]
     lines = [
@@ -247,6 +265,7 @@ def main() -> None:
     ap.add_argument("--min-positives", type=int, default=10)
     ap.add_argument("--min-rows", type=int, default=50, help="a regression task's categories")
     ap.add_argument("--bootstrap", type=int, default=500)
+    ap.add_argument("--names", type=Path, help="CSV: category value, ..., label to show")
     ap.add_argument("--out", type=Path, default=Path("reports/benchmarks/per-category"))
     args = ap.parse_args()
     if args.results is not None:
@@ -255,6 +274,8 @@ def main() -> None:
     else:
         inputs = from_predictions(args.predictions)
     report = comparison(inputs, args.multi, args.single, args)
+    if args.names is not None:
+        report = named(report, category_names(args.names))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out.with_suffix(".json"), report)
     table = markdown(report)

@@ -261,6 +261,9 @@ def test_each_category_its_own_task_layer(pipeline_run: PipelineRun, splits: tup
     assert not torch.allclose(scores(model, test), scores(model, other), atol=1e-4)
     table = model.encoders[0].category_task
     assert table is not None and table.weight.abs().sum() > 0
+    # a batch of no rows (a category route with nothing to score) scores to no rows
+    empty = to_tensors(test.head(0), tasks, model.config).inputs()
+    assert model.outputs(*empty).shape == (0, sum(model.config.head_widths()))
 
 
 def test_settings_reject_unknown_task_names(pipeline_run: PipelineRun) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pandas as pd
 import pytest
 
 
@@ -56,8 +57,6 @@ def test_a_declared_predictions_file_is_compared_per_category_and_group(tmp_path
     task, two categories; the multi-task model is exact on category 1 only."""
     import argparse
 
-    import pandas as pd
-
     rng = np.random.default_rng(2)
     n = 400
     category = np.repeat([1, 2], n // 2)
@@ -91,3 +90,18 @@ def test_a_declared_predictions_file_is_compared_per_category_and_group(tmp_path
     assert days_part["categories"]["2"]["gain"] == 0.0
     assert set(late_part["groups"]) == {"head", "tail", "all"}
     assert "| late | category 1 |" in module.markdown(report)
+
+
+def test_category_ids_are_named_from_the_values_the_schema_hashes(tmp_path: Path) -> None:
+    from shopguide.dataset.examples import hash_values
+
+    (tmp_path / "names.csv").write_text("value,label\nbeleza_saude,health_beauty\n")
+    module = per_category()
+    names = module.category_names(tmp_path / "names.csv")
+    [beauty] = hash_values(pd.Series(["beleza_saude"]).astype("string"))
+    assert names == {str(beauty): "health_beauty"}
+    report = {"tasks": {"late": {"categories": {str(beauty): {"gain": 0.1}, "7": {}}}}}
+    assert set(module.named(report, names)["tasks"]["late"]["categories"]) == {
+        "health_beauty",
+        "7",
+    }

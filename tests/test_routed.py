@@ -86,6 +86,19 @@ def test_each_row_is_scored_by_its_routes_model(parts: tuple[MMoE, MMoE, MMoE]) 
     assert not torch.equal(out, base(*x))
 
 
+def test_a_batch_without_a_routes_rows_is_the_base_models(parts: tuple[MMoE, MMoE, MMoE]) -> None:
+    """No row of the batch is in the route (the old categories' slice): the base model scores
+    them all, with a per-category task layer too (whose reshape an empty part once broke)."""
+    torch.manual_seed(0)
+    base = MMoE(MMoEConfig(**CONFIG_FIELDS, category_task_buckets=13)).eval()
+    routed = Routed(base, [(CategoryRule(ids=(10_001,)), _shifted(base, 0.1))]).eval()
+    x = _batch()
+    assert not torch.isin(x[2], torch.tensor([10_001])).any()
+    assert torch.equal(routed(*x), base(*x))
+    empty = tuple(t[:0] for t in x)
+    assert base(*empty).shape == (0, 3)
+
+
 def test_routed_model_round_trips_and_traces(
     parts: tuple[MMoE, MMoE, MMoE], tmp_path: Path
 ) -> None:

@@ -80,7 +80,7 @@ def to_tensors(frame: pd.DataFrame, schema: DatasetSchema, config: ModelConfig) 
             for h in config.head_names()
         ],
         axis=1,
-    ).reshape(len(frame), -1)
+    ).reshape(len(frame), len(config.head_names()))  # explicit: a frame may have no rows
     for j, task in enumerate(config.aux_tasks, start=len(config.tasks)):
         if task.type == "multiclass":
             labels[:, j] = np.clip(np.round(labels[:, j]), 0, task.n_classes - 1)

@@ -327,13 +327,15 @@ class Encoder(nn.Module):
         if self.bags is not None:  # (batch, bags, tokens): every bag of every row at once
             tokens = bags.flatten(0, 1)
             weights = self.token_weights(tokens)
-            parts.append(self.bags(tokens, per_sample_weights=weights).view(bags.shape[0], -1))
+            # explicit sizes, not -1: an empty batch (a route with no rows) must reshape too
+            pooled = self.bags(tokens, per_sample_weights=weights)
+            parts.append(pooled.unflatten(0, bags.shape[:2]).flatten(1))
         if self.bag_wide is not None:
             wide = self.bag_wide(tokens, per_sample_weights=weights)
-            parts.append(wide.view(bags.shape[0], bags.shape[1], -1).sum(1))
+            parts.append(wide.unflatten(0, bags.shape[:2]).sum(1))
         if self.category_task is not None:  # (batch, heads, dense + 1) per row's category
             rows = (category * _HASH) % self.category_task.num_embeddings
-            layer = self.category_task(rows).view(len(dense), self.category_width, -1)
+            layer = self.category_task(rows).unflatten(1, (self.category_width, -1))
             parts.append(torch.bmm(layer[..., :-1], dense.unsqueeze(2)).squeeze(2) + layer[..., -1])
         return torch.cat([*parts, dense], dim=1)
 
