@@ -113,12 +113,8 @@ BALANCERS = ("uncertainty", "gradnorm", "pcgrad", "dwa", "mgda_ub", "alternating
 
 @pytest.mark.parametrize(
     "balancing",
-    [{"loss_balancing": b} for b in BALANCERS]
-    + [
-        {"loss_balancing": "pcgrad", "pcgrad_space": "parameters"},
-        {"warmup_epochs": 1, "warmup_task": "buy"},
-    ],
-    ids=[*BALANCERS, "pcgrad-parameters", "staged"],
+    [{"loss_balancing": b} for b in BALANCERS] + [{"warmup_epochs": 1, "warmup_task": "buy"}],
+    ids=[*BALANCERS, "staged"],
 )
 def test_every_balancer_learns(balancing: dict, pipeline_run: PipelineRun, splits: tuple) -> None:
     params = small_params(pipeline_run.params, "shared_bottom", **balancing)
