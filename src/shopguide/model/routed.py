@@ -111,8 +111,6 @@ class Routed(nn.Module):
         category = inputs[2]
         for i, model in enumerate(self.routed):
             rows = self.members(category, i).nonzero().squeeze(1)
-            if not len(rows):  # no row of this route in the batch
-                continue
             part = (t.index_select(0, rows) if t is not None else None for t in inputs)
             out = out.index_copy(0, rows, model.outputs(*part))
         return out
