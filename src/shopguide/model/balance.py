@@ -105,6 +105,17 @@ class GradNorm(Balancer):
         return self.learned.tolist()
 
 
+def task_gradients(losses: torch.Tensor, representation: torch.Tensor) -> torch.Tensor:
+    """(tasks, size of `representation`): each loss's gradient at the shared activations,
+    flat, in float32; the graph is kept for the step's own backward pass."""
+    return torch.stack(
+        [
+            torch.autograd.grad(loss, representation, retain_graph=True)[0].flatten().float()
+            for loss in losses
+        ]
+    )
+
+
 def project_conflicts(grads: list[torch.Tensor]) -> torch.Tensor:
     """PCGrad's surgery on flat per-task gradients: each loses its component along any other
     task's gradient it points against (the others visited in random order); their sum."""
@@ -188,13 +199,8 @@ class SharedOutputPCGrad(Balancer):
         params: list[nn.Parameter],
     ) -> None:
         weighted = self.task_weights * losses
-        grads = [
-            torch.autograd.grad(loss, representation, retain_graph=True)[0].flatten().float()
-            for loss in weighted
-        ]
-        correction = (project_conflicts(grads) - torch.stack(grads).sum(dim=0)).view_as(
-            representation
-        )
+        grads = task_gradients(weighted, representation)
+        correction = (project_conflicts(list(grads)) - grads.sum(dim=0)).view_as(representation)
         # The plain backward gives `representation` the plain sum; the correction added at
         # the same node turns it into the projected sum.
         torch.autograd.backward(
@@ -292,12 +298,7 @@ class MGDAUpperBound(Balancer):
         params: list[nn.Parameter],
     ) -> None:
         weighted = self.task_weights * losses
-        grads = torch.stack(
-            [
-                torch.autograd.grad(loss, representation, retain_graph=True)[0].flatten()
-                for loss in weighted
-            ]
-        ).float()
+        grads = task_gradients(weighted, representation)
         grads = grads / grads.norm(dim=1, keepdim=True).clamp_min(1e-12)
         gram = grads @ grads.T
         if dist.is_available() and dist.is_initialized():  # every process the same weights
