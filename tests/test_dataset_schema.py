@@ -4,6 +4,10 @@ known before each example's t0."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -311,3 +315,47 @@ def test_a_history_on_a_table_without_a_time_is_refused(tmp_path: Path) -> None:
     raw["history"] = [{"table": "orders", "by": "orders.shop", "name": "shop_orders"}]
     with pytest.raises(ShopguideError, match="declares no known_at; name its time column"):
         load_schema(write_schema(tmp_path, raw))
+
+
+def to_sqlite(db: Path, tables: dict[str, pd.DataFrame]) -> None:
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        for name, frame in tables.items():
+            frame.to_sql(name, con, index=False)
+
+
+def test_tables_read_from_sqlite_give_the_csv_examples(olist: Path, tmp_path: Path) -> None:
+    """Olist with every table in one SQLite database (typed columns where the CSV's values
+    are numbers) builds exactly the examples of the CSV files."""
+    raw = olist_raw(olist)
+    db = tmp_path / "olist.sqlite"
+    to_sqlite(db, {name: pd.read_csv(olist / t["path"]) for name, t in raw["tables"].items()})
+    from_db = copy.deepcopy(raw)
+    for name, table in from_db["tables"].items():
+        table |= {"path": str(db), "sqlite_table": name}
+    expected = build_examples(load_schema(write_schema(tmp_path, raw, "csv.yaml")))
+    got = build_examples(load_schema(write_schema(tmp_path, from_db, "db.yaml")))
+    pd.testing.assert_frame_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("table", "orders", "message"),
+    [
+        ("orders", ORDERS.replace(",5,", ",five,"), "table 'orders', row 1, column amount: 'five'"),
+        ("orders", ORDERS.replace("amount", "total"), "table 'orders': no columns ['amount']"),
+        ("order", ORDERS, "no table or view 'order' (the database has ['orders', 'ratings'])"),
+    ],
+)
+def test_sqlite_errors_name_the_database_table_row_and_column(
+    tmp_path: Path, table: str, orders: str, message: str
+) -> None:
+    frames = {
+        "orders": pd.read_csv(io.StringIO(orders), dtype=str),
+        "ratings": pd.DataFrame({"order_id": ["o1"], "stars": [4], "rated_at": [1704200000]}),
+    }
+    to_sqlite(tmp_path / "shop.db", frames)
+    raw = tiny_schema(tmp_path)
+    raw["tables"]["orders"] |= {"path": "shop.db", "sqlite_table": table}
+    raw["tables"]["ratings"] |= {"path": "shop.db", "sqlite_table": "ratings"}
+    with pytest.raises(ShopguideError) as err:
+        build_examples(load_schema(write_schema(tmp_path, raw)))
+    assert str(tmp_path / "shop.db") in str(err.value) and message in str(err.value)

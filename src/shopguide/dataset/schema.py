@@ -60,10 +60,13 @@ class ColumnSpec(Strict):
 
 class TableSpec(Strict):
     """A source file, or one file per split (`files`, e.g. a dataset released as train and
-    test files): its unique key and columns (the files may hold more; they are not read)."""
+    test files): its unique key and columns (the files may hold more; they are not read).
+    A file is CSV or Parquet by its name, or a SQLite database when `sqlite_table` names the
+    table or view to read from it (a shop's own database, read in place)."""
 
     path: str | None = None
     files: dict[Literal["train", "test"], str] | None = None
+    sqlite_table: str | None = Field(default=None, min_length=1)
     key: tuple[str, ...] = ()  # the columns unique per row; none for a log (impressions)
     columns: dict[str, ColumnSpec]
     # A column of this table holding when each row became known (a review: its answer time).

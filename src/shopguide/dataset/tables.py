@@ -7,7 +7,9 @@ warning naming their lines."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from shopguide.errors import ShopguideError
 
 log = logging.getLogger(__name__)
 SPLIT = "__split"  # the split of the file a row came from, for a table read from `files`
-LINE = "__line"  # the row's line in its file (the header, if any, is line 1)
+LINE = "__line"  # the row's line in its file (a header is line 1), or its row in a SQLite table
 
 
 def table_path(schema: DatasetSchema, name: str, root: Path | None = None) -> Path:
@@ -37,31 +39,66 @@ def table_paths(
     return out
 
 
+def _sqlite(path: Path, table: str) -> pd.DataFrame:
+    """Every column of `table` (a table or view) in the SQLite database at `path`, opened
+    read-only, in the database's own row order (rowid order for an ordinary table)."""
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        try:
+            names = [
+                r[0]
+                for r in db.execute(
+                    "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name"
+                )
+            ]
+        except sqlite3.DatabaseError as exc:
+            raise ShopguideError(f"{path}: not a SQLite database: {exc}") from exc
+        if table not in names:
+            raise ShopguideError(f"{path}: no table or view {table!r} (the database has {names})")
+        quoted = table.replace('"', '""')
+        return pd.read_sql_query(f'SELECT * FROM "{quoted}"', db)
+
+
 def _raw(path: Path, spec: TableSpec) -> pd.DataFrame:
     if not path.is_file():
         raise ShopguideError(f"{path}: table file not found (dataset root wrong?)")
     try:
-        if path.suffix == ".parquet":
+        if spec.sqlite_table:
+            frame = _sqlite(path, spec.sqlite_table)
+        elif path.suffix == ".parquet":
             frame = pd.read_parquet(path)
         else:
             headless = {} if spec.header else {"header": None, "names": list(spec.columns)}
             frame = pd.read_csv(
                 path, dtype=str, keep_default_na=False, na_values=[""], index_col=False, **headless
             )
-    except Exception as exc:  # pyarrow and the CSV parser raise many kinds
+    except ShopguideError:
+        raise
+    except Exception as exc:  # pyarrow, the CSV parser and sqlite3 raise many kinds
         raise ShopguideError(f"{path}: unreadable table file: {exc}") from exc
     missing = [c for c in spec.columns if c not in frame.columns]
     if missing:
         raise ShopguideError(
-            f"{path}: no columns {missing} (declared in the schema; the file has "
-            f"{list(frame.columns)})"
+            f"{_where(path, spec)}: no columns {missing} (declared in the schema; the "
+            f"{'table' if spec.sqlite_table else 'file'} has {list(frame.columns)})"
         )
     return frame[list(spec.columns)]
+
+
+def _where(path: Path, spec: TableSpec) -> str:
+    return f"{path}: table {spec.sqlite_table!r}" if spec.sqlite_table else str(path)
 
 
 def file_line(path: Path, lines: np.ndarray) -> Callable[[int, str], str]:
     """Where a value of a table file is: the file, the row's line (`lines`), the column."""
     return lambda row, column: f"{path}: line {lines[row]}, column {column}"
+
+
+def table_row(path: Path, spec: TableSpec, lines: np.ndarray) -> Callable[[int, str], str]:
+    """`file_line` for a CSV or Parquet file; a SQLite table's rows are counted from 1 in the
+    database's order (`row N`)."""
+    if not spec.sqlite_table:
+        return file_line(path, lines)
+    return lambda row, column: f"{_where(path, spec)}, row {lines[row]}, column {column}"
 
 
 def _first_bad(
@@ -118,9 +155,10 @@ def _malformed(
     if not bad.any() or bad.sum() > spec.max_malformed_fraction * len(raw):
         return np.zeros(len(raw), bool)
     log.warning(
-        "%s: dropped %d malformed rows (lines %s%s; max_malformed_fraction %g)",
-        path,
+        "%s: dropped %d malformed rows (%s %s%s; max_malformed_fraction %g)",
+        _where(path, spec),
         int(bad.sum()),
+        "rows" if spec.sqlite_table else "lines",
         ", ".join(str(n) for n in lines[bad][:5]),
         ", ..." if bad.sum() > 5 else "",
         spec.max_malformed_fraction,
@@ -133,7 +171,7 @@ def read_table(schema: DatasetSchema, name: str, root: Path | None = None) -> pd
     (`LINE`) and, for a table of `files`, its split (`SPLIT`). Each column is parsed once,
     twice only when malformed rows were dropped."""
     spec, parts = schema.tables[name], []
-    first = 2 if spec.header else 1
+    first = 2 if spec.header and not spec.sqlite_table else 1
     for split, path in table_paths(schema, name, root):
         raw = _raw(path, spec)
         parsed = {c: _parsed(raw[c], s) for c, s in spec.columns.items()}
@@ -142,7 +180,7 @@ def read_table(schema: DatasetSchema, name: str, root: Path | None = None) -> pd
         if not keep.all():  # parsed again without them: a column's format is read off its rows
             raw, lines = raw[keep].reset_index(drop=True), lines[keep]
             parsed = {c: _parsed(raw[c], s) for c, s in spec.columns.items()}
-        where = file_line(path, lines)
+        where = table_row(path, spec, lines)
         for column, (_, bad, what) in parsed.items():
             _first_bad(where, column, raw[column], bad, what)
         part = pd.DataFrame({column: values for column, (values, _, _) in parsed.items()})
