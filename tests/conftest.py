@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,29 +29,51 @@ SAMPLE = Path(
 )
 FIXTURES = Path(os.environ.get("SHOPGUIDE_FIXTURES", ROOT.parent / "shared/data/fixtures"))
 OLIST = Path(os.environ.get("SHOPGUIDE_OLIST", ROOT.parent / "shared/data/olist"))
-# The files whose tests take longest (measured in CI), slowest first. xdist hands files to its
-# workers in collection order; by default it orders them by their count of tests, which puts
-# these few-test, whole-pipeline files last, where one worker runs them while the other idles.
+# The files whose tests take longest (measured in CI), slowest first, after the files that
+# share `pipeline_run` (one unit, the longest). xdist hands units to its workers in collection
+# order; by default it orders them by their count of tests, which puts these few-test,
+# whole-pipeline files last, where one worker runs them while the other idles.
 SLOWEST_FIRST = (
-    "test_kfp_pipeline.py",
-    "test_transfer.py",
+    "test_kfp_local_run.py",
     "test_dvc.py",
     "test_kfp_caching.py",
-    "test_serving.py",
     "test_dataset_serving.py",
     "test_rees46_pipeline.py",
-    "test_model_zoo.py",
-    "test_training_engine.py",
     "test_synth.py",
-    "test_task_types.py",
+    "test_registry.py",
     "test_dataset_model.py",
 )
+SHARED_RUN = "pipeline_run"
+
+
+@functools.cache
+def uses_shared_run(path: Path) -> bool:
+    """Whether a test file uses the shared `pipeline_run` (read off its source, so the xdist
+    controller, which collects no tests, can tell too)."""
+    return SHARED_RUN in path.read_text()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slowest files first (`SLOWEST_FIRST`), each file's tests in their own order."""
+    """The files that share `pipeline_run` first (one unit of work, the longest: see
+    `pytest_xdist_make_scheduler`), then the slowest files (`SLOWEST_FIRST`), each file's
+    tests in their own order."""
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    shared = {path: uses_shared_run(path) for path in {item.path for item in items}}
+    items.sort(key=lambda item: -1 if shared[item.path] else rank.get(item.path.name, len(rank)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """xdist's units of work: each test file is one (its module fixtures built once), except
+    that every file using the shared `pipeline_run` goes to one worker, so that run (minutes)
+    is built once per session instead of once per worker."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedRunScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return SHARED_RUN if uses_shared_run(config.rootpath / file) else file
+
+    return SharedRunScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -189,3 +212,17 @@ def pipeline_run(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipe
         run.candidate, run.decision, run.evaluation, run.training_set, w / "gate/promotion.json", p
     )
     return run
+
+
+@pytest.fixture(scope="session")
+def half_sample(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real sample's lines of every other user (even user_id), as the raw file: the
+    whole-pipeline orchestration tests (KFP, DVC) run on half the rows; the model's results are
+    asserted on the full sample (`pipeline_run`)."""
+    out = tmp_path_factory.mktemp("half_sample") / "UserBehavior_half.csv"
+    with sample.open() as src, out.open("w") as dst:
+        for line in src:
+            user = line.split(",", 1)[0]
+            if user.isdigit() and int(user) % 2 == 0:
+                dst.write(line)
+    return out

@@ -42,12 +42,18 @@ def _commit(repo: Path) -> None:
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_everything_then_nothing(sample: Path, tmp_path: Path) -> None:
+def test_dvc_repro_runs_everything_then_nothing(half_sample: Path, tmp_path: Path) -> None:
+    """On half the sample with no model floors (the stages' order, outputs and caching are
+    tested; the gate's rules are test_gate's), every stage runs and promotes."""
     repo = _checkout(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["raw_path"] = str(sample)
-    params["train"]["max_epochs"] = 4
-    params["finetune"]["max_epochs"] = 2
+    params["data"]["raw_path"] = str(half_sample)
+    params["gate"] |= {
+        "auc_floor": dict.fromkeys(params["protocol"]["tasks"], 0.0),
+        "ranking_auc_floor": None,
+    }
+    params["train"]["max_epochs"] = 2
+    params["finetune"]["max_epochs"] = 1
     params["sampling"] |= {"recent": 2, "popularity": 1, "uniform": 1}
     params["features"]["sequence_length"] = 8
     (repo / "params.yaml").write_text(yaml.safe_dump(params))

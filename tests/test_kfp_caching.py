@@ -47,7 +47,7 @@ def _cached_run(root: Path, cache: Path, params: Params, raw: Path, feature_repo
 
 @pytest.mark.slow
 def test_an_unchanged_rerun_hits_the_cache_and_new_data_does_not(
-    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    half_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Caching is correct and useful: a re-run on the same data takes ingest, features, the
     checks, train, finetune and evaluate from the cache and runs only the steps that read
@@ -57,7 +57,7 @@ def test_an_unchanged_rerun_hits_the_cache_and_new_data_does_not(
 
     monkeypatch.chdir(tmp_path)
     raw = tmp_path / "raw.csv"
-    raw.write_bytes(sample.read_bytes())
+    raw.write_bytes(half_sample.read_bytes())
     feature_repo = copy_feature_repo(tmp_path / "feature_repo")
     # Cheap settings: what is tested is which steps run, not the model.
     floors = dict.fromkeys(("click", "cart", "fav", "buy"), 0.0)
@@ -72,6 +72,7 @@ def test_an_unchanged_rerun_hits_the_cache_and_new_data_does_not(
                 "infra": {"enabled": False},
                 "auc_floor": floors,
                 "gauc_floor": {},
+                "ranking_auc_floor": None,
                 "bootstrap_samples": 50,
             },
         )
@@ -110,7 +111,7 @@ def test_an_unchanged_rerun_hits_the_cache_and_new_data_does_not(
 
     # The raw file replaced at the same path: ingest reads it again (and its validation fails
     # on the few events left, which ends the run early).
-    raw.write_text("".join(sample.read_text().splitlines(keepends=True)[:500]))
+    raw.write_text("".join(half_sample.read_text().splitlines(keepends=True)[:500]))
     with pytest.raises(RuntimeError, match=r"Inner task failed: .*validate"):
         _cached_run(tmp_path / "run3", cache, params, raw, feature_repo)
     (third,) = (tmp_path / "run3").iterdir()

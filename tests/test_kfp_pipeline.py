@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from kfp import local
 from kfp.dsl import Artifact
 
 from components.champion import with_new_categories
@@ -20,12 +19,11 @@ from pipelines import training_pipeline as training_module
 from pipelines.cluster import compile_pipeline
 from pipelines.finetune_pipeline import finetune_pipeline
 from pipelines.training_pipeline import training_pipeline
-from shopguide.config import Params, load_params, params_from_json
+from shopguide.config import Params, params_from_json
 from shopguide.errors import ShopguideError
-from shopguide.io import fingerprint, read_json
+from shopguide.io import read_json
 from shopguide.model.tensors import is_new_category
-from shopguide.registry import champion, versions
-from tests.conftest import PipelineRun, copy_feature_repo, write_params
+from tests.conftest import PipelineRun
 
 # The local runner warns that the image names no Python (its tasks run in this venv instead)
 # and that display names do nothing locally; both are expected here.
@@ -237,121 +235,6 @@ def test_report_refusal_records_failed_checks(tmp_path: Path) -> None:
         "champion": "v0001",
         "reasons": ["auc_floor cart: AUC 0.6 < 0.9900"],
     }
-
-
-def _run(root: Path, params: Params, sample: Path, feature_repo: Path, registry: Path):
-    """Run the whole pipeline under the local subprocess runner; return its outcome and run dir.
-
-    Each run gets its own pipeline root, so the run's one directory holds one subdirectory per
-    task that ran (named after its component).
-    """
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    task = training_pipeline(
-        raw_path=str(sample),
-        feature_repo=str(feature_repo),
-        registry=str(registry),
-        validation_dir=str(registry.parent / "validation"),
-        params_json=params.model_dump_json(),
-        deploy=False,
-    )
-    (run_dir,) = root.iterdir()
-    return task.output, run_dir
-
-
-@pytest.mark.slow
-def test_failed_validation_stops_the_run(
-    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    feature_repo = copy_feature_repo(tmp_path / "feature_repo")
-    params = load_params(write_params(tmp_path, sample, validation={"min_events": 10**9}))
-    root = tmp_path / "kfp_root"
-    with pytest.raises(RuntimeError, match=r"Inner task failed: .*validate"):
-        _run(root, params, sample, feature_repo, tmp_path / "registry")
-    (run_dir,) = root.iterdir()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["fingerprint-inputs", "ingest", "validate"]
-    assert not (feature_repo / "data").exists()
-
-
-@pytest.mark.slow
-def test_local_runs_promote_then_refuse_a_finetune(
-    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The training pipeline promotes; the fine-tuning pipeline, held to floors no model can
-    reach, takes the refusal branch and leaves that champion in place."""
-    # Tasks inherit the working directory; keep anything they might drop there out of the repo.
-    monkeypatch.chdir(tmp_path)
-    feature_repo = copy_feature_repo(tmp_path / "feature_repo")
-    registry = tmp_path / "registry"
-    # Three epochs clear the gate on the sample (its best epoch is early); the train step's
-    # fine-tune to the new categories takes one.
-    fewer = {"train": {"max_epochs": 3}, "finetune": {"max_epochs": 1}}
-    params = load_params(write_params(tmp_path, sample, **fewer))
-    kfp_root = tmp_path / "kfp_root"
-
-    outcome, run_dir = _run(kfp_root / "pass", params, sample, feature_repo, registry)
-    first = champion(registry)
-    assert first is not None
-    assert outcome == f"promoted {first.name}"
-    record = read_json(run_dir / "promote" / "promotion")
-    assert record["promoted"] is True
-    assert record["version"] == first.name
-    assert (run_dir / "promote" / "inference_service").is_file()
-    assert first.metadata["parent"] == fingerprint(run_dir / "train" / "model")
-    assert not (run_dir / "deploy-champion").exists()  # deploy=False: no cluster here
-    assert not (run_dir / "report-refusal").exists()
-    # The accepted event profile outlives the run's own artifacts: the next run checks drift.
-    assert (tmp_path / "validation" / "accepted_profile.json").is_file()
-    # The gate scored the candidate artifact it was handed, not a path from another task.
-    decision = read_json(run_dir / "gate" / "decision")
-    assert decision["candidate"].startswith(str(run_dir / "finetune"))
-    assert any(c["rule"].startswith("serving") and c["passed"] for c in decision["checks"])
-
-    # Fine-tune the champion on the five busiest categories under unreachable floors.
-    frame = pd.read_parquet(run_dir / "features" / "training_set")
-    new_ids = [int(c) for c in frame["category_id"].value_counts().index[:5]]
-    strict = params.model_copy(
-        update={
-            "gate": params.gate.model_copy(
-                update={"auc_floor": dict.fromkeys(params.protocol.tasks, 0.99)}
-            ),
-            # Refused whatever it learns: one epoch is enough to reach the gate.
-            "finetune": params.finetune.model_copy(update={"max_epochs": 1}),
-        }
-    )
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root / "ft"))
-    tuned = finetune_pipeline(
-        new_category_ids=new_ids,
-        raw_path=str(sample),
-        feature_repo=str(feature_repo),
-        registry=str(registry),
-        validation_dir=str(tmp_path / "validation"),
-        params_json=strict.model_dump_json(),
-        deploy=False,
-    )
-    (ft_dir,) = (kfp_root / "ft").iterdir()
-    # Its events were checked for drift against the first run's accepted profile.
-    reports = [json.loads(f.read_text()) for f in ft_dir.rglob("*.json") if f.stat().st_size]
-    drift = [
-        r
-        for rep in reports
-        if isinstance(rep, dict)
-        for r in rep.get("results") or []
-        if r.get("suite") == "drift"
-    ]
-    assert drift and all(r["success"] for r in drift), drift
-    assert read_json(ft_dir / "finetune" / "metrics")["finetune_rows"] > 0
-    assert tuned.output.startswith("refused: auc_floor")
-    decision = read_json(ft_dir / "gate" / "decision")
-    assert decision["champion"] == first.name
-    assert decision["candidate"].startswith(str(ft_dir / "finetune"))
-    refusal = read_json(ft_dir / "report-refusal" / "refusal")
-    assert refusal["promoted"] is False
-    assert refusal["champion"] == first.name
-    assert refusal["reasons"]
-    assert not (ft_dir / "promote").exists()
-    assert champion(registry) == first
-    assert [v.name for v in versions(registry)][-1] == first.name
 
 
 def test_gpu_steps_run_in_the_cuda_image() -> None:
