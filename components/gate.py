@@ -32,7 +32,7 @@ def gate(
 
     setup_logging()
     from shopguide.config import params_from_json
-    from shopguide.gate import gate_step
+    from shopguide.gate import decision_markdown, gate_step
 
     result = gate_step(
         Path(evaluation.path),
@@ -45,12 +45,6 @@ def gate(
         feature_repo=Path(feature_repo),
     )
     verdict = "passed" if result["passed"] else "refused"
-    rows = [
-        f"| {'pass' if c['passed'] else '**fail**'} | {reason} |"
-        for reason, c in zip(result["reasons"], result["checks"], strict=True)
-    ]
-    Path(summary.path).write_text(
-        f"## Gate {verdict} (champion: {result['champion'] or 'none'})\n\n"
-        "| result | check |\n|---|---|\n" + "\n".join(rows) + "\n"
-    )
+    heading = f"Gate {verdict} (champion: {result['champion'] or 'none'})"
+    Path(summary.path).write_text(decision_markdown(result, heading))
     return verdict

@@ -7,8 +7,10 @@ v1 as the model does offline; every malformed request gets a 400 that names the 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,15 +22,16 @@ import yaml
 
 from shopguide.config import Params, load_params
 from shopguide.dataset.examples import build_examples, joined_rows
+from shopguide.dataset.gate import gate_step
 from shopguide.dataset.learn import predictions
 from shopguide.dataset.online import OnlineFeatures, request_columns
-from shopguide.dataset.schema import DatasetSchema, load_schema, saved_schema
+from shopguide.dataset.schema import SCHEMA_FILE, DatasetSchema, load_schema, saved_schema
 from shopguide.dataset.steps import train_step
 from shopguide.errors import ShopguideError
 from shopguide.features import open_store
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.store import load_model
-from shopguide.registry import champion, versions
+from shopguide.registry import champion, register, versions
 from shopguide.serving.declared import same_inputs, v2_inputs
 from shopguide.serving.process import running_server
 from tests.test_dataset_model import (
@@ -143,6 +146,87 @@ def test_a_repo_of_another_dataset_or_schema_version_is_refused(served: Served) 
         same_inputs(changed, saved_schema(served.repo))
 
 
+def test_the_gate_serves_the_candidate_and_refuses_a_server_that_fails(
+    served: Served, tmp_path: Path
+) -> None:
+    """The declared gate's serving check: the candidate behind a real `dataset serve` answers
+    the test rows as offline; a repo of another schema version (the server refuses to start)
+    is a refusal with the server's words, no repo at all a clear error."""
+    gate = served.params.gate
+    infra = gate.infra.model_copy(update={"requests": 4, "candidates": 25, "p99_latency_ms": 5e3})
+    params = served.params.model_copy(
+        update={"gate": gate.model_copy(update={"bootstrap_samples": 20, "infra": infra})}
+    )
+    examples = served.model_dir.parent / "examples.parquet"
+
+    def judged(repo: Path) -> dict:
+        return gate_step(
+            served.model_dir,
+            examples,
+            tmp_path / "registry",
+            tmp_path / "d.json",
+            params,
+            feature_repo=repo,
+        )
+
+    decision = judged(served.repo)
+    checks = {c["rule"]: c for c in decision["checks"]}
+    assert checks["serving_parity"]["passed"] and checks["serving_parity"]["value"] <= 1e-5
+    assert any("over 100 test rows (v2) and 3 (v1)" in r for r in decision["reasons"])
+    assert checks["serving_p99_latency"]["passed"]
+
+    stale = Path(shutil.copytree(served.repo, tmp_path / "stale"))
+    saved = json.loads((stale / SCHEMA_FILE).read_text())
+    saved["features"] = {}
+    (stale / SCHEMA_FILE).write_text(json.dumps(saved))
+    refused = judged(stale)
+    assert not refused["passed"]
+    (failed,) = [c for c in refused["checks"] if c["rule"] == "serving_starts_and_answers"]
+    assert not failed["passed"] and "features differ" in refused["infra"]["error"]
+
+    with pytest.raises(ShopguideError, match="run `shopguide dataset features` first"):
+        judged(tmp_path / "nowhere")
+    assert not (tmp_path / "registry").exists()
+
+
+def test_a_champion_promoted_while_serving_is_swapped_in(served: Served, tmp_path: Path) -> None:
+    """`dataset serve --registry` follows the champion without a restart; a champion this repo
+    cannot serve (another schema version) is not swapped in, the current one keeps serving."""
+    registry = tmp_path / "registry"
+    register(registry, served.model_dir, {"note": "first"})
+    stale = Path(shutil.copytree(served.model_dir, tmp_path / "stale"))
+    saved = json.loads((stale / SCHEMA_FILE).read_text())
+    saved["features"] = {}
+    (stale / SCHEMA_FILE).write_text(json.dumps(saved))
+    serving = served.params.serving.model_copy(update={"reload_interval_s": 0.2})
+    params = served.params.model_copy(update={"serving": serving})
+    body = {"inputs": v2_inputs(served.schema, served.request.iloc[:2])}
+
+    def served_version(client: httpx.Client, wanted: str) -> str:
+        deadline = time.monotonic() + 30
+        while True:
+            reply = client.post("/v2/models/olist/infer", json=body)
+            assert reply.status_code == 200, reply.text
+            version = reply.json()["model_version"]
+            if version == wanted or time.monotonic() > deadline:
+                return version
+            time.sleep(0.2)
+
+    with (
+        running_server(params, served.repo, registry=registry, declared=True) as (url, _, log),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        assert served_version(client, "v0001") == "v0001"
+        register(registry, served.model_dir, {"note": "promoted while serving"})
+        assert served_version(client, "v0002") == "v0002"
+        register(registry, stale, {"note": "another schema version"})
+        deadline = time.monotonic() + 30
+        while "cannot serve champion v0003" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        assert served_version(client, "v0002") == "v0002"
+
+
 def _offline(served: Served, model: MultiTaskModel) -> dict[str, np.ndarray]:
     frame = OnlineFeatures(served.repo, served.schema).served_frame(served.request)
     return predictions(model, frame, served.schema)
@@ -207,7 +291,10 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     gate, promotion and the generated Feast repo; its request to the served champion; then a
     gate that refuses (floors out of reach) leaves the champion as it was."""
     (tmp_path / "shops.yaml").write_text(readme_block("walkthrough-schema"))
-    (tmp_path / "shops.params.yaml").write_text(readme_block("walkthrough-params"))
+    # As conftest.write_params: a loaded test machine must not refuse on the serving latency.
+    (tmp_path / "shops.params.yaml").write_text(
+        readme_block("walkthrough-params") + "gate: {infra: {p99_latency_ms: 5000}}\n"
+    )
     write_shop_files(tmp_path / "data/shops")
     bin_dir = Path(sys.executable).parent
     done = subprocess.run(
@@ -228,6 +315,12 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert current is not None and current.name == "v0001"
     card = (current.path / "MODEL_CARD.md").read_text()
     assert "## Gate" in card and "good: auc" in card and "| stars | regression |" in card
+    # The gate served the candidate from the generated repo and got the offline scores back.
+    decision = json.loads((tmp_path / "artifacts/datasets/gate_decision.json").read_text())
+    served = {c["rule"]: c for c in decision["checks"] if c["rule"].startswith("serving")}
+    assert set(served) == {"serving_parity", "serving_p99_latency"}
+    assert served["serving_parity"]["passed"] and served["serving_parity"]["value"] <= 1e-5
+    assert decision["infra"]["requests"] >= 1 and decision["infra"]["startup_s"] > 0
 
     serve = readme_block("walkthrough-serve")
     body = json.loads(serve.split("-d '", 1)[1].split("'", 1)[0])
@@ -244,7 +337,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     write_yaml(
         tmp_path / "strict.yaml",
         yaml.safe_load(readme_block("walkthrough-params"))
-        | {"gate": {"declared_auc_floor": {"rated": 0.99}}},
+        | {"gate": {"declared_auc_floor": {"rated": 0.99}, "infra": {"enabled": False}}},
     )
     refused = dataset_cli(tmp_path, "gate", "--params", "strict.yaml")
     assert refused.returncode == 3, refused.stderr[-2000:]
@@ -253,6 +346,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert decision["champion"] == "v0001"  # the same model again: no regression against it
     against = [c for c in decision["checks"] if c["rule"] == "no_regression_vs_champion"]
     assert len(against) == 3 and all(c["passed"] and c["p_worse"] == 0 for c in against)
+    assert "serving check (gate.infra.enabled is false)" in decision["not_checked"]
     again = dataset_cli(tmp_path, "promote")
     assert again.returncode == 3 and "champion unchanged" in again.stderr
     assert [v.name for v in versions(registry)] == ["v0001"]

@@ -186,10 +186,12 @@ def test_predictor_image_serves_without_the_pipeline_packages(predictor: str) ->
     )
     assert "--model-dir" in out.stdout
     assert (
-        python_in(predictor, "import kserve, feast, torch, shopguide.serving.server").returncode
+        python_in(
+            predictor, "import kserve, feast, torch, sklearn, shopguide.serving.declared"
+        ).returncode
         == 0
     )
-    for module in ("kfp", "dvc", "great_expectations", "sklearn", "matplotlib"):
+    for module in ("kfp", "dvc", "great_expectations", "matplotlib"):
         assert python_in(predictor, f"import {module}").returncode != 0, module
 
 

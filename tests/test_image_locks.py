@@ -18,8 +18,15 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from shopguide.config import Params
+from shopguide.dataset.examples import joined_rows
+from shopguide.dataset.online import request_columns
+from shopguide.dataset.schema import load_schema
+from shopguide.dataset.steps import features_step, train_step
+from shopguide.serving.declared import v2_inputs
 from shopguide.serving.process import running_server
 from tests.conftest import PipelineRun
+from tests.test_dataset_model import shop_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "images"
@@ -28,7 +35,7 @@ LOCKS = {
     "predictor": IMAGES / "requirements-predictor.lock",
     "cuda": IMAGES / "requirements-cuda.lock",
 }
-PIPELINE_ONLY = {"kfp", "kfp-kubernetes", "great-expectations", "dvc", "scikit-learn", "matplotlib"}
+PIPELINE_ONLY = {"kfp", "kfp-kubernetes", "great-expectations", "dvc", "matplotlib"}
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)")
 
 
@@ -144,11 +151,9 @@ sys.meta_path.insert(0, _Blocked())
 """
 
 
-def test_the_predictor_serves_with_only_its_locked_packages(
-    pipeline_run: PipelineRun, tmp_path: Path
-) -> None:
-    """Every module of a distribution the pipeline image has and the predictor image lacks is
-    made unimportable in `shopguide serve`, which must still start and rank."""
+def predictor_only_env(tmp_path: Path) -> dict[str, str]:
+    """The environment in which every module of a distribution the pipeline image has and the
+    predictor image lacks is unimportable (a sitecustomize in `tmp_path`)."""
     missing = set(pins(LOCKS["pipeline"])) - set(pins(LOCKS["predictor"]))
     modules = {
         module
@@ -156,12 +161,17 @@ def test_the_predictor_serves_with_only_its_locked_packages(
         if any(canonicalize_name(d) in missing for d in dists)
         and not any(canonicalize_name(d) in pins(LOCKS["predictor"]) for d in dists)
     }
-    assert {"kfp", "dvc", "great_expectations", "sklearn", "matplotlib"} <= modules
+    assert {"kfp", "dvc", "great_expectations", "matplotlib"} <= modules
+    assert "sklearn" not in modules  # a declared dataset's text n-grams
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
-    env = {
-        "PYTHONPATH": str(tmp_path),
-        "SHOPGUIDE_BLOCKED_MODULES": ",".join(sorted(modules)),
-    }
+    return {"PYTHONPATH": str(tmp_path), "SHOPGUIDE_BLOCKED_MODULES": ",".join(sorted(modules))}
+
+
+def test_the_predictor_serves_with_only_its_locked_packages(
+    pipeline_run: PipelineRun, tmp_path: Path
+) -> None:
+    """`shopguide serve` starts and ranks with only the predictor image's packages."""
+    env = predictor_only_env(tmp_path)
     frame_user = 1000664
     with running_server(
         pipeline_run.params,
@@ -187,3 +197,33 @@ def test_the_predictor_serves_with_only_its_locked_packages(
         timeout=60,
     )
     assert probe.returncode != 0 and "not in the predictor image" in probe.stderr
+
+
+def test_a_declared_dataset_serves_with_only_its_locked_packages(tmp_path: Path) -> None:
+    """`shopguide dataset serve` of a model with a text field (the shops dataset's note)
+    starts and scores with only the predictor image's packages."""
+    schema_path = shop_schema(tmp_path / "shops")
+    params = Params.model_validate({"train": {"batch_size": 64, "max_epochs": 1}})
+    model_dir, repo = tmp_path / "model", tmp_path / "feature_repo"
+    train_step(
+        schema_path,
+        params,
+        model_dir,
+        tmp_path / "m.json",
+        tmp_path / "h.csv",
+        tmp_path / "reports",
+        tmp_path / "examples.parquet",
+    )
+    features_step(schema_path, params, repo, tmp_path / "reports")
+    schema = load_schema(schema_path)
+    assert schema.column("orders.note").type == "text"
+    rows = joined_rows(schema)[request_columns(schema)].iloc[:2]
+    env = predictor_only_env(tmp_path)
+    with running_server(
+        params, repo, model_dir=model_dir, workdir=tmp_path, extra_env=env, declared=True
+    ) as (url, _, _):
+        reply = httpx.post(
+            f"{url}/v2/models/shops/infer", json={"inputs": v2_inputs(schema, rows)}, timeout=30
+        )
+    assert reply.status_code == 200, reply.text
+    assert {o["name"] for o in reply.json()["outputs"]} == set(schema.tasks)

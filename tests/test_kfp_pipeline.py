@@ -14,9 +14,11 @@ from components.champion import with_new_categories
 from components.gate import gate
 from components.promote import report_refusal
 from components.settings import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, GPU_IMAGE, IMAGE
+from pipelines import dataset_pipeline as dataset_module
 from pipelines import finetune_pipeline as finetune_module
 from pipelines import training_pipeline as training_module
 from pipelines.cluster import compile_pipeline
+from pipelines.dataset_pipeline import dataset_pipeline
 from pipelines.finetune_pipeline import finetune_pipeline
 from pipelines.training_pipeline import training_pipeline
 from shopguide.config import Params, params_from_json
@@ -35,8 +37,12 @@ pytestmark = [
 
 @pytest.mark.parametrize(
     ("module", "pipeline"),
-    [(training_module, training_pipeline), (finetune_module, finetune_pipeline)],
-    ids=["train", "finetune"],
+    [
+        (training_module, training_pipeline),
+        (finetune_module, finetune_pipeline),
+        (dataset_module, dataset_pipeline),
+    ],
+    ids=["train", "finetune", "dataset"],
 )
 def test_compiled_pipeline_is_current(tmp_path: Path, module, pipeline) -> None:
     if (IMAGE, GPU_IMAGE) != (DEFAULT_IMAGE, DEFAULT_GPU_IMAGE):
@@ -73,6 +79,24 @@ def _tasks(spec: dict) -> dict[str, dict]:
     for component in spec["components"].values():
         found.update(component.get("dag", {}).get("tasks", {}))
     return found
+
+
+def test_no_step_of_the_dataset_pipeline_is_cached_and_every_one_mounts_the_volume() -> None:
+    """Each reads the schema and tables by path (no cache key sees them) or the registry."""
+    pipeline, platform = yaml.safe_load_all(dataset_module.COMPILED.read_text())
+    tasks = {n: t for n, t in _tasks(pipeline).items() if not n.startswith("condition")}
+    assert set(tasks) == {
+        "dataset-train",
+        "dataset-features",
+        "dataset-gate",
+        "dataset-promote",
+        "report-refusal",
+    }
+    assert not any(t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(executors) == len(tasks)
+    mount = dataset_module.PARAMS.deploy.data_mount
+    assert all(e["pvcMount"][0]["mountPath"] == mount for e in executors.values())
 
 
 def test_only_steps_whose_inputs_are_all_they_read_are_cached() -> None:

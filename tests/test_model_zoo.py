@@ -52,7 +52,7 @@ def small_params(params: Params, model: str, **train: object) -> Params:
     return params.model_copy(
         update={
             "model": params.model.model_copy(update={"name": model, **SMALL_MODEL}),
-            "train": params.train.model_copy(update={"max_epochs": 3, **train}),
+            "train": params.train.model_copy(update={"max_epochs": 2, **train}),
         }
     )
 

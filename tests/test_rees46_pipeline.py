@@ -77,8 +77,8 @@ def rees46_run(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
         # Every per-task setting names exactly the protocol's tasks (checked on load).
         validation={"positive_rate": {t: {"min": 0.001, "max": 0.2} for t in TASKS}},
-        # Cart is the harder task here (AUC about 0.55 on two machines): a floor that asserts it
-        # learned, without failing on the third decimal of a thread-count difference.
+        # Cart is the harder task here (test AUC 0.5497, the same on every machine measured): a
+        # floor that asserts it learned, with room for a change of the model's third decimal.
         gate={"auc_floor": dict.fromkeys(TASKS, 0.53)},
         serving={"ranking_weights": {"cart": 1.0, "buy": 2.0}},
     )

@@ -396,14 +396,19 @@ def dataset_gate(
     decision: Path = DATASET_DECISION,
     examples: ExamplesOpt = DATASET_EXAMPLES,
     root: RootOpt = None,
+    repo: Annotated[
+        Path, typer.Option(help="the dataset's Feast repo, for the serving check")
+    ] = DATASET_REPO,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Judge a declared dataset's model on the test split of the examples its training wrote:
     every served task beats the trivial guess and, paired bootstrap, does not regress against
-    the registry's champion. Exit code 3 when refused (the decision names each failed check)."""
+    the registry's champion; served by a real server (`dataset features` first), it answers as
+    offline. Exit code 3 when refused (the decision names each failed check)."""
     from shopguide.dataset.gate import gate_step
 
-    outcome = gate_step(model_dir, examples, registry, decision, load_params(params), root)
+    p = load_params(params)
+    outcome = gate_step(model_dir, examples, registry, decision, p, root, repo)
     if not outcome["passed"]:
         failed = [
             r for r, c in zip(outcome["reasons"], outcome["checks"], strict=True) if not c["passed"]

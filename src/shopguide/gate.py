@@ -43,7 +43,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from shopguide.config import GateParams, Params
+from shopguide.config import GateParams, InfraCheckParams, Params
 from shopguide.errors import ShopguideError
 from shopguide.evaluate import (
     Scored,
@@ -186,6 +186,16 @@ def ranking_regression_checks(
                 }
                 checks.append(check)
     return checks
+
+
+def decision_markdown(decision: dict, heading: str) -> str:
+    """A gate decision's checks as a Markdown table under `heading` (what the KFP UI shows
+    with a run)."""
+    rows = [
+        f"| {'pass' if c['passed'] else '**fail**'} | {reason} |"
+        for reason, c in zip(decision["reasons"], decision["checks"], strict=True)
+    ]
+    return f"## {heading}\n\n| result | check |\n|---|---|\n" + "\n".join(rows) + "\n"
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -335,7 +345,7 @@ def infra_requests(test: pd.DataFrame, requests: int, candidates: int) -> list[d
     return out
 
 
-def _serving_refusal(exc: Exception, details: dict) -> tuple[list[dict], dict]:
+def serving_refusal(exc: Exception, details: dict) -> tuple[list[dict], dict]:
     """Not started, crashed, hung or answered nonsense: a refusal, never a gate crash."""
     details["error"] = f"{type(exc).__name__}: {exc}"
     return [
@@ -413,7 +423,7 @@ def infra_checks(
             if v2.status_code != 200:
                 raise ShopguideError(f"v2 infer answered {v2.status_code}: {v2.text[:500]}")
     except (ShopguideError, httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
-        return _serving_refusal(exc, details)
+        return serving_refusal(exc, details)
     model = load_model(model_dir)
     tasks = model.config.tasks
     users = np.concatenate([np.full(len(i["item_ids"]), i["user_id"]) for i in instances])
@@ -431,17 +441,28 @@ def infra_checks(
             max(np.abs(got - offline).max(initial=0), np.abs(v2_got - offline[:n0]).max(initial=0))
         )
     except (ValueError, KeyError, IndexError, TypeError) as exc:  # answers of the wrong shape
-        return _serving_refusal(exc, details)
-    p99 = float(np.percentile(latencies, 99))
-    details |= {
-        "max_abs_diff": diff,
-        "latency_ms": {
-            "p50": float(np.percentile(latencies, 50)),
-            "p99": p99,
-            "max": float(np.max(latencies)),
-        },
-        "model_version_served": served[0].get("model_version"),
+        return serving_refusal(exc, details)
+    details |= {"max_abs_diff": diff, "latency_ms": latency_summary(latencies)}
+    details["model_version_served"] = served[0].get("model_version")
+    scope = f"{len(items)} exposures (v1) and {n0} (v2)"
+    request = f"{infra.candidates} candidates"
+    return serving_verdicts(diff, latencies, infra, scope, request), details
+
+
+def latency_summary(latencies: list[float]) -> dict[str, float]:
+    return {
+        "p50": float(np.percentile(latencies, 50)),
+        "p99": float(np.percentile(latencies, 99)),
+        "max": float(np.max(latencies)),
     }
+
+
+def serving_verdicts(
+    diff: float, latencies: list[float], infra: InfraCheckParams, scope: str, request: str
+) -> list[dict]:
+    """The serving check's two rules: served equals offline within `infra.max_abs_diff` over
+    `scope`; p99 latency of requests of `request` within `infra.p99_latency_ms`."""
+    p99 = float(np.percentile(latencies, 99))
     return [
         {
             "rule": "serving_parity",
@@ -451,8 +472,7 @@ def infra_checks(
             "threshold": infra.max_abs_diff,
             "passed": diff <= infra.max_abs_diff,
             "reason": f"serving_parity: max |served - offline| = {diff:.2e} "
-            f"{'<=' if diff <= infra.max_abs_diff else '>'} {infra.max_abs_diff:.0e} over "
-            f"{len(items)} exposures (v1) and {n0} (v2)",
+            f"{'<=' if diff <= infra.max_abs_diff else '>'} {infra.max_abs_diff:.0e} over {scope}",
         },
         {
             "rule": "serving_p99_latency",
@@ -463,9 +483,9 @@ def infra_checks(
             "passed": p99 <= infra.p99_latency_ms,
             "reason": f"serving_p99_latency: p99 {p99:.1f} ms "
             f"{'<=' if p99 <= infra.p99_latency_ms else '>'} {infra.p99_latency_ms:g} ms over "
-            f"{len(latencies)} requests of {infra.candidates} candidates",
+            f"{len(latencies)} requests of {request}",
         },
-    ], details
+    ]
 
 
 def collapse_checks(report: dict, gate: GateParams) -> list[dict]:

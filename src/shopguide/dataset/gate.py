@@ -11,6 +11,10 @@ Rules, per served task, on the test split, with the bootstrap of `gate:` in para
   of resamples where the candidate trails by more than the tolerance reaches
   `gate.regression_confidence`. Tolerance: `gate.max_auc_regression` for AUC and accuracy;
   that fraction of the champion's RMSE for a regression.
+* `serving_*` (`gate.infra`, given the dataset's Feast repo): the candidate behind a real
+  `shopguide dataset serve` answers v2 and v1 requests of test rows as the model does offline
+  for the same rows and online features, within `max_abs_diff` and `p99_latency_ms`
+  (`shopguide.dataset.serving_check`).
 
 A refusal writes the decision with one reason per check and leaves the registry untouched.
 `promote` registers only the model the decision approved, against the champion it judged."""
@@ -28,7 +32,8 @@ import pandas as pd
 from shopguide.config import Params
 from shopguide.dataset.examples import build_examples, read_examples
 from shopguide.dataset.learn import metric_draws, predictions, resample_weights
-from shopguide.dataset.schema import DatasetSchema, saved_schema
+from shopguide.dataset.schema import SCHEMA_FILE, DatasetSchema, saved_schema
+from shopguide.dataset.serving_check import serving_checks
 from shopguide.errors import GateRefused, ShopguideError
 from shopguide.io import read_json, write_json
 from shopguide.metrics import interval
@@ -140,11 +145,13 @@ def gate_step(
     decision_path: Path,
     params: Params,
     root: Path | None = None,
+    feature_repo: Path | None = None,
 ) -> dict:
     """Judge the candidate in `model_dir` on the test split of the examples its training
     wrote (`examples_path`) against the floors and the registry's champion of the same
-    dataset; write the decision. `root`: the tables, for a champion whose schema reads other
-    features of the same rows."""
+    dataset, and, given the dataset's Feast repo, behind a real server (`gate.infra`); write
+    the decision. `root`: the tables (the champion's features of the same rows, the served
+    test rows' request fields)."""
     schema = saved_schema(model_dir)
     examples = read_examples(examples_path, model_dir)
     train, test = examples[examples["split"] == "train"], examples[examples["split"] == "test"]
@@ -166,6 +173,19 @@ def gate_step(
             rows = test if theirs == schema else build_examples(theirs, root).loc[test.index]
             champ = predictions(load_model(current.path), rows, theirs)
             checks += regression_checks(schema, test, predicted, champ, params)
+    infra: dict = {}
+    if not params.gate.infra.enabled:
+        skipped.append("serving check (gate.infra.enabled is false)")
+    elif feature_repo is None:
+        skipped.append("serving check (no Feast repo given)")
+    else:
+        if not (Path(feature_repo) / SCHEMA_FILE).is_file():
+            raise ShopguideError(
+                f"{feature_repo}: no Feast repo of dataset {schema.name} for the serving check "
+                "(run `shopguide dataset features` first, or set gate.infra.enabled: false)"
+            )
+        served, infra = serving_checks(model_dir, Path(feature_repo), schema, params, root)
+        checks += served
     passed = all(c["passed"] for c in checks)
     decision = {
         "dataset": schema.name,
@@ -177,6 +197,7 @@ def gate_step(
         "candidate_fingerprint": model_fingerprint(model_dir),
         "registry": str(registry),
         "not_checked": skipped,
+        "infra": infra,
         "decided_at": datetime.now(UTC).isoformat(),
     }
     write_json(decision_path, decision)

@@ -9,13 +9,15 @@ dataset's generated Feast repo (`shopguide.dataset.online`).
 * v1 `predict`: {"instances": [{field: value, ...}, ...]} -> {"predictions": [{task: ...}]}.
 
 Every problem with a request is a 400 naming the field and row; the model and the repo must
-come from the same schema, checked at start-up."""
+come from the same schema, checked at start-up and for every champion swapped in while serving
+(`shopguide.serving.champion_swap`: a champion this repo cannot serve keeps the current one)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import kserve
@@ -30,8 +32,10 @@ from shopguide.dataset.online import OnlineFeatures, request_columns
 from shopguide.dataset.schema import DatasetSchema, saved_schema
 from shopguide.dataset.tables import parse_column
 from shopguide.errors import ShopguideError
+from shopguide.model.base import MultiTaskModel
 from shopguide.model.store import load_model
 from shopguide.serving import metrics
+from shopguide.serving.champion_swap import ChampionSwap
 from shopguide.serving.predictor import RejectedRequest, resolve_model_dir
 from shopguide.serving.schema import MAX_V2_TENSORS, decoded
 
@@ -61,7 +65,16 @@ def v2_inputs(schema: DatasetSchema, rows: pd.DataFrame) -> list[dict]:
     return inputs
 
 
-class DeclaredPredictor(kserve.Model):
+@dataclass(frozen=True)
+class DeclaredModel:
+    """One servable model version of the dataset."""
+
+    version: str
+    net: MultiTaskModel
+    schema: DatasetSchema
+
+
+class DeclaredPredictor(ChampionSwap, kserve.Model):
     def __init__(
         self,
         serving: ServingParams,
@@ -69,20 +82,30 @@ class DeclaredPredictor(kserve.Model):
         model_dir: Path | None = None,
         registry: Path | None = None,
     ) -> None:
-        path, self.version = resolve_model_dir(model_dir, registry)
+        path, version = resolve_model_dir(model_dir, registry)
         self.schema = saved_schema(path)
         super().__init__(self.schema.name)
-        self.serving, self.path, self.feature_repo = serving, path, Path(feature_repo)
+        self.serving, self.feature_repo = serving, Path(feature_repo)
+        self.model_dir, self.registry = model_dir, registry
+        self.first = (path, version)
+        self.current: DeclaredModel | None = None
         self.fields = request_columns(self.schema)
         self.max_v2_tensors = len(self.fields) + MAX_V2_TENSORS  # room to name the unknown
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shopguide-score")
 
+    def _load(self, path: Path, version: str) -> DeclaredModel:
+        """A version this repo can serve: the same inputs, so the request fields stay."""
+        schema = saved_schema(path)
+        same_inputs(schema, saved_schema(self.feature_repo))
+        loaded = DeclaredModel(version, load_model(path), schema)
+        log.info("model %s of dataset %s loaded", version, schema.name)
+        return loaded
+
     def load(self) -> bool:
-        same_inputs(self.schema, saved_schema(self.feature_repo))
-        self.net = load_model(self.path)
         self.online = OnlineFeatures(self.feature_repo, self.schema)
-        log.info("model %s of dataset %s loaded", self.version, self.schema.name)
+        self.current = self._load(*self.first)
         self.ready = True
+        self.watch_champion()
         return True
 
     # --- requests -----------------------------------------------------------------------------
@@ -157,9 +180,13 @@ class DeclaredPredictor(kserve.Model):
             )
         return pd.DataFrame(frame)
 
-    def _score(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    def _score(self, rows: pd.DataFrame) -> tuple[str, dict[str, np.ndarray]]:
+        """(version, {task: predictions}): one model version scores the whole request."""
+        model = self.current
         with torch.inference_mode():
-            return predictions(self.net, self.online.served_frame(rows), self.schema)
+            return model.version, predictions(
+                model.net, self.online.served_frame(rows), model.schema
+            )
 
     async def predict(
         self, payload: object, headers: dict[str, str] | None = None
@@ -171,12 +198,12 @@ class DeclaredPredictor(kserve.Model):
             metrics.REQUESTS.labels(protocol=protocol, outcome="invalid").inc()
             raise RejectedRequest(str(exc)) from None
         loop = asyncio.get_running_loop()
-        scores = await loop.run_in_executor(self._executor, self._score, rows)
+        version, scores = await loop.run_in_executor(self._executor, self._score, rows)
         metrics.REQUESTS.labels(protocol=protocol, outcome="ok").inc()
         if protocol == "v1":
             listed = {t: np.asarray(v).tolist() for t, v in scores.items()}
             return {
-                "model_version": self.version,
+                "model_version": version,
                 "predictions": [{t: v[i] for t, v in listed.items()} for i in range(len(rows))],
             }
         outputs = [
@@ -186,6 +213,6 @@ class DeclaredPredictor(kserve.Model):
         return InferResponse(
             response_id=payload.id or "",
             model_name=self.name,
-            model_version=self.version,
+            model_version=version,
             infer_outputs=outputs,
         )

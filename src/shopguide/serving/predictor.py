@@ -5,16 +5,14 @@ the Feast online store, scoring every candidate of a request in one forward pass
   (user, item) pair. Both carry the model version that scored them.
 * Requests that queue while a batch is being scored are scored together in the next one (no
   waiting: a lone request is scored at once), which amortises the per-batch costs under load.
-* With a registry, a background thread polls the champion pointer and swaps in a newly
-  promoted champion once it is loaded and has scored a warm-up row; requests already scoring
-  finish on the model they started with, so none is dropped.
+* With a registry, a newly promoted champion is swapped in once it is loaded and has scored a
+  warm-up row (`shopguide.serving.champion_swap`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +33,7 @@ from shopguide.model.routed import Routed
 from shopguide.model.store import load_model
 from shopguide.registry import champion, version_name
 from shopguide.serving import metrics
+from shopguide.serving.champion_swap import ChampionSwap
 from shopguide.serving.features import OnlineFeatureReader, Reader, make_reader
 from shopguide.serving.schema import (
     MAX_V2_TENSORS,
@@ -138,7 +137,7 @@ def ranking_weights(serving: ServingParams, tasks: tuple[str, ...]) -> np.ndarra
     return np.array([serving.ranking_weights.get(t, 0.0) for t in tasks], np.float32)
 
 
-class ShopguidePredictor(kserve.Model):
+class ShopguidePredictor(ChampionSwap, kserve.Model):
     # Batches scored at once. One: with two, batches get smaller and the threads contend for
     # the GIL; measured on 2 cores at 8 clients: more CPU per request, a worse p99, no gain.
     scoring_threads = 1
@@ -163,14 +162,8 @@ class ShopguidePredictor(kserve.Model):
         self._queue: list[tuple[Batch, asyncio.Future]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task] = set()
-        self._stop = threading.Event()
-        self._failed_version: str | None = None
         self.reader: Reader | None = None
         self.current: Loaded | None = None
-
-    @property
-    def version(self) -> str:
-        return self.current.version if self.current else ""
 
     # --- loading and reloading --------------------------------------------------------------
 
@@ -211,56 +204,10 @@ class ShopguidePredictor(kserve.Model):
                 f"{self.feature_repo}: cannot read online features (was `shopguide features` "
                 f"run to materialize them?): {exc}"
             ) from exc
-        metrics.MODEL_INFO.labels(version=version).set(1)
         self.ready = True
         log.info("serving model %s from %s with features from %s", version, path, self.feature_repo)
-        if self.registry is not None and self.model_dir is None and self.serving.reload_interval_s:
-            threading.Thread(target=self._watch, name="shopguide-reload", daemon=True).start()
+        self.watch_champion()
         return self.ready
-
-    def reload_if_changed(self) -> bool:
-        """Swap in the registry's champion if it is not the one being served; True if swapped.
-        A version that fails to load is logged, counted and not retried until the pointer
-        moves again; the current model keeps serving."""
-        try:
-            current = champion(self.registry)
-        except ShopguideError as exc:
-            log.warning("champion pointer unreadable, keeping %s: %s", self.version, exc)
-            return False
-        if current is None or current.name in (self.version, self._failed_version):
-            return False
-        started = time.monotonic()
-        try:
-            loaded = self._load(current.path, current.name)
-        except Exception as exc:  # a bad version must not take serving down
-            self._failed_version = current.name
-            metrics.RELOADS.labels(outcome="failure").inc()
-            log.error("cannot serve champion %s, keeping %s: %s", current.name, self.version, exc)
-            return False
-        previous, self.current = self.current, loaded  # one reference swap: atomic
-        self._failed_version = None
-        metrics.MODEL_INFO.labels(version=loaded.version).set(1)
-        if previous is not None:
-            metrics.MODEL_INFO.remove(previous.version)
-        metrics.RELOADS.labels(outcome="success").inc()
-        log.warning(
-            "now serving champion %s (was %s; loaded in %.2fs)",
-            loaded.version,
-            previous.version if previous else None,
-            time.monotonic() - started,
-        )
-        return True
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.serving.reload_interval_s):
-            try:
-                self.reload_if_changed()
-            except Exception:  # keep watching whatever happened
-                log.exception("champion reload check failed")
-
-    def stop(self) -> None:
-        self._stop.set()
-        super().stop()
 
     # --- scoring -----------------------------------------------------------------------------
 

@@ -230,7 +230,7 @@ def serve(
 ) -> None:
     """Run the model server in the foreground until SIGTERM or SIGINT: `predictor` serves the
     pipeline's models, `shopguide.serving.declared.DeclaredPredictor` a declared dataset's
-    (its imports, scikit-learn's text hashing among them, stay out of the pipeline's image).
+    (its imports, scikit-learn's text hashing among them, load only when it is the one served).
 
     Unless OMP_NUM_THREADS says otherwise, torch gets one thread: a request is a few small
     matrix products, and torch's default (every core of the node, not the pod's CPU limit)

@@ -1,0 +1,2 @@
+"""Components of a declared dataset's steps (as `shopguide dataset train|features|gate|promote`),
+for `pipelines/dataset_pipeline.py`."""
