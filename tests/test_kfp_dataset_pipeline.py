@@ -45,7 +45,10 @@ def test_the_dataset_pipeline_promotes_then_refuses(
     params = Params.model_validate(
         {
             "train": {"batch_size": 64, "learning_rate": 0.01, "max_epochs": 3},
-            "gate": {"bootstrap_samples": 50, "infra": {"p99_latency_ms": 5000}},
+            "gate": {
+                "bootstrap_samples": 50,
+                "infra": {"p99_latency_ms": 5000, "requests": 5, "candidates": 20},
+            },
         }
     )
     outcome, run_dir = _run(tmp_path / "kfp" / "pass", schema, tmp_path, params)
@@ -66,7 +69,13 @@ def test_the_dataset_pipeline_promotes_then_refuses(
 
     strict = params.model_copy(
         update={
-            "gate": params.gate.model_copy(update={"declared_auc_floor": {"rated": 0.99}}),
+            "gate": params.gate.model_copy(
+                update={
+                    "declared_auc_floor": {"rated": 0.99},
+                    # The serving check ran in the first run; this one tests the refusal branch.
+                    "infra": params.gate.infra.model_copy(update={"enabled": False}),
+                }
+            ),
             "train": params.train.model_copy(update={"max_epochs": 1}),
         }
     )
