@@ -32,7 +32,7 @@ def gate(
 
     setup_logging()
     from shopguide.config import params_from_json
-    from shopguide.gate import decision_markdown, gate_step
+    from shopguide.gate import gate_step, gate_verdict
 
     result = gate_step(
         Path(evaluation.path),
@@ -44,7 +44,4 @@ def gate(
         model_dir=Path(model.path),
         feature_repo=Path(feature_repo),
     )
-    verdict = "passed" if result["passed"] else "refused"
-    heading = f"Gate {verdict} (champion: {result['champion'] or 'none'})"
-    Path(summary.path).write_text(decision_markdown(result, heading))
-    return verdict
+    return gate_verdict(result, Path(summary.path))

@@ -58,6 +58,12 @@ def on_cluster(
     return task
 
 
+def uncached(task: PipelineTask, *, retry: bool = False) -> PipelineTask:
+    """`on_cluster`, never taken from KFP's cache: for a step that reads or writes state no
+    cache key sees (the registry, the volume's profiles and Feast repo, files named by path)."""
+    return on_cluster(task, retry=retry).set_caching_options(enable_caching=False)
+
+
 def compile_pipeline(pipeline, path: Path) -> Path:
     """Write `pipeline`'s IR YAML to `path`, the file to upload to Kubeflow."""
     compiler.Compiler().compile(pipeline, str(path))

@@ -14,17 +14,13 @@ from components.dataset.gate import dataset_gate
 from components.dataset.promote import dataset_promote
 from components.dataset.train import dataset_train
 from components.promote import report_refusal
-from pipelines.cluster import PARAMS, ROOT, compile_pipeline, on_cluster
+from pipelines.cluster import PARAMS, ROOT, compile_pipeline, uncached
 
 COMPILED = ROOT / "pipelines" / "dataset_pipeline.yaml"
 DATA = PARAMS.deploy.data_mount
 # Settings of the event-log pipeline's defaults; a dataset's own params file, as JSON, replaces
 # them (`shopguide.config.load_params(...).model_dump_json()`).
 DEFAULT_PARAMS_JSON = PARAMS.model_dump_json()
-
-
-def uncached(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    return on_cluster(task).set_caching_options(enable_caching=False)
 
 
 @dsl.pipeline(

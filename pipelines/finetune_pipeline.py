@@ -9,7 +9,7 @@ from kfp import dsl
 
 from components.champion import champion_model, current_champion, with_new_categories
 from components.finetune import finetune
-from pipelines.cluster import ROOT, compile_pipeline, on_cluster
+from pipelines.cluster import ROOT, compile_pipeline, on_cluster, uncached
 from pipelines.stages import (
     FEATURE_REPO,
     RAW_PATH,
@@ -48,8 +48,7 @@ def finetune_pipeline(
     data, ranking, checked = training_set(raw_path, feature_repo, validation_dir, params_json)
     # The champion changes with every promotion: it is looked up every run, and its copy is
     # cached per version and weights.
-    named = on_cluster(current_champion(registry=registry), retry=True).after(checked)
-    named.set_caching_options(enable_caching=False)
+    named = uncached(current_champion(registry=registry), retry=True).after(checked)
     current = on_cluster(
         champion_model(registry=registry, champion=named.output), retry=True
     ).set_display_name("champion-model")

@@ -24,7 +24,7 @@ from components.gate import gate
 from components.ingest import ingest
 from components.promote import deploy_champion, promote, report_refusal
 from components.validate import validate
-from pipelines.cluster import PARAMS, on_cluster
+from pipelines.cluster import PARAMS, on_cluster, uncached
 
 # Defaults for the path parameters: locations on the data volume every task mounts.
 RAW_PATH = f"{PARAMS.deploy.data_mount}/raw/UserBehavior.csv"
@@ -44,8 +44,7 @@ def training_set(
     Returns the training set, the ranking set (taobao-rank-v1's query candidates with their
     features) and the training set's validation task, which training must run after.
     """
-    fingerprints = on_cluster(fingerprint_inputs(raw_path=raw_path, feature_repo=feature_repo))
-    fingerprints.set_caching_options(enable_caching=False)
+    fingerprints = uncached(fingerprint_inputs(raw_path=raw_path, feature_repo=feature_repo))
     ingested = on_cluster(
         ingest(
             raw_path=raw_path,
@@ -56,7 +55,7 @@ def training_set(
     )
     # Reads the accepted event profile from `validation_dir` and replaces it on success: state
     # no cache key sees.
-    events_checked = on_cluster(
+    events_checked = uncached(
         validate(
             suite="events",
             table=ingested.outputs["events"],
@@ -64,7 +63,6 @@ def training_set(
             profile_dir=validation_dir,
         )
     ).set_display_name("validate-events")
-    events_checked.set_caching_options(enable_caching=False)
     featured = on_cluster(
         features(
             events=ingested.outputs["events"],
@@ -78,7 +76,7 @@ def training_set(
     )
     # A cached features step wrote the repo in an earlier run, and another run may have
     # rewritten it since: rebuild it then, before anything reads it.
-    synced = on_cluster(
+    synced = uncached(
         sync_feature_repo(
             events=ingested.outputs["events"],
             exposures=ingested.outputs["exposures"],
@@ -89,7 +87,6 @@ def training_set(
         ),
         retry=True,
     )
-    synced.set_caching_options(enable_caching=False)
     checked = on_cluster(
         validate(
             suite="training-set", table=featured.outputs["training_set"], params_json=params_json
@@ -127,7 +124,7 @@ def gate_and_promote(
             )
         )
     # The decision depends on the registry's current champion, not only on the inputs.
-    decided = on_cluster(
+    decided = uncached(
         gate(
             evaluation=evaluated.outputs["evaluation"],
             training_set=data,
@@ -137,9 +134,9 @@ def gate_and_promote(
             registry=registry,
             params_json=params_json,
         )
-    ).set_caching_options(enable_caching=False)
+    )
     with dsl.If(decided.outputs["Output"] == "passed", name="gate-passed"):
-        promoted = on_cluster(
+        promoted = uncached(
             promote(
                 model=candidate,
                 pretrained=pretrained,
@@ -150,12 +147,12 @@ def gate_and_promote(
                 registry=registry,
                 params_json=params_json,
             )
-        ).set_caching_options(enable_caching=False)
+        )
         with dsl.If(deploy == True, name="deploy"):  # noqa: E712 - a pipeline condition
-            on_cluster(
+            uncached(
                 deploy_champion(promotion=promoted.outputs["promotion"], params_json=params_json),
                 retry=True,
-            ).set_caching_options(enable_caching=False)
+            )
     with dsl.Else(name="gate-refused"):
         refused = on_cluster(report_refusal(decision=decided.outputs["decision"]))
     return dsl.OneOf(promoted.outputs["Output"], refused.outputs["Output"])

@@ -271,3 +271,19 @@ def test_gpu_steps_run_in_the_cuda_image() -> None:
     }
     assert images["train"] == images["finetune"] == DEFAULT_GPU_IMAGE
     assert images["ingest"] == images["gate"] == DEFAULT_IMAGE
+
+
+def test_fingerprinting_names_feasts_config_variable_without_importing_feast() -> None:
+    """The fingerprint step runs on every pipeline run: it spells out Feast's variable rather
+    than pay Feast's import, and the spelling is Feast's own."""
+    import subprocess
+    import sys
+
+    from feast.constants import FEAST_FS_YAML_FILE_PATH_ENV_NAME
+
+    from shopguide import caching
+
+    assert caching.FEAST_FS_YAML_FILE_PATH_ENV_NAME == FEAST_FS_YAML_FILE_PATH_ENV_NAME
+    code = "import sys, shopguide.caching; print('feast' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "False", loaded.stderr

@@ -27,7 +27,7 @@ def dataset_gate(
     setup_logging()
     from shopguide.config import params_from_json
     from shopguide.dataset.gate import gate_step
-    from shopguide.gate import decision_markdown
+    from shopguide.gate import gate_verdict
 
     result = gate_step(
         Path(model.path),
@@ -38,8 +38,4 @@ def dataset_gate(
         Path(root) if root else None,
         Path(feature_repo),
     )
-    verdict = "passed" if result["passed"] else "refused"
-    champion = result["champion"] or "none"
-    heading = f"Gate {verdict} (dataset {result['dataset']}, champion: {champion})"
-    Path(summary.path).write_text(decision_markdown(result, heading))
-    return verdict
+    return gate_verdict(result, Path(summary.path))

@@ -20,12 +20,13 @@ import hashlib
 import os
 from pathlib import Path
 
-from feast.constants import FEAST_FS_YAML_FILE_PATH_ENV_NAME
-
 from shopguide.errors import ShopguideError
 from shopguide.io import fingerprint
 
 REPO_MARK = "data/.shopguide-training-set"
+# Feast's `feast.constants.FEAST_FS_YAML_FILE_PATH_ENV_NAME`, spelt out: importing Feast costs
+# seconds, and the fingerprint step that runs on every pipeline run needs nothing else from it.
+FEAST_FS_YAML_FILE_PATH_ENV_NAME = "FEAST_FS_YAML_FILE_PATH"
 
 
 def raw_fingerprint(path: Path) -> str:

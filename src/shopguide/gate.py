@@ -188,14 +188,18 @@ def ranking_regression_checks(
     return checks
 
 
-def decision_markdown(decision: dict, heading: str) -> str:
-    """A gate decision's checks as a Markdown table under `heading` (what the KFP UI shows
-    with a run)."""
+def gate_verdict(decision: dict, summary: Path) -> str:
+    """ "passed" or "refused", for a pipeline to branch on; writes the decision's checks as a
+    Markdown table to `summary` (what the KFP UI shows with a run)."""
+    verdict = "passed" if decision["passed"] else "refused"
+    scope = f"dataset {decision['dataset']}, " if decision.get("dataset") else ""
+    heading = f"Gate {verdict} ({scope}champion: {decision['champion'] or 'none'})"
     rows = [
         f"| {'pass' if c['passed'] else '**fail**'} | {reason} |"
         for reason, c in zip(decision["reasons"], decision["checks"], strict=True)
     ]
-    return f"## {heading}\n\n| result | check |\n|---|---|\n" + "\n".join(rows) + "\n"
+    summary.write_text(f"## {heading}\n\n| result | check |\n|---|---|\n" + "\n".join(rows) + "\n")
+    return verdict
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:

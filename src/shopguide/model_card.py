@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from shopguide.model.tensors import rule_text
-
 
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
@@ -49,6 +47,8 @@ def _gate_lines(gate: dict) -> list[str]:
 
 
 def _rule(rule: dict) -> str:
+    from shopguide.model.tensors import rule_text  # torch: not for every registry reader
+
     return rule_text(rule.get("ids"), _fmt(rule.get("modulo")), _fmt(rule.get("remainder")))
 
 

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shopguide.config import Params
-from shopguide.deploy import render_inference_service
 from shopguide.errors import GateRefused, ShopguideError
 from shopguide.io import fingerprint, read_json, write_json
 from shopguide.model.store import missing_files
@@ -99,6 +98,8 @@ def promote_step(
 ) -> dict:
     """Register the gate-approved `model_dir`; `parent_dir` is the model it was fine-tuned
     from (its weights identify the registered parent version, if any)."""
+    from shopguide.deploy import render_inference_service  # KServe: not for a declared model
+
     if not Path(decision_path).is_file():
         raise ShopguideError(f"{decision_path}: no gate decision (run gate first)")
     decision = read_json(decision_path)

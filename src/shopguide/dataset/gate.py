@@ -33,7 +33,6 @@ from shopguide.config import Params
 from shopguide.dataset.examples import build_examples, read_examples
 from shopguide.dataset.learn import metric_draws, predictions, resample_weights
 from shopguide.dataset.schema import SCHEMA_FILE, DatasetSchema, saved_schema
-from shopguide.dataset.serving_check import serving_checks
 from shopguide.errors import GateRefused, ShopguideError
 from shopguide.io import read_json, write_json
 from shopguide.metrics import interval
@@ -184,6 +183,8 @@ def gate_step(
                 f"{feature_repo}: no Feast repo of dataset {schema.name} for the serving check "
                 "(run `shopguide dataset features` first, or set gate.infra.enabled: false)"
             )
+        from shopguide.dataset.serving_check import serving_checks  # Feast, KServe
+
         served, infra = serving_checks(model_dir, Path(feature_repo), schema, params, root)
         checks += served
     passed = all(c["passed"] for c in checks)

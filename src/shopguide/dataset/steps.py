@@ -18,7 +18,6 @@ from shopguide.dataset.checks import validate_dataset
 from shopguide.dataset.drift import split_drift
 from shopguide.dataset.examples import EXAMPLES_DIGEST, Tables, write_examples
 from shopguide.dataset.learn import predictions, task_report, train_declared
-from shopguide.dataset.online import write_repo
 from shopguide.dataset.schema import SCHEMA_FILE, DatasetSchema, load_schema
 from shopguide.train import write_outputs
 from shopguide.validation import raise_on_failure
@@ -123,4 +122,6 @@ def features_step(
     the lookups and history as of the data's end into its online store."""
     tables: Tables = {}
     schema, _ = checked_examples(schema_path, params, report_dir, root, tables)
+    from shopguide.dataset.online import write_repo  # Feast: only this step needs it
+
     return write_repo(schema, repo, root, tables)

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from shopguide.errors import ShopguideError
-from shopguide.model.routed import AnyModel, Routed, RoutedConfig, build_routed
-from shopguide.model.zoo import build, parse_config
+
+if TYPE_CHECKING:
+    from shopguide.model.routed import AnyModel
+
+# torch is imported by the functions that build or read a model, not by this module: the
+# registry and the steps that only move model files (promotion, the champion lookup) start in
+# a fraction of the time without it.
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
 def save_model(model: AnyModel, directory: Path) -> None:
+    from safetensors.torch import save_file
+
+    from shopguide.model.routed import Routed
+
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS))
@@ -37,6 +45,12 @@ def require_model(directory: Path) -> None:
 
 
 def load_model(directory: Path) -> AnyModel:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from shopguide.model.routed import RoutedConfig, build_routed
+    from shopguide.model.zoo import build, parse_config
+
     directory = Path(directory)
     require_model(directory)
     try:
