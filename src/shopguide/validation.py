@@ -509,14 +509,16 @@ def validate_training_set(training_set: Path, params: Params, report_dir: Path) 
     required = {*TRAINING_KEYS, "event_timestamp", *params.protocol.tasks}
     # GX compares only numpy int64 and float64 columns vectorised, any other dtype (float32,
     # the nullable Int64) one value at a time in Python: minutes on a few hundred thousand
-    # rows. The features' range and null checks read them as float64 (exact for counts below
-    # 2**53; a null stays null).
+    # rows. So float32 features are read as float64 (exact), and integer features without a
+    # null as numpy int64 (a null keeps the nullable type, for the null check to name it).
     frame = _read_parquet(
         training_set,
         lambda name: name in required or "__" in name,
-        lambda field: pa.float64() if "__" in field.name else field.type,
+        lambda field: pa.float64() if pa.types.is_float32(field.type) else field.type,
     )
     features = [c for c in frame.columns if "__" in c]
+    whole = [c for c in features if isinstance(frame[c].dtype, pd.Int64Dtype)]
+    frame = frame.astype({c: "int64" for c in whole if not frame[c].hasnans})
     return run_checks(
         [Check(_training_suite(params, features), frame, [])], training_set, report_dir
     )
