@@ -62,20 +62,14 @@ class ValidationReport:
     docs_path: Path
 
 
-def _read_parquet(
-    path: Path,
-    wanted: Callable[[str], bool],
-    as_type: Callable[[pa.Field], pa.DataType] = lambda field: field.type,
-) -> pd.DataFrame:
-    """Load only the columns `wanted` accepts, each cast to `as_type`'s type; integers stay
-    integers even with nulls."""
+def _read_parquet(path: Path, wanted: Callable[[str], bool]) -> pd.DataFrame:
+    """Load only the columns `wanted` accepts; integers stay integers even with nulls."""
     path = Path(path)
     if not path.is_file():
         raise ShopguideError(f"{path}: Parquet file to validate not found")
     try:
         names = pq.read_schema(path).names
         table = pq.read_table(path, columns=[n for n in names if wanted(n)])
-        table = table.cast(pa.schema([f.with_type(as_type(f)) for f in table.schema]))
     except (pa.ArrowException, OSError) as exc:
         raise ShopguideError(f"{path}: cannot read as Parquet: {exc}") from exc
     # Without the mapper a null in an int64 column turns the whole column into float64, which
@@ -511,14 +505,14 @@ def validate_training_set(training_set: Path, params: Params, report_dir: Path) 
     # the nullable Int64) one value at a time in Python: minutes on a few hundred thousand
     # rows. So float32 features are read as float64 (exact), and integer features without a
     # null as numpy int64 (a null keeps the nullable type, for the null check to name it).
-    frame = _read_parquet(
-        training_set,
-        lambda name: name in required or "__" in name,
-        lambda field: pa.float64() if pa.types.is_float32(field.type) else field.type,
-    )
+    frame = _read_parquet(training_set, lambda name: name in required or "__" in name)
     features = [c for c in frame.columns if "__" in c]
-    whole = [c for c in features if isinstance(frame[c].dtype, pd.Int64Dtype)]
-    frame = frame.astype({c: "int64" for c in whole if not frame[c].hasnans})
+    vectorised = {c: "float64" for c in features if frame[c].dtype == "float32"} | {
+        c: "int64"
+        for c in features
+        if isinstance(frame[c].dtype, pd.Int64Dtype) and not frame[c].hasnans
+    }
+    frame = frame.astype(vectorised)
     return run_checks(
         [Check(_training_suite(params, features), frame, [])], training_set, report_dir
     )
