@@ -312,6 +312,15 @@ class TrainParams(Strict):
     # Also fit on the train split's taobao-rank-v1 queries (protocol rule 5: training queries
     # for a learned ranker), each labelled for its own task only.
     ranking_queries: bool = True
+    # How `train` reads the training set: stream (Parquet row groups through a shuffle buffer
+    # of `shuffle_buffer_rows` rows; memory bounded by the buffer, whatever the data's size)
+    # or memory (the whole table as tensors). A set that fits in the buffer is read once and
+    # trained on as in memory.
+    loader: Literal["stream", "memory"] = "stream"
+    shuffle_buffer_rows: PositiveInt = 1_048_576
+    # A checkpoint every this many steps too (0: after every epoch only), so that a run
+    # killed in a long epoch resumes mid-epoch.
+    checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _joint_epochs(self) -> TrainParams:

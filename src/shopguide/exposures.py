@@ -13,10 +13,11 @@ per-row Python.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 from shopguide.config import TASK_BEHAVIOUR, AuxTaskParams, Params, ProtocolParams
-from shopguide.duck import connect, sql_path
+from shopguide.duck import connect, spill_directory, sql_path
 from shopguide.errors import ShopguideError
 from shopguide.io import atomic_path
 from shopguide.sampling import add_sampled_rows
@@ -63,6 +64,10 @@ def label_columns_sql(protocol: ProtocolParams) -> str:
     )
 
 
+# Examples (exposures and sampled rows) labelled per pass (a hash share of the users).
+LABEL_PASS_ROWS = 8_000_000
+
+
 def censor_sql(protocol: ProtocolParams, data_end: int) -> str:
     """SQL condition keeping the rows (`r`) whose label horizon ends inside their split's data."""
     if protocol.label_horizon_s is None:
@@ -94,21 +99,38 @@ def build_exposures(events: Path, out: Path, params: Params) -> dict:
            FROM window_events WHERE behavior = 'pv' GROUP BY user_id, item_id"""
     )
     sampled = add_sampled_rows(con, "window_events", "exposures", params.sampling)
-    with atomic_path(out) as tmp:
+    (total,) = con.execute("SELECT count(*) FROM examples").fetchone()
+    # Labelled a hash share of the users at a time, then sorted as one: the join and its
+    # aggregate over every example ran out of DuckDB's 2 GB at 10M events in one pass.
+    passes = max(1, -(-int(total) // LABEL_PASS_ROWS))
+    spill = spill_directory(params.data)
+    spill.mkdir(parents=True, exist_ok=True)
+    with (
+        atomic_path(out) as tmp,
+        tempfile.TemporaryDirectory(dir=spill, prefix="exposures-") as work,
+    ):
+        shares = [Path(work) / f"share-{k}.parquet" for k in range(passes)]
+        for share, path in enumerate(shares):
+            con.execute(
+                f"""COPY (
+                    SELECT r.user_id, r.item_id, r.category_id, r.t0,
+                           {label_columns_sql(protocol)},
+                           CASE WHEN r.t0 >= {protocol.test_start} THEN 'test' ELSE 'train' END
+                               AS split,
+                           r.sampled
+                    FROM examples r
+                    LEFT JOIN window_events e
+                        ON e.user_id = r.user_id AND e.item_id = r.item_id
+                       AND {_in_horizon(protocol)}
+                    WHERE {censor_sql(protocol, data_end)}
+                      AND hash(r.user_id) % {passes} = {share}
+                    GROUP BY ALL
+                ) TO {sql_path(path)} (FORMAT parquet)"""
+            )
+        listed = ", ".join(sql_path(p) for p in shares)
         con.execute(
-            f"""COPY (
-                SELECT r.user_id, r.item_id, r.category_id, r.t0,
-                       {label_columns_sql(protocol)},
-                       CASE WHEN r.t0 >= {protocol.test_start} THEN 'test' ELSE 'train' END
-                           AS split,
-                       r.sampled
-                FROM examples r
-                LEFT JOIN window_events e
-                    ON e.user_id = r.user_id AND e.item_id = r.item_id AND {_in_horizon(protocol)}
-                WHERE {censor_sql(protocol, data_end)}
-                GROUP BY ALL
-                ORDER BY r.t0, r.user_id, r.item_id
-            ) TO {sql_path(tmp)} (FORMAT parquet)"""
+            f"""COPY (SELECT * FROM read_parquet([{listed}]) ORDER BY t0, user_id, item_id)
+                TO {sql_path(tmp)} (FORMAT parquet)"""
         )
         sums = ", ".join(f"sum({t}) FILTER (WHERE NOT sampled)" for t in protocol.tasks)
         rows = con.execute(
@@ -116,7 +138,6 @@ def build_exposures(events: Path, out: Path, params: Params) -> dict:
                        count(*) FILTER (WHERE sampled), {sums}
                 FROM read_parquet({sql_path(tmp)}) GROUP BY split"""
         ).fetchall()
-        (total,) = con.execute("SELECT count(*) FROM examples").fetchone()
         if not rows:
             raise ShopguideError(
                 f"{events}: no exposures left (no 'pv' events between {protocol.window_start} "

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from shopguide.config import BEHAVIOURS
 
@@ -174,10 +175,13 @@ def sequence_inputs(
 ) -> np.ndarray:
     """(rows, length, 4) int64: per slot the item, category, behaviour code (0: empty slot)
     and age in seconds at the row's moment, from the `user_sequence` columns."""
-    out = np.zeros((len(moments), length, 4), np.int64)
-    for k in range(length):
-        for f, field in enumerate(SEQUENCE_FIELDS[:3]):
-            out[:, k, f] = np.asarray(columns[f"{SEQUENCE_VIEW}__{field}_{k}"], np.int64)
-        ts = np.asarray(columns[f"{SEQUENCE_VIEW}__ts_{k}"], np.int64)
-        out[:, k, 3] = np.where(out[:, k, 2] > 0, moments - ts, 0)
+    names = [f"{SEQUENCE_VIEW}__{field}_{k}" for k in range(length) for field in SEQUENCE_FIELDS]
+    if not names:
+        return np.zeros((len(moments), 0, 4), np.int64)
+    if isinstance(columns, pd.DataFrame):  # one copy out of the table's int64 block
+        flat = columns[names].to_numpy(np.int64)
+    else:
+        flat = np.column_stack([np.asarray(columns[c], np.int64) for c in names])
+    out = flat.reshape(len(moments), length, 4)
+    out[:, :, 3] = np.where(out[:, :, 2] > 0, moments[:, None] - out[:, :, 3], 0)
     return out

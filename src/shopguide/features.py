@@ -47,7 +47,7 @@ from shopguide.feature_spec import (
     pass_key,
 )
 from shopguide.history import pair_table, sequence_table, view_schema
-from shopguide.io import atomic_path, write_json
+from shopguide.io import ROW_GROUP_ROWS, atomic_path, write_json
 from shopguide.logs import track
 from shopguide.online_write import online_writer
 from shopguide.snapshots import pass_filter, pass_metadata, snapshot_table, table_schema
@@ -219,7 +219,7 @@ def feast_training_set(store: FeatureStore, exposures: Path, out: Path) -> int:
     feature_cols = [c for c in frame.columns if "__" in c]
     frame = frame.sort_values(["t0", "user_id", "item_id"]).reset_index(drop=True)
     with atomic_path(out) as tmp:
-        frame.to_parquet(tmp, index=False)
+        frame.to_parquet(tmp, index=False, row_group_size=ROW_GROUP_ROWS)
     log.info("training set: %d exposures x %d features -> %s", len(frame), len(feature_cols), out)
     return len(frame)
 

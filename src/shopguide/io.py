@@ -16,6 +16,10 @@ from typing import Any
 
 from shopguide.errors import ShopguideError
 
+# Rows per row group of the training and ranking sets: `train` streams them a row group at a
+# time (shopguide.model.stream), and processes of a data-parallel run share them out.
+ROW_GROUP_ROWS = 65_536
+
 
 def _owner_tag() -> str:
     """This process, as named in its temporary directories: host and pid (pids repeat across

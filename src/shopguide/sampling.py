@@ -24,6 +24,8 @@ from shopguide.config import SamplingParams
 
 # Moments drawn for at once: bounds the draws held in memory (moments x samplers' counts).
 CHUNK_MOMENTS = 2_000_000
+# Exposures per pass of the `recent` sampler's join (a pass takes a hash share of the users).
+RECENT_PASS_EXPOSURES = 1_000_000
 
 
 def _draws(
@@ -54,18 +56,24 @@ def add_sampled_rows(con, events: str, exposures: str, params: SamplingParams) -
     )
     con.execute("CREATE TEMP TABLE samples (user_id BIGINT, item_id BIGINT, t0 BIGINT)")
     if params.recent:
-        con.execute(
-            f"""INSERT INTO samples
-                SELECT x.user_id, e.item_id, x.t0
-                FROM {exposures} x JOIN {events} e
-                  ON e.user_id = x.user_id AND e.behavior = 'pv' AND e.item_id <> x.item_id
-                 AND e.ts >= x.t0 - {params.lookback_s} AND e.ts < x.t0
-                GROUP BY x.user_id, x.item_id, x.t0, e.item_id
-                QUALIFY row_number() OVER (
-                    PARTITION BY x.user_id, x.item_id, x.t0
-                    ORDER BY hash(x.user_id, x.item_id, e.item_id, x.t0, {params.seed})
-                ) <= {params.recent}"""
-        )
+        # one pass per share of the users: the join and its window grow with the exposures
+        # and ran out of DuckDB's 2 GB in one pass at 10M events
+        (rows,) = con.execute(f"SELECT count(*) FROM {exposures}").fetchone()
+        passes = max(1, -(-int(rows) // RECENT_PASS_EXPOSURES))
+        for share in range(passes):
+            con.execute(
+                f"""INSERT INTO samples
+                    SELECT x.user_id, e.item_id, x.t0
+                    FROM {exposures} x JOIN {events} e
+                      ON e.user_id = x.user_id AND e.behavior = 'pv' AND e.item_id <> x.item_id
+                     AND e.ts >= x.t0 - {params.lookback_s} AND e.ts < x.t0
+                    WHERE hash(x.user_id) % {passes} = {share}
+                    GROUP BY x.user_id, x.item_id, x.t0, e.item_id
+                    QUALIFY row_number() OVER (
+                        PARTITION BY x.user_id, x.item_id, x.t0
+                        ORDER BY hash(x.user_id, x.item_id, e.item_id, x.t0, {params.seed})
+                    ) <= {params.recent}"""
+            )
     if params.popularity or params.uniform:
         _add_drawn(con, events, exposures, params)
     con.execute(

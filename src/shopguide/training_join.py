@@ -29,7 +29,7 @@ from shopguide.config import Params
 from shopguide.duck import connect, spill_directory, sql_path
 from shopguide.errors import ShopguideError
 from shopguide.feature_spec import FEATURE_SERVICE, pass_key
-from shopguide.io import atomic_path
+from shopguide.io import ROW_GROUP_ROWS, atomic_path
 from shopguide.logs import track
 from shopguide.snapshots import TIMESTAMP, pass_filter, pass_row_groups
 
@@ -184,8 +184,8 @@ def asof_training_set(store: FeatureStore, exposures: Path, out: Path, params: P
         parts = _assembled(source, group_bounds, views, chunk_files)
         first = next(parts)
         with atomic_path(out) as staged, pq.ParquetWriter(staged, first.schema) as writer:
-            writer.write_table(first)
+            writer.write_table(first, row_group_size=ROW_GROUP_ROWS)
             for part in parts:
-                writer.write_table(part)
+                writer.write_table(part, row_group_size=ROW_GROUP_ROWS)
     log.info("training set (DuckDB ASOF JOIN by pass): %d exposures -> %s", count, out)
     return count

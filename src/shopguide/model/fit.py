@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,11 +40,14 @@ from shopguide.metrics import aux_task_metrics, mean_metric, task_metrics
 from shopguide.model.balance import make_balancer
 from shopguide.model.base import MultiTaskModel
 from shopguide.model.optim import EngineOptimizer, row_sparse
+from shopguide.model.stream import TensorStream, memory_batches
 from shopguide.model.tasks import aux_predictions, listwise_losses, task_losses
 from shopguide.model.tensors import Tensors
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "last.pt"
+# Rows held whole in tensors, or a training set streamed from Parquet (`model.stream`).
+Data = Tensors | TensorStream
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,9 @@ class FitSettings:
     # Weight of the listwise loss within each group (one user at one moment) beside the
     # pointwise one; batches then hold whole groups. 0: pointwise only.
     listwise_weight: float = 0.0
+    # A checkpoint every this many steps as well as after every epoch (0: epochs only), so a
+    # run killed in a long epoch resumes mid-epoch.
+    checkpoint_every_steps: int = 0
 
 
 @dataclass
@@ -137,6 +145,7 @@ def settings_from_params(train: TrainParams, tasks: tuple[str, ...]) -> FitSetti
         sparse_embeddings=train.sparse_embeddings,
         selection=train.selection,
         listwise_weight=train.listwise_weight,
+        checkpoint_every_steps=train.checkpoint_every_steps,
     )
 
 
@@ -148,22 +157,25 @@ def world() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def head_outputs(model: MultiTaskModel, data: Tensors, batch_size: int = 16384) -> torch.Tensor:
+def head_outputs(model: MultiTaskModel, data: Data, batch_size: int = 16384) -> torch.Tensor:
     """Every head's raw outputs, (rows, sum of head widths), on the CPU."""
     model.eval()
     device = next(model.parameters()).device
+    chunks = data.chunks() if isinstance(data, TensorStream) else [data]
     out = [
-        model.outputs(
-            *(
-                t.to(device)
-                for t in data.take(torch.arange(i, min(i + batch_size, len(data)))).inputs()
-            )
-        )
+        model.outputs(*(t.to(device) for t in chunk.rows(slice(i, i + batch_size)).inputs()))
         .float()
         .cpu()
-        for i in range(0, len(data), batch_size)
+        for chunk in chunks
+        for i in range(0, len(chunk), batch_size)
     ]
     return torch.cat(out) if out else torch.zeros((0, sum(model.config.head_widths())))
+
+
+def targets(data: Data) -> Tensors:
+    """Tensors whose labels, user and group are every row's (a stream's, gathered in one pass:
+    tens of bytes a row)."""
+    return data.targets() if isinstance(data, TensorStream) else data
 
 
 def probabilities(outputs: torch.Tensor, tasks: int) -> np.ndarray:
@@ -171,21 +183,24 @@ def probabilities(outputs: torch.Tensor, tasks: int) -> np.ndarray:
     return torch.sigmoid(outputs[:, :tasks]).numpy()
 
 
-def predict(model: MultiTaskModel, data: Tensors, batch_size: int = 16384) -> np.ndarray:
+def predict(model: MultiTaskModel, data: Data, batch_size: int = 16384) -> np.ndarray:
     """Binary task probabilities, (rows, tasks)."""
     return probabilities(head_outputs(model, data, batch_size), len(model.config.tasks))
 
 
-def predict_aux(model: MultiTaskModel, data: Tensors, batch_size: int = 16384) -> dict:
+def predict_aux(model: MultiTaskModel, data: Data, batch_size: int = 16384) -> dict:
     """Auxiliary task predictions by name (see `shopguide.model.tasks.aux_predictions`)."""
     config = model.config
     outputs = head_outputs(model, data, batch_size)
     return aux_predictions(outputs, len(config.tasks), config.aux_tasks)
 
 
-def aux_metrics(model: MultiTaskModel, data: Tensors) -> dict:
+def aux_metrics(model: MultiTaskModel, data: Data) -> dict:
     """{name: metrics} of every auxiliary task on `data`, whose labels hold every head."""
-    config, labels = model.config, data.labels.numpy()
+    config = model.config
+    if not config.aux_tasks:
+        return {}
+    labels = targets(data).labels.numpy()
     predictions = predict_aux(model, data)
     return {
         task.name: aux_task_metrics(
@@ -204,39 +219,17 @@ def validation_loss(
     return float((losses * torch.tensor(weights)).sum())
 
 
-def _fingerprint(model: MultiTaskModel, train: Tensors, settings: FitSettings) -> str:
-    """What a checkpoint must match to be resumed: same model, settings and data shape."""
+def _fingerprint(model: MultiTaskModel, train: Data, settings: FitSettings) -> str:
+    """What a checkpoint must match to be resumed: same model, settings and data shape (and a
+    stream's parts and buffer, which set the order of its batches)."""
+    layout = train.describe() if isinstance(train, TensorStream) else None
+    chosen = asdict(settings)
+    del chosen["checkpoint_every_steps"]  # how often to save is no part of what is trained
     key = json.dumps(
-        [model.config.model_dump(mode="json"), asdict(settings), len(train), world()[1]],
+        [model.config.model_dump(mode="json"), chosen, len(train), world()[1], layout],
         sort_keys=True,
     )
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class GroupIndex:
-    """Rows sorted by group, and where each group starts: what `grouped_order` permutes."""
-
-    rows: torch.Tensor  # (rows,) row indices in group order
-    starts: torch.Tensor  # (groups,)
-    sizes: torch.Tensor  # (groups,)
-
-    @classmethod
-    def of(cls, group: torch.Tensor) -> GroupIndex:
-        rows = torch.argsort(group, stable=True)
-        _, sizes = torch.unique_consecutive(group[rows], return_counts=True)
-        return cls(rows, torch.cumsum(sizes, 0) - sizes, sizes)
-
-
-def grouped_order(index: GroupIndex, generator: torch.Generator) -> torch.Tensor:
-    """A random order of the rows that keeps each group's rows together (the groups shuffled),
-    so that batches cut from it hold whole groups but at their edges."""
-    perm = torch.randperm(len(index.sizes), generator=generator)
-    sizes, starts = index.sizes[perm], index.starts[perm]
-    offsets = torch.arange(int(sizes.sum())) - torch.repeat_interleave(
-        torch.cumsum(sizes, 0) - sizes, sizes
-    )
-    return index.rows[torch.repeat_interleave(starts, sizes) + offsets]
 
 
 def _all_reduce_grads(params: list[nn.Parameter], size: int) -> None:
@@ -255,6 +248,16 @@ def _all_reduce_grads(params: list[nn.Parameter], size: int) -> None:
         grad = flat[offset : offset + p.numel()].view_as(p)
         p.grad = row_sparse(grad) if s else grad.clone()
         offset += p.numel()
+
+
+@dataclass
+class _EpochRun:
+    """An epoch's progress: what a mid-epoch checkpoint keeps to go on from where it was."""
+
+    total: torch.Tensor  # summed task losses
+    batches: int
+    seen: int
+    rng: torch.Tensor | None = None  # the dropout generator's state at the checkpoint
 
 
 # An extra objective term: (model, labelled batch, its representation) -> scalar loss added to
@@ -281,8 +284,8 @@ def _read_checkpoint(path: Path, device: torch.device) -> dict:
 
 def fit(
     model: MultiTaskModel,
-    train: Tensors,
-    valid: Tensors,
+    train: Data,
+    valid: Data,
     settings: FitSettings,
     trainable: list[nn.Parameter] | None = None,
     description: str = "train",
@@ -307,8 +310,8 @@ def fit(
 
 def _fit(
     model: MultiTaskModel,
-    train: Tensors,
-    valid: Tensors,
+    train: Data,
+    valid: Data,
     settings: FitSettings,
     params: list[nn.Parameter],
     description: str,
@@ -320,14 +323,16 @@ def _fit(
     torch.manual_seed(settings.seed)
     model.to(device)
     tasks, heads_count = model.config.tasks, len(model.config.head_widths())
-    for part, data in (("training", train), ("validation", valid)):
+    valid_targets = targets(valid)
+    first = train.head(1) if isinstance(train, TensorStream) else train
+    for part, data in (("training", first), ("validation", valid_targets)):
         if data.labels.shape[1] != heads_count:
             raise ShopguideError(
                 f"{description}: the {part} data has {data.labels.shape[1]} label columns, "
                 f"the model has tasks {list(model.config.head_names())}"
             )
     weights = list(settings.task_weights) or [1.0] * heads_count
-    groups = GroupIndex.of(train.group) if settings.listwise_weight > 0 else None
+    grouped = settings.listwise_weight > 0
     balancer = make_balancer(
         settings.loss_balancing,
         weights,
@@ -352,7 +357,7 @@ def _fit(
     if size > 1:
         for p in [*model.parameters(), *balancer.parameters()]:
             dist.broadcast(p.data, src=0)
-    if device.type == "cuda":
+    if device.type == "cuda" and isinstance(train, Tensors):
         train = Tensors(
             *(t.pin_memory().to(device, non_blocking=True) for t in vars(train).values())
         )
@@ -361,6 +366,7 @@ def _fit(
     best_score, best_state, stale, start = -float("inf"), None, 0, 0
     path = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
     fingerprint = _fingerprint(model, train, settings)
+    resumed: _EpochRun | None = None  # the epoch a mid-epoch checkpoint was taken in
     if path is not None and path.is_file():
         saved = _read_checkpoint(path, device)
         if saved["fingerprint"] == fingerprint:
@@ -374,10 +380,54 @@ def _fit(
                 state["best_metrics"],
                 state["history"],
             )
-            start = best.resumed_from = saved["epoch"] + 1
-            log.info("%s: resumed from the checkpoint of epoch %d", description, saved["epoch"])
+            if state.get("step") is None:
+                start = best.resumed_from = saved["epoch"] + 1
+                log.info("%s: resumed from the checkpoint of epoch %d", description, saved["epoch"])
+            else:
+                start = best.resumed_from = saved["epoch"]
+                resumed = _EpochRun(
+                    torch.tensor(state["total"], dtype=torch.float64, device=device),
+                    state["step"],
+                    state["seen"],
+                    saved["rng"],
+                )
+                log.info(
+                    "%s: resumed in epoch %d after step %d",
+                    description,
+                    saved["epoch"],
+                    state["step"],
+                )
         else:
             log.warning("%s: ignoring %s (another model, data or settings)", description, path)
+
+    def save(epoch: int, run: _EpochRun | None) -> None:
+        """A checkpoint after `epoch`, or within it after `run.batches` steps."""
+        if path is None or rank != 0:
+            return
+        state = {
+            "best_epoch": best.best_epoch,
+            "best_metrics": best.best_metrics,
+            "history": best.history,
+            "step": None if run is None else run.batches,
+            "total": None if run is None else float(run.total),
+            "seen": None if run is None else run.seen,
+        }
+        with atomic_path(path) as tmp:
+            torch.save(
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "balancer": balancer.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "best_state": best_state,
+                    "best_score": best_score,
+                    "stale": stale,
+                    "state": json.dumps(state),
+                    "rng": torch.get_rng_state() if run is not None else torch.zeros(0),
+                },
+                tmp,
+            )
 
     with progress() as bar:
         job = bar.add_task(description, total=settings.max_epochs, completed=start)
@@ -388,21 +438,26 @@ def _fit(
             torch.manual_seed(settings.seed * 100_003 + epoch + rank * 1_000_003)
             model.train()
             generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
-            order = (
-                grouped_order(groups, generator)
-                if groups is not None
-                else torch.randperm(len(train), generator=generator)
-            ).to(device)
+            if isinstance(train, TensorStream):
+                epoch_batches = train.batches(
+                    generator, settings.batch_size, rank, size, grouped=grouped
+                )
+            else:
+                epoch_batches = memory_batches(
+                    train, generator, settings.batch_size, rank, size, grouped=grouped
+                )
             mask = torch.ones(heads_count, device=device)
             if epoch < settings.warmup_epochs:
                 mask = F.one_hot(torch.tensor(settings.warmup_task), heads_count).float().to(device)
             # summed on the device: a host read per step would stall the GPU every batch
-            total, batches, seen = torch.zeros((), dtype=torch.float64, device=device), 0, 0
-            shuffled = train.take(order)  # one gather per epoch; batches are views of it
-            for begin in range(0, len(train), settings.batch_size):
-                if min(settings.batch_size, len(train) - begin) < size:
-                    continue  # every process must take the same number of steps
-                batch = shuffled.rows(slice(begin + rank, begin + settings.batch_size, size))
+            run = _EpochRun(torch.zeros((), dtype=torch.float64, device=device), 0, 0)
+            started = time.perf_counter()
+            if resumed is not None:  # replay the epoch's order up to where the run stopped
+                run, resumed = resumed, None
+                epoch_batches = itertools.islice(epoch_batches, run.batches, None)
+                torch.set_rng_state(run.rng)
+            for batch, rows in epoch_batches:
+                batch = batch.to(device)
                 with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
                     representation = model.encode(*batch.inputs())
                     if not representation.requires_grad:  # frozen encoders; GradNorm needs it
@@ -414,7 +469,7 @@ def _fit(
                 losses = task_losses(
                     logits, batch.labels, len(tasks), model.config.aux_tasks, batch.pointwise
                 )
-                if groups is not None:
+                if grouped:
                     listwise = listwise_losses(
                         logits[:, : len(tasks)], batch.labels[:, : len(tasks)], batch.group
                     )
@@ -442,27 +497,32 @@ def _fit(
                     _all_reduce_grads([*params, *balancer.parameters()], size)
                 optimizer.step()
                 balancer.after_step()
-                total += losses.detach().sum()
-                batches += 1
-                seen += min(settings.batch_size, len(train) - begin)  # every process's rows
+                run.total += losses.detach().sum()
+                run.batches += 1
+                run.seen += rows  # every process's rows
+                every = settings.checkpoint_every_steps
+                if every and run.batches % every == 0:
+                    save(epoch, run)
             balancer.after_epoch()
+            seconds = time.perf_counter() - started  # the steps (a resumed epoch's remaining)
             outputs = head_outputs(model, valid)
             metrics = task_metrics(
-                valid.labels[:, : len(tasks)].numpy(),
+                valid_targets.labels[:, : len(tasks)].numpy(),
                 probabilities(outputs, len(tasks)),
                 tasks,
-                users=valid.user.numpy() if settings.selection == "gauc" else None,
-                moments=valid.group.numpy() if settings.selection == "moment_auc" else None,
+                users=valid_targets.user.numpy() if settings.selection == "gauc" else None,
+                moments=valid_targets.group.numpy() if settings.selection == "moment_auc" else None,
             )
             score = (
-                -validation_loss(model, outputs, valid.labels, weights)
+                -validation_loss(model, outputs, valid_targets.labels, weights)
                 if settings.selection == "loss"
                 else mean_metric(metrics, settings.selection)
             )
             row = {
                 "epoch": epoch,
-                "train_loss": float(total) / max(batches, 1),
-                "samples": seen,
+                "train_loss": float(run.total) / max(run.batches, 1),
+                "samples": run.seen,
+                "seconds": round(seconds, 3),
                 f"val_mean_{settings.selection}": score,
             }
             row |= {
@@ -491,27 +551,7 @@ def _fit(
                 best.best_epoch, best.best_metrics = epoch, metrics
             elif joint:
                 stale += 1
-            if path is not None and rank == 0:
-                state = {
-                    "best_epoch": best.best_epoch,
-                    "best_metrics": best.best_metrics,
-                    "history": best.history,
-                }
-                with atomic_path(path) as tmp:
-                    torch.save(
-                        {
-                            "fingerprint": fingerprint,
-                            "epoch": epoch,
-                            "model": model.state_dict(),
-                            "balancer": balancer.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "best_state": best_state,
-                            "best_score": best_score,
-                            "stale": stale,
-                            "state": json.dumps(state),
-                        },
-                        tmp,
-                    )
+            save(epoch, None)
             if stale >= settings.patience:
                 log.info("early stop after epoch %d (best %d)", epoch, best.best_epoch)
     if best_state is None:

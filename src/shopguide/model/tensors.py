@@ -83,6 +83,12 @@ class Tensors:
         """A view of the rows in `part` (no copy)."""
         return Tensors(*(t[part] for t in vars(self).values()))
 
+    def to(self, device: torch.device | str) -> Tensors:
+        """The same rows on `device` (these tensors themselves when already there)."""
+        if self.user.device == torch.device(device):
+            return self
+        return Tensors(*(t.to(device, non_blocking=True) for t in vars(self).values()))
+
     def inputs(self) -> tuple[torch.Tensor, ...]:
         return self.user, self.item, self.category, self.dense, self.sequence, self.codes, self.bags
 
@@ -132,14 +138,17 @@ def moment_groups(frame: pd.DataFrame, window_s: int = 0) -> np.ndarray:
     """(rows,) int64: one group per (user, moment t0), the candidates ranked together; with
     `window_s`, per user and window of that many seconds (the user's rows of several moments
     ranked together, as GAUC ranks a user's exposures). A ranking query's rows form groups of
-    their own, apart from exposures of the same user and moment."""
-    keys = frame[["user_id", "t0"]].to_numpy(np.int64)
-    if window_s:
-        keys[:, 1] //= window_s
-    keys = np.column_stack([keys, ~pointwise_rows(frame)])
-    if not len(keys):
-        return np.zeros(0, np.int64)
-    return np.unique(keys, axis=0, return_inverse=True)[1].ravel().astype(np.int64)
+    their own, apart from exposures of the same user and moment. Ids number the keys in sorted
+    order."""
+    moments = frame["t0"].to_numpy(np.int64)
+    keys = pd.DataFrame(
+        {
+            "user": frame["user_id"].to_numpy(np.int64),
+            "moment": moments // window_s if window_s else moments,
+            "query": ~pointwise_rows(frame),
+        }
+    )
+    return keys.groupby(list(keys.columns), sort=True).ngroup().to_numpy(np.int64)
 
 
 def exposures_of(frame: pd.DataFrame) -> np.ndarray:
