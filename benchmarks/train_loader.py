@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import yaml
+from synth_scale import run_step
 
 CLI = [sys.executable, "-m", "shopguide.cli"]
 
@@ -40,24 +39,20 @@ def run_train(workdir: Path, loader: str, epochs: int, buffer_rows: int | None) 
     args += ["--training-set", str(workdir / "training_set.parquet")]
     args += ["--ranking-set", str(workdir / "ranking_set.parquet")]
     args += ["--metrics", str(out / "train.json"), "--history", str(out / "history.csv")]
-    start = time.perf_counter()
-    child = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"train with loader {loader} failed: {' '.join(args)}")
+    rows = pq.ParquetFile(workdir / "training_set.parquet").metadata.num_rows
+    step = run_step(f"train-{loader}", args, rows)
     history = pd.read_csv(out / "history.csv")
     metrics = json.loads((out / "train.json").read_text())
     result = {
         "loader": loader,
         "buffer_rows": raw["train"].get("shuffle_buffer_rows"),
-        "wall_s": round(wall, 1),
-        "peak_rss_gib": round(usage.ru_maxrss / 1024**2, 2),
+        "wall_s": step["wall_s"],
+        "peak_rss_gib": step["peak_rss_gb"],  # ru_maxrss KiB / 1024**2: GiB
         "train_rows": metrics["train_rows"],
         "epochs": len(history),
         "samples_per_s": round(history["samples"].sum() / history["seconds"].sum()),
         "validation_auc": {t: round(m["auc"], 4) for t, m in metrics["validation"].items()},
-        "load_avg_1m": round(os.getloadavg()[0], 1),
+        "load_avg_1m": step["load_avg_1m"],
     }
     print(json.dumps(result), flush=True)
     return result

@@ -277,10 +277,14 @@ def grouped_order(index: GroupIndex, generator: torch.Generator) -> torch.Tensor
     return index.rows[torch.repeat_interleave(starts, sizes) + offsets]
 
 
-def _order(group: torch.Tensor, generator: torch.Generator, grouped: bool) -> torch.Tensor:
+def _shuffled(data: Tensors, generator: torch.Generator, grouped: bool) -> Tensors:
+    """`data`'s rows in a random order, each group's rows together when `grouped`."""
+    group = data.group.cpu()
     if grouped:
-        return grouped_order(GroupIndex.of(group), generator)
-    return torch.randperm(len(group), generator=generator)
+        order = grouped_order(GroupIndex.of(group), generator)
+    else:
+        order = torch.randperm(len(group), generator=generator)
+    return data.take(order.to(data.user.device))
 
 
 def memory_batches(
@@ -293,7 +297,7 @@ def memory_batches(
 ) -> Iterator[tuple[Tensors, int]]:
     """One epoch over tensors held whole: one random order over every row (groups kept
     together when `grouped`), each batch split across the `size` processes by row."""
-    shuffled = data.take(_order(data.group.cpu(), generator, grouped).to(data.user.device))
+    shuffled = _shuffled(data, generator, grouped)
     for begin in range(0, len(data), batch_size):
         rows = min(batch_size, len(data) - begin)
         if rows < size:
@@ -317,17 +321,15 @@ def _buffered(
         held += len(chunk)
         if held < max(buffer_rows, batch_size):
             continue
-        buffer = _cat(pending)
-        shuffled = buffer.take(_order(buffer.group, generator, grouped))
-        full = len(buffer) - len(buffer) % batch_size
+        shuffled = _shuffled(_cat(pending), generator, grouped)
+        full = len(shuffled) - len(shuffled) % batch_size
         for begin in range(0, full, batch_size):
             yield shuffled.rows(slice(begin, begin + batch_size))
-        pending = [shuffled.rows(slice(full, None))] if full < len(buffer) else []
-        held = len(buffer) - full
+        pending = [shuffled.rows(slice(full, None))] if full < len(shuffled) else []
+        held = len(shuffled) - full
     if held:
-        buffer = _cat(pending)
-        shuffled = buffer.take(_order(buffer.group, generator, grouped))
-        for begin in range(0, len(buffer), batch_size):
+        shuffled = _shuffled(_cat(pending), generator, grouped)
+        for begin in range(0, len(shuffled), batch_size):
             yield shuffled.rows(slice(begin, begin + batch_size))
 
 
