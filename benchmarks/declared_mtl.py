@@ -42,6 +42,7 @@ from shopguide.dataset.learn import (
 from shopguide.dataset.schema import DatasetSchema, load_schema
 from shopguide.errors import exit_on_error
 from shopguide.evaluate import category_groups
+from shopguide.held_out import category_counts
 from shopguide.io import write_json
 
 log = logging.getLogger("benchmarks.declared_mtl")
@@ -115,7 +116,9 @@ def run(
     draws: dict[str, dict[str, list]] = {}  # method -> task -> per-seed draws
 
     users = test["user_id"].to_numpy() if schema.ids.user else None
-    groups = category_groups(train, params.evaluation.category_group_shares)
+    groups = category_groups(
+        category_counts(train["category_id"]), params.evaluation.category_group_shares
+    )
     kept = pd.DataFrame(
         {
             "category_id": test["category_id"],

@@ -37,6 +37,7 @@ import pandas as pd
 from shopguide.config import Params, load_params
 from shopguide.errors import ShopguideError, exit_on_error
 from shopguide.evaluate import GROUPS, category_groups
+from shopguide.held_out import category_counts
 from shopguide.io import write_json
 from shopguide.metrics import bootstrap_weights, interval, weighted_auc
 
@@ -158,7 +159,8 @@ def from_taobao_mtl(results: Path, training_set: Path, params: Params, multi: st
     frame = read_training_set(training_set)
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
     test = test[exposures_of(test)]
-    groups = category_groups(train[exposures_of(train)], params.evaluation.category_group_shares)
+    exposed = category_counts(train.loc[exposures_of(train), "category_id"])
+    groups = category_groups(exposed, params.evaluation.category_group_shares)
     tasks = params.protocol.tasks
     return Inputs(
         kinds=dict.fromkeys(tasks, "binary"),

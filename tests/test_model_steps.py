@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,15 +15,17 @@ from safetensors.torch import load_file
 
 from shopguide.config import Params, load_params
 from shopguide.errors import GateRefused, ShopguideError
-from shopguide.evaluate import evaluate_step
+from shopguide.evaluate import category_slices, checked_probabilities, evaluate_step, score_model
+from shopguide.finetune import finetune_examples
 from shopguide.gate import gate_step
+from shopguide.held_out import HeldOut, category_counts
 from shopguide.io import read_json
 from shopguide.model.routed import Routed
 from shopguide.model.store import load_model, save_model
-from shopguide.model.tensors import to_tensors
+from shopguide.model.tensors import is_new_category, to_tensors
 from shopguide.promote import promote_step
 from shopguide.registry import champion, versions
-from shopguide.train import build_model
+from shopguide.train import build_model, training_examples
 from tests.conftest import PipelineRun, write_params
 
 
@@ -74,6 +77,31 @@ def test_finetune_adapts_with_the_default_strategy_and_reports_before_after(
     for task in ("cart", "fav", "buy"):
         assert report["new_category_test_before"][task]["auc"] is not None
         assert report["new_category_test_after"][task]["auc"] > 0.5
+
+
+def test_finetune_reads_every_new_category_row_and_a_bounded_share_of_the_old(
+    pipeline_run: PipelineRun,
+) -> None:
+    """`finetune` reads the training set a row group at a time: with `finetune.old_rows` above
+    the old categories' rows it keeps the whole train split, as read whole; below, every
+    new-category row and the old rows of a sample of users, about `old_rows` of them."""
+    params = pipeline_run.params
+    whole = training_examples(pipeline_run.training_set, pipeline_run.ranking_set, params)
+    whole = whole[whole["split"] == "train"].reset_index(drop=True)
+    read = finetune_examples(pipeline_run.training_set, pipeline_run.ranking_set, params)
+    pd.testing.assert_frame_equal(read, whole)
+    new = is_new_category(whole["category_id"], params.finetune)
+    bound = int((~new).sum()) // 4
+    fewer = params.model_copy(
+        update={"finetune": params.finetune.model_copy(update={"old_rows": bound})}
+    )
+    some = finetune_examples(pipeline_run.training_set, pipeline_run.ranking_set, fewer)
+    some_new = is_new_category(some["category_id"], params.finetune)
+    assert int(some_new.sum()) == int(new.sum())
+    assert 0.7 * bound < int((~some_new).sum()) < 1.3 * bound
+    old_users = set(some.loc[~some_new, "user_id"])
+    kept = whole[~new & whole["user_id"].isin(old_users)]
+    assert len(kept) == int((~some_new).sum())  # whole users: all their old rows or none
 
 
 def test_evaluation_has_slices_plots_and_report(pipeline_run: PipelineRun) -> None:
@@ -359,6 +387,27 @@ def test_promote_registers_only_what_the_gate_approved(
     with pytest.raises(ShopguideError, match="the champion is now"):  # the decision is stale
         _promote(pipeline_run, pipeline_run.candidate, decision, tmp_path, p)
     assert len(versions(registry)) == len(before) + 1
+
+
+def test_scoring_a_row_group_at_a_time_equals_scoring_the_whole_split(
+    pipeline_run: PipelineRun,
+) -> None:
+    """`evaluate` and the gate score the test split part by part (`HeldOut`): the same rows,
+    probabilities and slices as the whole table gives."""
+    frame = pd.read_parquet(pipeline_run.training_set)
+    test = frame[frame["split"] == "test"].reset_index(drop=True)
+    held = HeldOut.of(pipeline_run.training_set)
+    assert len({p.group for p in held.rows.parts if held.rows.rows[p.group]}) > 1
+    model = load_model(pipeline_run.pretrained)
+    scored = score_model(model, held, pipeline_run.params)
+    np.testing.assert_allclose(scored.probs, checked_probabilities(model, test), atol=1e-6)
+    np.testing.assert_array_equal(scored.users, test["user_id"].to_numpy())
+    train = frame[(frame["split"] == "train") & ~frame["sampled"]]
+    exposed = category_counts(train["category_id"])
+    slices = category_slices(test["category_id"], exposed, pipeline_run.params)
+    assert scored.slices.keys() == slices.keys()
+    for name, mask in slices.items():
+        np.testing.assert_array_equal(scored.slices[name], mask, err_msg=name)
 
 
 def test_a_model_that_predicts_nan_is_an_error(pipeline_run: PipelineRun, tmp_path: Path) -> None:

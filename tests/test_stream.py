@@ -102,6 +102,21 @@ def test_an_epoch_through_a_small_buffer_reads_every_row_once_groups_whole(
     assert runs <= groups + len(batches) + len(stream.parts)
 
 
+def test_half_the_buffer_waits_to_mix_with_the_row_groups_read_next(tmp_path: Path) -> None:
+    """Rows of the first row group read still reach batches after later row groups filled
+    the buffer (a fill-and-drain buffer would have emptied it), and no batch is a view that
+    keeps the buffer alive."""
+    frame = _frame(6000, seed=2)
+    stream = _stream(frame, tmp_path / "set.parquet", row_group=500, buffer_rows=1000)
+    read: list[int] = []
+    stream = replace(stream, select=lambda i, part: read.append(i) or part)
+    batches = [b for b, _ in stream.batches(torch.Generator().manual_seed(4), 50)]
+    first = set(range(read[0] * 500, read[0] * 500 + 500))  # item ids of the first row group
+    late = torch.cat([b.item for b in batches[len(batches) // 2 :]]).tolist()
+    assert first & set(late)
+    assert all(b.dense.untyped_storage().nbytes() == b.dense.nbytes for b in batches)
+
+
 def test_two_processes_read_disjoint_shares_in_equal_steps(tmp_path: Path) -> None:
     frame = _frame(4000, seed=3)
     steps, rows_read, items = [], [], []

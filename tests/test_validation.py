@@ -164,10 +164,21 @@ def test_unreadable_events_name_the_file(tmp_path: Path) -> None:
         validate_events(garbage, PARAMS, tmp_path / "report")
 
 
-def test_training_set_passes(tmp_path: Path) -> None:
+# The large-table path: GX on a sample, every verdict counted by DuckDB over every row.
+SAMPLED = PARAMS.model_copy(
+    update={
+        "validation": PARAMS.validation.model_copy(
+            update={"in_memory_rows": 500, "sample_rows": 100}
+        )
+    }
+)
+
+
+@pytest.mark.parametrize("params", [PARAMS, SAMPLED], ids=["whole", "sampled"])
+def test_training_set_passes(tmp_path: Path, params: Params) -> None:
     path = tmp_path / "training.parquet"
     training_frame().to_parquet(path)
-    report = validate_training_set(path, PARAMS, tmp_path / "report")
+    report = validate_training_set(path, params, tmp_path / "report")
     assert report.success, failed(report)
     raise_on_failure(report, path)
     assert_artifacts(report)
@@ -196,22 +207,34 @@ def _negative_feature(df: pd.DataFrame) -> None:
     ],
     ids=["label-two", "positive-rate-above-max", "negative-feature"],
 )
+@pytest.mark.parametrize("size", ["whole", "sampled"])
 def test_broken_training_set_fails(
     tmp_path: Path,
     mutate: Callable[[pd.DataFrame], None],
     expectation: str,
     column: str,
     example: str,
+    size: str,
 ) -> None:
+    """Past `validation.in_memory_rows` GX sees a sample with the offending rows, and every
+    verdict, count and label mean is computed over all the rows: the same failure, the same
+    example values."""
     frame = training_frame()
     mutate(frame)
     path = tmp_path / "training.parquet"
     frame.to_parquet(path)
+    params = PARAMS if size == "whole" else SAMPLED
 
-    report = validate_training_set(path, PARAMS, tmp_path / "report")
+    report = validate_training_set(path, params, tmp_path / "report")
 
     assert not report.success
     assert failed(report) == {(expectation, column)}
+    assert read_json(report.json_path)["validated_rows"] < (
+        len(frame) if size == "sampled" else 10**9
+    )
+    (result,) = [r for r in report.results if not r["success"]]
+    if isinstance(result["observed"], dict):  # counted over every row, not the sample's
+        assert result["observed"]["element_count"] == len(frame)
     assert_artifacts(report)
     with pytest.raises(ShopguideError) as err:
         raise_on_failure(report, path)

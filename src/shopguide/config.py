@@ -350,6 +350,10 @@ class FinetuneParams(Strict):
     learning_rate: LearningRate = 1e-3
     max_epochs: PositiveInt = 10
     patience: PositiveInt = 2
+    # Old-category training rows fine-tuning keeps (a sample of users, read a row group at a
+    # time): replay, the forgetting check, alignment and meta-learning draw from them, and
+    # they bound the step's memory (about 2.5 KB a row) whatever the training set's size.
+    old_rows: PositiveInt = 1_000_000
     # How to adapt (shopguide.transfer): frozen shared layers, L2-SP, adversarial (gradient
     # reversal), MMD or CORAL alignment, a meta-learned (Reptile) start, cold-start rows, or
     # `auto`: each of `auto_strategies`, best on validation.

@@ -31,9 +31,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from shopguide.config import EvaluationParams, Params
 from shopguide.errors import ShopguideError
+from shopguide.held_out import HeldOut
 from shopguide.io import atomic_path, write_json
 from shopguide.metrics import (
     bootstrap_weights,
@@ -55,7 +57,6 @@ from shopguide.model.store import load_model
 from shopguide.model.tensors import (
     exposures_of,
     is_new_category,
-    read_training_set,
     to_tensors,
 )
 from shopguide.ranking.metrics import RANKING_METRICS, QueryScores, query_scores, summary
@@ -70,41 +71,26 @@ ENTIRE_SPACE = "entire_space"
 SERVED = "served"  # the ranking score a request gets: sum of weight * p(task)
 
 
-def split_frames(training_set: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train split, test split) of the training set."""
-    frame = read_training_set(training_set)
-    test = frame[frame["split"] == "test"].reset_index(drop=True)
-    if test.empty:
-        raise ShopguideError(f"{training_set}: no test exposures (check protocol.test_start)")
-    return frame[frame["split"] == "train"].reset_index(drop=True), test
-
-
-def category_groups(train: pd.DataFrame, shares: tuple[float, float]) -> dict[int, str]:
-    """head / torso / tail of each training category: categories sorted by training exposures,
-    head while the cumulative share before them is below shares[0], torso below shares[1]."""
-    counts = train["category_id"].value_counts(sort=True)
+def category_groups(counts: pd.Series, shares: tuple[float, float]) -> dict[int, str]:
+    """head / torso / tail of each training category, from its training exposures (`counts`,
+    most first: `held_out.category_counts`): head while the cumulative share before it is
+    below shares[0], torso below shares[1]."""
     before = (counts.cumsum() - counts) / max(int(counts.sum()), 1)
     group = np.where(before < shares[0], "head", np.where(before < shares[1], "torso", "tail"))
     return dict(zip(counts.index.astype(int), group, strict=True))
 
 
 def category_slices(
-    categories: pd.Series, train: pd.DataFrame, params: Params
+    categories: pd.Series, train_exposures: pd.Series, params: Params
 ) -> dict[str, np.ndarray]:
     """Masks of old / new categories and head / torso / tail categories (by the training
-    exposures) of each row's category."""
+    exposures per category, `train_exposures`) of each row's category."""
     new = is_new_category(categories, params.finetune).to_numpy()
-    exposed = train[exposures_of(train)]
-    groups = category_groups(exposed, params.evaluation.category_group_shares)
+    groups = category_groups(train_exposures, params.evaluation.category_group_shares)
     group = categories.map(groups).fillna("tail").to_numpy()
     masks = {"old_categories": ~new, "new_categories": new}
     masks |= {f"{g}_categories": group == g for g in GROUPS}
     return masks
-
-
-def slice_masks(test: pd.DataFrame, train: pd.DataFrame, params: Params) -> dict[str, np.ndarray]:
-    """Boolean row masks of the test split for every slice the report and the gate judge."""
-    return category_slices(test["category_id"], train, params)
 
 
 @dataclass(frozen=True)
@@ -135,7 +121,10 @@ class Scored:
 def checked_probabilities(model: MultiTaskModel, frame: pd.DataFrame) -> np.ndarray:
     """(rows, tasks) probabilities of the model on a frame of model inputs; non-finite ones
     are an error."""
-    probs = predict(model, to_tensors(frame, (), model.config)).astype(np.float64)
+    return _finite(predict(model, to_tensors(frame, (), model.config)).astype(np.float64))
+
+
+def _finite(probs: np.ndarray) -> np.ndarray:
     bad = int((~np.isfinite(probs)).any(axis=1).sum())
     if bad:  # NaN sorts as a score in an AUC and compares False in every check
         raise ShopguideError(
@@ -145,34 +134,45 @@ def checked_probabilities(model: MultiTaskModel, frame: pd.DataFrame) -> np.ndar
     return probs
 
 
-def score_model(model: MultiTaskModel, test: pd.DataFrame, slices: dict[str, np.ndarray]) -> Scored:
+def score_model(model: MultiTaskModel, test: HeldOut, params: Params) -> Scored:
+    """The model's predictions on the test rows, scored a row group at a time: what is kept is
+    what the metrics need (labels, probabilities, user, category, exposure flag)."""
     tasks = model.config.tasks
-    missing = [t for t in tasks if t not in test.columns]
-    if missing:
-        raise ShopguideError(f"the test split has no label columns {missing}")
-    labels = test[list(tasks)].to_numpy(np.float64)
+    kept: dict[str, list[np.ndarray]] = {k: [] for k in ("labels", "probs", "users", "cats", "exp")}
+    for frame in test.frames():
+        missing = [t for t in tasks if t not in frame.columns]
+        if missing:
+            raise ShopguideError(f"{test.path}: the test split has no label columns {missing}")
+        kept["labels"].append(frame[list(tasks)].to_numpy(np.float64))
+        kept["probs"].append(predict(model, to_tensors(frame, (), model.config)))
+        kept["users"].append(frame["user_id"].to_numpy(np.int64))
+        kept["cats"].append(frame["category_id"].to_numpy(np.int64))
+        kept["exp"].append(exposures_of(frame))
+    labels, probs, users, categories, exposures = (np.concatenate(v) for v in kept.values())
+    slices = category_slices(pd.Series(categories), test.train_category_exposures, params)
     return Scored(
         tasks,
         labels,
-        checked_probabilities(model, test),
-        test["user_id"].to_numpy(np.int64),
+        _finite(probs.astype(np.float64)),
+        users,
         slices,
-        task_populations(labels, exposures_of(test), tasks),
-        exposures_of(test),
+        task_populations(labels, exposures, tasks),
+        exposures,
     )
 
 
-def test_aux_metrics(model: MultiTaskModel, test: pd.DataFrame, training_set: Path) -> dict:
+def test_aux_metrics(model: MultiTaskModel, test: HeldOut) -> dict:
     """Auxiliary tasks' test metrics over the entire space, the exposures and the items sampled
     beside them (point values; reported, never gated): the rows they are trained and validated
     on. On the exposures alone an auxiliary count of views always includes the exposure's own
     view at t0 (as a click is always 1 there), a population the model's values, fitted to the
     entire space, are not calibrated to."""
     heads = model.config.head_names()
-    missing = [t for t in heads if t not in test.columns]
+    names = pq.ParquetFile(test.path).schema_arrow.names
+    missing = [t for t in heads if t not in names]
     if missing:
-        raise ShopguideError(f"{training_set}: no label columns {missing} for the model's tasks")
-    return aux_metrics(model, to_tensors(test, heads, model.config))
+        raise ShopguideError(f"{test.path}: no label columns {missing} for the model's tasks")
+    return aux_metrics(model, test.tensors(model.config))
 
 
 # --- Ranking (protocol taobao-rank-v1) --------------------------------------------------------
@@ -207,10 +207,10 @@ def query_scores_of(
     return out
 
 
-def query_slices(frame: pd.DataFrame, train: pd.DataFrame, params: Params) -> dict:
+def query_slices(frame: pd.DataFrame, train_exposures: pd.Series, params: Params) -> dict:
     """{slice: query ids} by the category of each query's acted (positive) item."""
     acted = frame[frame["positive"] == 1]
-    masks = category_slices(acted["category_id"].reset_index(drop=True), train, params)
+    masks = category_slices(acted["category_id"].reset_index(drop=True), train_exposures, params)
     ids = acted["query_id"].to_numpy()
     return {name: set(ids[mask].tolist()) for name, mask in masks.items()}
 
@@ -221,7 +221,7 @@ def _subset(scores: QueryScores, query_ids: np.ndarray, keep: set) -> QueryScore
 
 
 def ranking_report(
-    model: MultiTaskModel, frame: pd.DataFrame, train: pd.DataFrame, params: Params
+    model: MultiTaskModel, frame: pd.DataFrame, train_exposures: pd.Series, params: Params
 ) -> dict:
     """MRR, HR@3 and within-query AUC per task on the test queries, of the task's probability
     and of the served score, overall and per slice, with intervals over users."""
@@ -232,7 +232,7 @@ def ranking_report(
     probs = checked_probabilities(model, frame)
     tasks = model.config.tasks
     scores = query_scores_of(frame, probs, tasks, params.serving.ranking_weights)
-    slices = query_slices(frame, train, params)
+    slices = query_slices(frame, train_exposures, params)
     boot = (settings.bootstrap_samples, settings.confidence, settings.seed)
     for task, by_score in scores.items():
         ids = np.sort(frame.loc[frame["task"] == task, "query_id"].unique())
@@ -444,17 +444,17 @@ def evaluate_step(
     """Score the model on the test split and its ranking queries; write the metrics, plots and
     report. `calibration_path` defaults to calibration.csv beside `roc_path`."""
     model = load_model(model_dir)
-    train, test = split_frames(training_set)
-    scored = score_model(model, test, slice_masks(test, train, params))
+    test = HeldOut.of(training_set)
+    scored = score_model(model, test, params)
     metrics = report_metrics(scored, params.evaluation)
-    metrics["ranking"] = ranking_report(model, read_ranking_test(ranking_set), train, params)
+    queries = read_ranking_test(ranking_set)
+    metrics["ranking"] = ranking_report(model, queries, test.train_category_exposures, params)
     if model.config.aux_tasks:
-        metrics["aux"] = test_aux_metrics(model, test, training_set)
+        metrics["aux"] = test_aux_metrics(model, test)
     network = model.base if isinstance(model, Routed) else model  # routed: the base network
     if has_experts(network):
-        probe = test.iloc[:PROBE_ROWS]
-        tensors = to_tensors(probe, network.config.head_names(), network.config)
-        metrics["expert_health"] = expert_health(network, tensors)
+        probe = test.tensors(network.config).head(PROBE_ROWS)
+        metrics["expert_health"] = expert_health(network, probe)
     metrics["model_dir"] = str(Path(model_dir).resolve())
     metrics["model_fingerprint"] = model_fingerprint(model_dir)
     roc, curve = [], []

@@ -9,14 +9,22 @@ import logging
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import pandas as pd
+
 from shopguide.config import Params
+from shopguide.held_out import HeldOut
+from shopguide.model.base import MultiTaskModel
+from shopguide.model.fit import predict
 from shopguide.model.routed import split_routes
 from shopguide.model.store import load_model
-from shopguide.model.tensors import is_new_category
+from shopguide.model.stream import parts_of, read_parts
+from shopguide.model.tensors import exposures_of, is_new_category
 from shopguide.registry import champion
-from shopguide.train import training_examples, write_outputs
+from shopguide.train import as_examples, example_columns, example_files, write_outputs
 from shopguide.transfer import adapt, auc_change, transfer_data
-from shopguide.transfer.common import frame_metrics
+from shopguide.transfer.common import judged_metrics, tensors
+from shopguide.transfer.data import user_budget
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,53 @@ def finetune_base(
     return current.path
 
 
+def finetune_examples(training_set: Path, ranking_set: Path | None, params: Params) -> pd.DataFrame:
+    """The train split of `training_examples`, read a row group at a time, keeping every
+    new-category row and the old-category rows of a user-hash sample of about
+    `finetune.old_rows` of them (all where they are fewer): what replay, the forgetting check,
+    alignment and meta-learning draw from, at a size that does not grow with the data."""
+    files = example_files(training_set, ranking_set, params)
+    parts = parts_of(files)
+    columns = example_columns(files)
+
+    def old_train(frame: pd.DataFrame) -> np.ndarray:
+        new = is_new_category(frame["category_id"], params.finetune).to_numpy()
+        return (frame["split"] == "train").to_numpy() & ~new
+
+    old = sum(int(old_train(f).sum()) for f in read_parts(files, parts, ["split", "category_id"]))
+    share = min(1.0, params.finetune.old_rows / max(old, 1))
+    kept = []
+    for part, frame in zip(parts, read_parts(files, parts), strict=True):
+        train = frame[(frame["split"] == "train").to_numpy()]
+        new = is_new_category(train["category_id"], params.finetune)
+        train = pd.concat([train[new], user_budget(train[~new], share)]).sort_index()
+        kept.append(as_examples(train, part.file, columns, params))
+    if share < 1:
+        log.info(
+            "fine-tuning beside %.1f%% of %d old-category rows (finetune.old_rows)",
+            100 * share,
+            old,
+        )
+    return pd.concat(kept, ignore_index=True)
+
+
+def category_test_metrics(model: MultiTaskModel, test: HeldOut, params: Params) -> dict:
+    """{"new": metrics, "old": metrics}: `frame_metrics` of the new and the old categories'
+    test rows, scored a row group at a time."""
+    tasks = model.config.tasks
+    kept: dict[str, list[tuple]] = {"new": [], "old": []}
+    for frame in test.frames():
+        data = tensors(model, frame)
+        labels, probs = data.labels.numpy()[:, : len(tasks)], predict(model, data)
+        new = is_new_category(frame["category_id"], params.finetune).to_numpy()
+        for side, rows in (("new", new), ("old", ~new)):
+            kept[side].append((labels[rows], probs[rows], exposures_of(frame)[rows]))
+    return {
+        side: judged_metrics(*(np.concatenate(v) for v in zip(*parts, strict=True)), tasks)
+        for side, parts in kept.items()
+    }
+
+
 def finetune_step(
     training_set: Path,
     base_model: Path,
@@ -45,15 +100,13 @@ def finetune_step(
     params: Params,
     ranking_set: Path | None = None,
 ) -> dict:
-    frame = training_examples(training_set, ranking_set, params)
+    data = transfer_data(finetune_examples(training_set, ranking_set, params), params)
     model = load_model(base_model)
-    data = transfer_data(frame, params)
-    test = frame[frame["split"] == "test"]
-    new = is_new_category(test["category_id"], params.finetune)
-    before = {"new": frame_metrics(model, test[new]), "old": frame_metrics(model, test[~new])}
+    test = HeldOut.of(training_set)
+    before = category_test_metrics(model, test, params)
     adapted = adapt(model, data, params)
     model = adapted.model
-    after = {"new": frame_metrics(model, test[new]), "old": frame_metrics(model, test[~new])}
+    after = category_test_metrics(model, test, params)
     metrics = {
         "base_model": str(base_model),
         "strategy": params.finetune.strategy,

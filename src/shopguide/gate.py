@@ -51,9 +51,8 @@ from shopguide.evaluate import (
     query_scores_of,
     read_ranking_test,
     score_model,
-    slice_masks,
-    split_frames,
 )
+from shopguide.held_out import HeldOut
 from shopguide.io import read_json, write_json
 from shopguide.metrics import bootstrap_weights, interval, weighted_auc
 from shopguide.model.store import load_model
@@ -369,7 +368,8 @@ def serving_refusal(exc: Exception, details: dict) -> tuple[list[dict], dict]:
 def infra_checks(
     model_dir: Path, feature_repo: Path, test: pd.DataFrame, params: Params
 ) -> tuple[list[dict], dict]:
-    """(checks, details) of the serving check; never raises for a failing server."""
+    """(checks, details) of the serving check, with requests built from the `test`
+    exposures (`infra_requests`); never raises for a failing server."""
     from shopguide.features import open_store
     from shopguide.serving.reference import reference_probabilities
 
@@ -572,11 +572,10 @@ def gate_step(
                 f"{evaluation} names no candidate model; pass it to the gate (--model-dir) "
                 "to compare it with the champion"
             )
-        train, test = split_frames(training_set)
-        slices = slice_masks(test, train, params)
-        candidate = score_model(load_model(candidate_dir), test, slices)
+        test = HeldOut.of(training_set)
+        candidate = score_model(load_model(candidate_dir), test, params)
         if current is not None:
-            champ = score_model(load_model(current.path), test, slices)
+            champ = score_model(load_model(current.path), test, params)
             checks += regression_checks(candidate, champ, params.gate)
             checks += forgetting_checks(candidate, champ, params.gate)
             queries = read_ranking_test(ranking_set)
@@ -595,7 +594,8 @@ def gate_step(
             skipped.append("champion comparison and old-category forgetting (no champion yet)")
         if params.gate.infra.enabled:
             repo = Path(feature_repo or params.features.repo)
-            infra_list, infra = infra_checks(candidate_dir, repo, test, params)
+            requests = test.exposures(["user_id", "item_id", "t0"])
+            infra_list, infra = infra_checks(candidate_dir, repo, requests, params)
             checks += infra_list
         else:
             skipped.append("serving check (gate.infra.enabled is false)")

@@ -194,12 +194,9 @@ def write_outputs(
             pd.DataFrame(history).to_csv(tmp, index=False)
 
 
-def training_streams(
-    training_set: Path, ranking_set: Path | None, params: Params
-) -> tuple[TensorStream, TensorStream]:
-    """The fit and validation rows `train` learns from, as streams of the files' row groups:
-    exactly the rows of `training_examples`' old categories' train split and its `time_split`
-    (found by two scans of three columns), without holding the table."""
+def example_files(training_set: Path, ranking_set: Path | None, params: Params) -> list[Path]:
+    """The files training examples are read from: the training set and, with
+    `train.ranking_queries` and a ranking set, that set (its train-split queries)."""
     files = [Path(training_set)]
     if params.train.ranking_queries and ranking_set is not None:
         if not Path(ranking_set).is_file():
@@ -208,8 +205,30 @@ def training_streams(
                 "train.ranking_queries: false)"
             )
         files.append(Path(ranking_set))
+    return files
+
+
+def as_examples(frame: pd.DataFrame, file: int, columns: list[str], params: Params) -> pd.DataFrame:
+    """Rows of `example_files`' file number `file` as training examples: the training set's as
+    they are, the ranking set's as `ranking_rows` (`columns`: the training set's)."""
+    if file == 0:
+        return frame.assign(ranking_query=False)
+    return ranking_rows(frame, columns, params)
+
+
+def example_columns(files: list[Path]) -> list[str]:
+    return [*pq.ParquetFile(files[0]).schema_arrow.names, "ranking_query"]
+
+
+def training_streams(
+    training_set: Path, ranking_set: Path | None, params: Params
+) -> tuple[TensorStream, TensorStream]:
+    """The fit and validation rows `train` learns from, as streams of the files' row groups:
+    exactly the rows of `training_examples`' old categories' train split and its `time_split`
+    (found by two scans of three columns), without holding the table."""
+    files = example_files(training_set, ranking_set, params)
     parts = parts_of(files)
-    columns = [*pq.ParquetFile(files[0]).schema_arrow.names, "ranking_query"]
+    columns = example_columns(files)
 
     def eligible(frame: pd.DataFrame) -> np.ndarray:
         return (frame["split"] == "train").to_numpy() & ~is_new_category(
@@ -230,12 +249,7 @@ def training_streams(
         ties += int((t0 == cut.t0).sum())
 
     def rows_of(index: int, frame: pd.DataFrame, fit_side: bool) -> pd.DataFrame:
-        part = parts[index]
-        frame = frame[eligible(frame)]
-        if part.file == 0:
-            frame = frame.assign(ranking_query=False)
-        else:
-            frame = ranking_rows(frame, columns, params)
+        frame = as_examples(frame[eligible(frame)], parts[index].file, columns, params)
         fit_mask = cut.fit_rows(frame["t0"].to_numpy(np.int64), ties_before[index])
         return frame[fit_mask if fit_side else ~fit_mask]
 

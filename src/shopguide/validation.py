@@ -114,12 +114,7 @@ def _events_check(events: Path, params: Params) -> Check:
     run reports the same rows), with each verdict and count computed by DuckDB over every row
     (no pandas copy of a large table)."""
     path = Path(events)
-    if not path.is_file():
-        raise ShopguideError(f"{path}: Parquet file to validate not found")
-    try:
-        schema, rows = pq.read_schema(path), pq.read_metadata(path).num_rows
-    except (pa.ArrowException, OSError) as exc:
-        raise ShopguideError(f"{path}: cannot read as Parquet: {exc}") from exc
+    schema, rows = _parquet_shape(path)
     suite, limits = _events_suite(params), params.validation
     if rows <= limits.in_memory_rows:
         return Check(suite, _read_parquet(path, lambda _: True), [])
@@ -159,24 +154,29 @@ def _events_check(events: Path, params: Params) -> Check:
             f"(SELECT s.file_row_number FROM src s SEMI JOIN ({first_duplicates}) d ON {match} "
             "ORDER BY s.file_row_number LIMIT 50)"
         )
+    table = _sample(con, path, schema.names, offenders, limits.sample_rows)
+    frame = table.cast(schema).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    log.info("events: %d rows, GX checks a sample of %d; counts over every row", rows, len(frame))
+    return Check(suite, frame, [], exact, rows)
+
+
+def _sample(con, path: Path, columns: list[str], offenders: list[str], rows: int) -> pa.Table:
+    """`columns` of a repeatable reservoir sample of `rows` rows of the Parquet file `path`
+    and of the rows the `offenders` queries (over `src`, with `file_row_number`) pick, in file
+    order."""
     picked = " UNION ALL ".join(
         [
-            f"(SELECT file_row_number FROM src USING SAMPLE reservoir({limits.sample_rows} ROWS) "
-            "REPEATABLE (7))",
+            f"(SELECT file_row_number FROM src USING SAMPLE reservoir({rows} ROWS) REPEATABLE (7))",
             *offenders,
         ]
     )
-    table = con.sql(
+    selected = ", ".join(f'"{c}"' for c in columns)
+    return con.sql(
         f"""WITH src AS (SELECT * FROM read_parquet({sql_path(path)}, file_row_number = true))
-            SELECT * EXCLUDE (file_row_number) FROM src
+            SELECT {selected} FROM src
             WHERE file_row_number IN (SELECT file_row_number FROM ({picked}))
             ORDER BY file_row_number"""
     ).to_arrow_table()
-    frame = table.cast(schema.remove_metadata()).to_pandas(
-        types_mapper={pa.int64(): pd.Int64Dtype()}.get
-    )
-    log.info("events: %d rows, GX checks a sample of %d; counts over every row", rows, len(frame))
-    return Check(suite, frame, [], exact, rows)
 
 
 def _row_predicates(
@@ -210,7 +210,7 @@ def _row_counts(con, source: str, predicates: dict) -> dict[tuple[str, str], tup
     selects = []
     for expectation, column in keys:
         predicate, _ = predicates[expectation, column]
-        judged = "true" if "not_be_null" in expectation else f"{column} IS NOT NULL"
+        judged = "true" if "not_be_null" in expectation else f'"{column}" IS NOT NULL'
         selects += [f"count(*) FILTER (WHERE {predicate})", f"count(*) FILTER (WHERE {judged})"]
     (values,) = con.execute(f"SELECT {', '.join(selects)} FROM {source}").fetchall()
     return {key: (int(values[2 * i]), int(values[2 * i + 1])) for i, key in enumerate(keys)}
@@ -500,22 +500,93 @@ def validate_events(
 
 def validate_training_set(training_set: Path, params: Params, report_dir: Path) -> ValidationReport:
     """Check labels, keys and features of the training set before a model is fit on it."""
-    required = {*TRAINING_KEYS, "event_timestamp", *params.protocol.tasks}
+    check = _training_check(Path(training_set), params)
+    frame = check.frame
     # GX compares only numpy int64 and float64 columns vectorised, any other dtype (float32,
     # the nullable Int64) one value at a time in Python: minutes on a few hundred thousand
     # rows. So float32 features are read as float64 (exact), and integer features without a
     # null as numpy int64 (a null keeps the nullable type, for the null check to name it).
-    frame = _read_parquet(training_set, lambda name: name in required or "__" in name)
     features = [c for c in frame.columns if "__" in c]
     vectorised = {c: "float64" for c in features if frame[c].dtype == "float32"} | {
         c: "int64"
         for c in features
         if isinstance(frame[c].dtype, pd.Int64Dtype) and not frame[c].hasnans
     }
-    frame = frame.astype(vectorised)
-    return run_checks(
-        [Check(_training_suite(params, features), frame, [])], training_set, report_dir
+    return run_checks([replace(check, frame=frame.astype(vectorised))], training_set, report_dir)
+
+
+def _training_check(path: Path, params: Params) -> Check:
+    """The training-set suite on the keys, labels and features (`a__b` columns) of the whole
+    table, or, past `validation.in_memory_rows`, on a sample with the first 50 offending rows
+    of every failing row-level expectation, each verdict, count and label mean computed by
+    DuckDB over every row: a training set of any size is checked without loading it."""
+    schema, rows = _parquet_shape(path)
+    required = {*TRAINING_KEYS, "event_timestamp", *params.protocol.tasks}
+    names = [n for n in schema.names if n in required or "__" in n]
+    features = [c for c in names if "__" in c]
+    suite, limits = _training_suite(params, features), params.validation
+    if rows <= limits.in_memory_rows:
+        return Check(suite, _read_parquet(path, lambda name: name in names), [])
+    con = connect(params.data)
+    source = f"read_parquet({sql_path(path)})"
+    tasks = [t for t in params.protocol.tasks if t in names]
+    predicates = {
+        ("expect_column_values_to_not_be_null", c): (f'"{c}" IS NULL', None)
+        for c in (*TRAINING_KEYS, *tasks, *features)
+        if c in names
+    }
+    if "split" in names:
+        splits = ", ".join(f"'{s}'" for s in SPLITS)
+        predicates["expect_column_values_to_be_in_set", "split"] = (
+            f"split NOT IN ({splits})",
+            None,
+        )
+    for task in tasks:
+        predicates["expect_column_values_to_be_in_set", task] = (f'"{task}" NOT IN (0, 1)', None)
+    for feature in features:
+        predicates["expect_column_values_to_be_between", feature] = (f'"{feature}" < 0', None)
+    exact: dict[tuple[str, str | None], dict] = {
+        ("expect_table_row_count_to_be_between", None): {
+            "success": rows >= limits.min_exposures,
+            "observed": rows,
+        }
+    }
+    offenders = []
+    for key, (unexpected, judged) in _row_counts(con, source, predicates).items():
+        predicate, mostly = predicates[key]
+        exact[key] = _verdict(unexpected, judged, rows, mostly)
+        if unexpected:
+            offenders.append(
+                f"(SELECT file_row_number FROM src WHERE {predicate} "
+                "ORDER BY file_row_number LIMIT 50)"
+            )
+    if tasks:
+        averages = ", ".join(f'avg("{t}")' for t in tasks)
+        (means,) = con.execute(f"SELECT {averages} FROM {source}").fetchall()
+        for task, mean in zip(tasks, means, strict=True):
+            bounds = limits.positive_rate[task]
+            exact["expect_column_mean_to_be_between", task] = {
+                "success": mean is not None and bounds.min <= mean <= bounds.max,
+                "observed": mean,
+            }
+    table = _sample(con, path, names, offenders, limits.sample_rows)
+    frame = table.cast(pa.schema([schema.field(n) for n in names])).to_pandas(
+        types_mapper={pa.int64(): pd.Int64Dtype()}.get
     )
+    log.info(
+        "training set: %d rows, GX checks a sample of %d; counts over every row", rows, len(frame)
+    )
+    return Check(suite, frame, [], exact, rows)
+
+
+def _parquet_shape(path: Path) -> tuple[pa.Schema, int]:
+    """The schema (without metadata) and row count of a Parquet file; errors name the file."""
+    if not path.is_file():
+        raise ShopguideError(f"{path}: Parquet file to validate not found")
+    try:
+        return pq.read_schema(path).remove_metadata(), pq.read_metadata(path).num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise ShopguideError(f"{path}: cannot read as Parquet: {exc}") from exc
 
 
 def _describe(result: dict) -> str:

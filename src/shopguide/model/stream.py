@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -238,8 +238,11 @@ class TensorStream:
         local = max(batch_size // size, 1)
         order = torch.randperm(len(self.parts), generator=generator).tolist()
         shares = [order[r::size] for r in range(size)]
-        steps = min(-(-sum(self.rows[i] for i in share) // local) for share in shares)
-        batches = _buffered(self.chunks(shares[rank]), generator, local, self.buffer_rows, grouped)
+        totals = [sum(self.rows[i] for i in share) for share in shares]
+        steps = min(-(-total // local) for total in totals)
+        batches = _buffered(
+            self.chunks(shares[rank]), generator, local, self.buffer_rows, grouped, totals[rank]
+        )
         for batch in itertools.islice(batches, steps):
             yield batch, len(batch) * size
 
@@ -305,32 +308,83 @@ def memory_batches(
         yield shuffled.rows(slice(begin + rank, begin + batch_size, size)), rows
 
 
+_GROUP = [f.name for f in fields(Tensors)].index("group")
+
+
+class _ShuffleBuffer:
+    """Rows held in tensors allocated once (grown only for a chunk larger than the room
+    left), so a fill costs one buffer and the chunk being added, not the copies a
+    concatenation and a gather of the whole would make."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.fields: list[torch.Tensor] = []
+        self.held = 0
+
+    def add(self, chunk: Tensors) -> None:
+        rows = len(chunk)
+        values = list(vars(chunk).values())
+        if not self.fields:
+            self.fields = [t.new_empty((self.capacity, *t.shape[1:])) for t in values]
+        pairs = zip(self.fields, values, strict=True)
+        if self.held + rows > self.capacity:
+            self.capacity = self.held + rows
+            self.fields = [torch.cat([f[: self.held], t]) for f, t in pairs]
+        else:
+            for f, t in pairs:
+                f[self.held : self.held + rows] = t
+        self.held += rows
+
+    def shuffle(self, generator: torch.Generator, grouped: bool) -> None:
+        """The held rows in a random order (each group's rows together when `grouped`), one
+        field at a time."""
+        group = self.fields[_GROUP][: self.held]
+        if grouped:
+            order = grouped_order(GroupIndex.of(group), generator)
+        else:
+            order = torch.randperm(self.held, generator=generator)
+        for f in self.fields:
+            f[: self.held] = f[: self.held][order]
+
+    def batches(self, rows: int, batch_size: int) -> Iterator[Tensors]:
+        """The first `rows` held rows as batches (copies: a batch must not keep the buffer
+        alive), the rest moved to the front."""
+        for begin in range(0, rows, batch_size):
+            end = min(begin + batch_size, rows)
+            yield Tensors(*(f[begin:end].clone() for f in self.fields))
+        rest = self.held - rows
+        for f in self.fields:
+            f[:rest] = f[rows : self.held].clone()
+        self.held = rest
+
+
 def _buffered(
     chunks: Iterator[Tensors],
     generator: torch.Generator,
     batch_size: int,
     buffer_rows: int,
     grouped: bool,
+    total_rows: int,
 ) -> Iterator[Tensors]:
-    """Batches from a buffer of at least `buffer_rows` rows, shuffled whenever it fills; the
-    rows short of a whole batch wait for the next fill, and the last batch may be short."""
-    pending: list[Tensors] = []
-    held = 0
+    """Batches of `chunks` (`total_rows` rows in all) from a shuffle buffer of at least
+    `buffer_rows` rows. Whenever it fills it is shuffled and its first half (in whole batches)
+    is cut into batches; the other half stays to mix with the next parts read, so rows of
+    parts read far apart in the epoch (in a file sorted by time, far apart in time) share
+    batches, as they would in a global shuffle. What is left at the end is shuffled and cut,
+    the last batch possibly short."""
+    size = max(buffer_rows, batch_size)
+    buffer = _ShuffleBuffer(min(size + size // 8, total_rows))
     for chunk in chunks:
-        pending.append(chunk)
-        held += len(chunk)
-        if held < max(buffer_rows, batch_size):
+        buffer.add(chunk)
+        del chunk
+        if buffer.held < size:
             continue
-        shuffled = _shuffled(_cat(pending), generator, grouped)
-        full = len(shuffled) - len(shuffled) % batch_size
-        for begin in range(0, full, batch_size):
-            yield shuffled.rows(slice(begin, begin + batch_size))
-        pending = [shuffled.rows(slice(full, None))] if full < len(shuffled) else []
-        held = len(shuffled) - full
-    if held:
-        shuffled = _shuffled(_cat(pending), generator, grouped)
-        for begin in range(0, len(shuffled), batch_size):
-            yield shuffled.rows(slice(begin, begin + batch_size))
+        buffer.shuffle(generator, grouped)
+        emit = max(buffer.held // 2 // batch_size, 1) * batch_size
+        yield from buffer.batches(emit, batch_size)
+    if buffer.held:
+        buffer.shuffle(generator, grouped)
+        yield from buffer.batches(buffer.held, batch_size)
 
 
 _DONE = object()

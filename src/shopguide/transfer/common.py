@@ -33,10 +33,18 @@ def frame_metrics(model: MultiTaskModel, frame: pd.DataFrame) -> dict:
     """Per-task AUC and log loss of `model` on the rows of `frame` each task is judged on
     (`shopguide.metrics.task_populations`)."""
     data, tasks = tensors(model, frame), model.config.tasks
-    labels = data.labels.numpy()[:, : len(tasks)].copy()
-    for j, rows in enumerate(task_populations(labels, exposures_of(frame), tasks).values()):
+    labels = data.labels.numpy()[:, : len(tasks)]
+    return judged_metrics(labels, predict(model, data), exposures_of(frame), tasks)
+
+
+def judged_metrics(
+    labels: np.ndarray, probs: np.ndarray, exposures: np.ndarray, tasks: tuple[str, ...]
+) -> dict:
+    """`task_metrics` of each task on the rows it is judged on (`task_populations`)."""
+    labels = labels.copy()
+    for j, rows in enumerate(task_populations(labels, exposures, tasks).values()):
         labels[~rows, j] = np.nan
-    return task_metrics(labels, predict(model, data), tasks)
+    return task_metrics(labels, probs, tasks)
 
 
 def fit_rows(data: TransferData, params: Params) -> pd.DataFrame:
