@@ -79,29 +79,28 @@ def test_finetune_adapts_with_the_default_strategy_and_reports_before_after(
         assert report["new_category_test_after"][task]["auc"] > 0.5
 
 
-def test_finetune_reads_every_new_category_row_and_a_bounded_share_of_the_old(
-    pipeline_run: PipelineRun,
-) -> None:
-    """`finetune` reads the training set a row group at a time: with `finetune.old_rows` above
-    the old categories' rows it keeps the whole train split, as read whole; below, every
-    new-category row and the old rows of a sample of users, about `old_rows` of them."""
+def test_finetune_reads_a_bounded_user_sample_of_each_side(pipeline_run: PipelineRun) -> None:
+    """`finetune` reads the training set a row group at a time: with `finetune.new_rows` and
+    `old_rows` above the rows there are it keeps the whole train split, as read whole; below,
+    the rows of a sample of users, about that many, on each side."""
     params = pipeline_run.params
     whole = training_examples(pipeline_run.training_set, pipeline_run.ranking_set, params)
     whole = whole[whole["split"] == "train"].reset_index(drop=True)
     read = finetune_examples(pipeline_run.training_set, pipeline_run.ranking_set, params)
     pd.testing.assert_frame_equal(read, whole)
     new = is_new_category(whole["category_id"], params.finetune)
-    bound = int((~new).sum()) // 4
-    fewer = params.model_copy(
-        update={"finetune": params.finetune.model_copy(update={"old_rows": bound})}
-    )
-    some = finetune_examples(pipeline_run.training_set, pipeline_run.ranking_set, fewer)
-    some_new = is_new_category(some["category_id"], params.finetune)
-    assert int(some_new.sum()) == int(new.sum())
-    assert 0.7 * bound < int((~some_new).sum()) < 1.3 * bound
-    old_users = set(some.loc[~some_new, "user_id"])
-    kept = whole[~new & whole["user_id"].isin(old_users)]
-    assert len(kept) == int((~some_new).sum())  # whole users: all their old rows or none
+    for side, name in ((new, "new_rows"), (~new, "old_rows")):
+        bound = int(side.sum()) // 4
+        fewer = params.model_copy(
+            update={"finetune": params.finetune.model_copy(update={name: bound})}
+        )
+        some = finetune_examples(pipeline_run.training_set, pipeline_run.ranking_set, fewer)
+        some_new = is_new_category(some["category_id"], params.finetune).to_numpy()
+        kept = some_new if name == "new_rows" else ~some_new
+        assert 0.7 * bound < int(kept.sum()) < 1.3 * bound
+        assert len(some) - int(kept.sum()) == int((~side).sum())  # the other side whole
+        users = set(some.loc[kept, "user_id"])
+        assert int((side & whole["user_id"].isin(users)).sum()) == int(kept.sum())  # whole users
 
 
 def test_evaluation_has_slices_plots_and_report(pipeline_run: PipelineRun) -> None:

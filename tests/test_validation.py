@@ -166,11 +166,7 @@ def test_unreadable_events_name_the_file(tmp_path: Path) -> None:
 
 # The large-table path: GX on a sample, every verdict counted by DuckDB over every row.
 SAMPLED = PARAMS.model_copy(
-    update={
-        "validation": PARAMS.validation.model_copy(
-            update={"in_memory_rows": 500, "sample_rows": 100}
-        )
-    }
+    update={"validation": PARAMS.validation.model_copy(update={"training_sample_rows": 100})}
 )
 
 
@@ -216,7 +212,7 @@ def test_broken_training_set_fails(
     example: str,
     size: str,
 ) -> None:
-    """Past `validation.in_memory_rows` GX sees a sample with the offending rows, and every
+    """Past `validation.training_sample_rows` GX sees a sample with the offending rows, and every
     verdict, count and label mean is computed over all the rows: the same failure, the same
     example values."""
     frame = training_frame()

@@ -143,6 +143,10 @@ class ValidationParams(Strict):
     # keeps offending rows, and its row counts and verdicts come from DuckDB over every row.
     in_memory_rows: PositiveInt = 2_000_000
     sample_rows: PositiveInt = 200_000
+    # The training set (about 150 columns, each with two row-level expectations, and GX copies
+    # the frame for each) past this many rows: GX checks a sample of this many plus offending
+    # rows, every verdict, count and label mean computed by DuckDB over every row.
+    training_sample_rows: PositiveInt = 50_000
 
 
 class SamplingParams(Strict):
@@ -350,10 +354,12 @@ class FinetuneParams(Strict):
     learning_rate: LearningRate = 1e-3
     max_epochs: PositiveInt = 10
     patience: PositiveInt = 2
-    # Old-category training rows fine-tuning keeps (a sample of users, read a row group at a
-    # time): replay, the forgetting check, alignment and meta-learning draw from them, and
-    # they bound the step's memory (about 2.5 KB a row) whatever the training set's size.
-    old_rows: PositiveInt = 1_000_000
+    # Training rows fine-tuning keeps of the new and of the old categories (each a sample of
+    # users where there are more, read a row group at a time): it learns from the new ones;
+    # replay, the forgetting check, alignment and meta-learning draw from the old ones. They
+    # bound the step's memory (about 5 KB a row with its copies) whatever the data's size.
+    new_rows: PositiveInt = 500_000
+    old_rows: PositiveInt = 500_000
     # How to adapt (shopguide.transfer): frozen shared layers, L2-SP, adversarial (gradient
     # reversal), MMD or CORAL alignment, a meta-learned (Reptile) start, cold-start rows, or
     # `auto`: each of `auto_strategies`, best on validation.

@@ -45,32 +45,34 @@ def finetune_base(
 
 
 def finetune_examples(training_set: Path, ranking_set: Path | None, params: Params) -> pd.DataFrame:
-    """The train split of `training_examples`, read a row group at a time, keeping every
-    new-category row and the old-category rows of a user-hash sample of about
-    `finetune.old_rows` of them (all where they are fewer): what replay, the forgetting check,
-    alignment and meta-learning draw from, at a size that does not grow with the data."""
+    """The train split of `training_examples`, read a row group at a time, keeping the
+    new-category rows of a user-hash sample of about `finetune.new_rows` of them and the
+    old-category rows of one of about `finetune.old_rows` (all where they are fewer): what
+    fine-tuning learns from, and what replay, the forgetting check, alignment and
+    meta-learning draw from, at a size that does not grow with the data."""
     files = example_files(training_set, ranking_set, params)
     parts = parts_of(files)
     columns = example_columns(files)
-
-    def old_train(frame: pd.DataFrame) -> np.ndarray:
+    bounds = {True: params.finetune.new_rows, False: params.finetune.old_rows}  # by: new?
+    rows = dict.fromkeys(bounds, 0)
+    for frame in read_parts(files, parts, ["split", "category_id"]):
         new = is_new_category(frame["category_id"], params.finetune).to_numpy()
-        return (frame["split"] == "train").to_numpy() & ~new
-
-    old = sum(int(old_train(f).sum()) for f in read_parts(files, parts, ["split", "category_id"]))
-    share = min(1.0, params.finetune.old_rows / max(old, 1))
+        train = (frame["split"] == "train").to_numpy()
+        for side in rows:
+            rows[side] += int((train & (new == side)).sum())
+    shares = {side: min(1.0, bounds[side] / max(rows[side], 1)) for side in rows}
     kept = []
     for part, frame in zip(parts, read_parts(files, parts), strict=True):
         train = frame[(frame["split"] == "train").to_numpy()]
         new = is_new_category(train["category_id"], params.finetune)
-        train = pd.concat([train[new], user_budget(train[~new], share)]).sort_index()
-        kept.append(as_examples(train, part.file, columns, params))
-    if share < 1:
-        log.info(
-            "fine-tuning beside %.1f%% of %d old-category rows (finetune.old_rows)",
-            100 * share,
-            old,
-        )
+        train = pd.concat([user_budget(train[new == side], shares[side]) for side in shares])
+        kept.append(as_examples(train.sort_index(), part.file, columns, params))
+    for side, name in ((True, "new"), (False, "old")):
+        if shares[side] < 1:
+            log.info(
+                "fine-tuning on a user sample of %.1f%% of %d %s-category rows (finetune.%s_rows)",
+                100 * shares[side], rows[side], name, name,
+            )  # fmt: skip
     return pd.concat(kept, ignore_index=True)
 
 

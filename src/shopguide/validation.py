@@ -517,15 +517,16 @@ def validate_training_set(training_set: Path, params: Params, report_dir: Path) 
 
 def _training_check(path: Path, params: Params) -> Check:
     """The training-set suite on the keys, labels and features (`a__b` columns) of the whole
-    table, or, past `validation.in_memory_rows`, on a sample with the first 50 offending rows
-    of every failing row-level expectation, each verdict, count and label mean computed by
-    DuckDB over every row: a training set of any size is checked without loading it."""
+    table, or, past `validation.training_sample_rows`, on a sample of that many rows and the
+    first 50 offending rows of every failing row-level expectation, each verdict, count and
+    label mean computed by DuckDB over every row: a training set of any size is checked
+    without loading it."""
     schema, rows = _parquet_shape(path)
     required = {*TRAINING_KEYS, "event_timestamp", *params.protocol.tasks}
     names = [n for n in schema.names if n in required or "__" in n]
     features = [c for c in names if "__" in c]
     suite, limits = _training_suite(params, features), params.validation
-    if rows <= limits.in_memory_rows:
+    if rows <= limits.training_sample_rows:
         return Check(suite, _read_parquet(path, lambda name: name in names), [])
     con = connect(params.data)
     source = f"read_parquet({sql_path(path)})"
@@ -552,7 +553,7 @@ def _training_check(path: Path, params: Params) -> Check:
         }
     }
     offenders = []
-    for key, (unexpected, judged) in _row_counts(con, source, predicates).items():
+    for key, (unexpected, judged) in _screened_counts(con, source, predicates, rows).items():
         predicate, mostly = predicates[key]
         exact[key] = _verdict(unexpected, judged, rows, mostly)
         if unexpected:
@@ -569,7 +570,7 @@ def _training_check(path: Path, params: Params) -> Check:
                 "success": mean is not None and bounds.min <= mean <= bounds.max,
                 "observed": mean,
             }
-    table = _sample(con, path, names, offenders, limits.sample_rows)
+    table = _sample(con, path, names, offenders, limits.training_sample_rows)
     frame = table.cast(pa.schema([schema.field(n) for n in names])).to_pandas(
         types_mapper={pa.int64(): pd.Int64Dtype()}.get
     )
@@ -577,6 +578,29 @@ def _training_check(path: Path, params: Params) -> Check:
         "training set: %d rows, GX checks a sample of %d; counts over every row", rows, len(frame)
     )
     return Check(suite, frame, [], exact, rows)
+
+
+def _screened_counts(
+    con, source: str, predicates: dict, rows: int
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """`_row_counts` of the training set's predicates, most from one pass of each column's
+    count and minimum (nulls are the rows less the count; no row is below zero where the
+    minimum is not), filtered counts only for the set checks and the columns that fail."""
+    columns = list(dict.fromkeys(column for _, column in predicates))
+    stats = ", ".join(f'count("{c}"), min("{c}")' for c in columns)
+    (values,) = con.execute(f"SELECT {stats} FROM {source}").fetchall()
+    present = dict(zip(columns, values[::2], strict=True))
+    lowest = dict(zip(columns, values[1::2], strict=True))
+    counts = {}
+    for expectation, column in predicates:
+        if expectation == "expect_column_values_to_not_be_null":
+            counts[expectation, column] = (rows - present[column], rows)
+        elif expectation == "expect_column_values_to_be_between" and (
+            lowest[column] is None or lowest[column] >= 0
+        ):
+            counts[expectation, column] = (0, present[column])
+    rest = {key: value for key, value in predicates.items() if key not in counts}
+    return counts | (_row_counts(con, source, rest) if rest else {})
 
 
 def _parquet_shape(path: Path) -> tuple[pa.Schema, int]:
