@@ -31,7 +31,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from shopguide.config import EvaluationParams, Params
 from shopguide.errors import ShopguideError
@@ -168,8 +167,7 @@ def test_aux_metrics(model: MultiTaskModel, test: HeldOut) -> dict:
     view at t0 (as a click is always 1 there), a population the model's values, fitted to the
     entire space, are not calibrated to."""
     heads = model.config.head_names()
-    names = pq.ParquetFile(test.path).schema_arrow.names
-    missing = [t for t in heads if t not in names]
+    missing = [t for t in heads if t not in test.columns]
     if missing:
         raise ShopguideError(f"{test.path}: no label columns {missing} for the model's tasks")
     return aux_metrics(model, test.tensors(model.config))

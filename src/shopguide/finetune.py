@@ -85,8 +85,9 @@ def category_test_metrics(model: MultiTaskModel, test: HeldOut, params: Params) 
         data = tensors(model, frame)
         labels, probs = data.labels.numpy()[:, : len(tasks)], predict(model, data)
         new = is_new_category(frame["category_id"], params.finetune).to_numpy()
+        exposed = exposures_of(frame)
         for side, rows in (("new", new), ("old", ~new)):
-            kept[side].append((labels[rows], probs[rows], exposures_of(frame)[rows]))
+            kept[side].append((labels[rows], probs[rows], exposed[rows]))
     return {
         side: judged_metrics(*(np.concatenate(v) for v in zip(*parts, strict=True)), tasks)
         for side, parts in kept.items()

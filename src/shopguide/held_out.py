@@ -44,6 +44,7 @@ class HeldOut:
     exposures per category (what the head / torso / tail slices are cut by)."""
 
     path: Path
+    columns: tuple[str, ...]  # the table's
     rows: TensorStream
     train_category_exposures: pd.Series  # category id -> training exposures, most first
 
@@ -69,7 +70,7 @@ class HeldOut:
         stream = TensorStream(
             files=files, parts=tuple(parts), rows=tuple(rows), select=lambda _, f: _test_rows(f)
         )
-        return cls(path, stream, sort_counts(counts.astype(np.int64)))
+        return cls(path, tuple(names), stream, sort_counts(counts.astype(np.int64)))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -90,7 +91,6 @@ class HeldOut:
     def exposures(self, columns: Sequence[str]) -> pd.DataFrame:
         """`columns` of the test exposures (not the items sampled beside them), whole: a few
         columns of the rows, for what needs them together (the serving check's requests)."""
-        names = pq.ParquetFile(self.path).schema_arrow.names
-        read = [*columns, *(["sampled"] if "sampled" in names else [])]
+        read = [*columns, *(["sampled"] if "sampled" in self.columns else [])]
         frames = [f[exposures_of(f)][list(columns)] for f in self.frames(read)]
         return pd.concat(frames, ignore_index=True)

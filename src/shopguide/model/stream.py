@@ -280,14 +280,16 @@ def grouped_order(index: GroupIndex, generator: torch.Generator) -> torch.Tensor
     return index.rows[torch.repeat_interleave(starts, sizes) + offsets]
 
 
+def _order(group: torch.Tensor, generator: torch.Generator, grouped: bool) -> torch.Tensor:
+    """A random order of rows with these groups, each group's rows together when `grouped`."""
+    if grouped:
+        return grouped_order(GroupIndex.of(group), generator)
+    return torch.randperm(len(group), generator=generator)
+
+
 def _shuffled(data: Tensors, generator: torch.Generator, grouped: bool) -> Tensors:
     """`data`'s rows in a random order, each group's rows together when `grouped`."""
-    group = data.group.cpu()
-    if grouped:
-        order = grouped_order(GroupIndex.of(group), generator)
-    else:
-        order = torch.randperm(len(group), generator=generator)
-    return data.take(order.to(data.user.device))
+    return data.take(_order(data.group.cpu(), generator, grouped).to(data.user.device))
 
 
 def memory_batches(
@@ -338,11 +340,7 @@ class _ShuffleBuffer:
     def shuffle(self, generator: torch.Generator, grouped: bool) -> None:
         """The held rows in a random order (each group's rows together when `grouped`), one
         field at a time."""
-        group = self.fields[_GROUP][: self.held]
-        if grouped:
-            order = grouped_order(GroupIndex.of(group), generator)
-        else:
-            order = torch.randperm(self.held, generator=generator)
+        order = _order(self.fields[_GROUP][: self.held], generator, grouped)
         for f in self.fields:
             f[: self.held] = f[: self.held][order]
 
